@@ -1,0 +1,116 @@
+"""A small HTTP client for the ingress, used by the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CONFIG_DIR = Path(os.environ.get("MEDPERF_CONFIG_DIR", Path.home() / ".medperf_config"))
+CREDENTIALS = CONFIG_DIR / "credentials.json"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def save_credentials(url: str, token: str) -> Path:
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token}, f)
+    return CREDENTIALS
+
+
+def load_credentials() -> tuple[str, str]:
+    url, token = os.environ.get("MEDPERF_URL"), os.environ.get("MEDPERF_TOKEN")
+    if (not url or not token) and CREDENTIALS.exists():
+        stored = json.loads(CREDENTIALS.read_text())
+        url, token = url or stored.get("url"), token or stored.get("token")
+    if not url or not token:
+        raise ApiError(
+            401,
+            "not logged in: run `medperf auth login --url URL --token TOKEN` (or set MEDPERF_URL and MEDPERF_TOKEN)",
+        )
+    return url, token
+
+
+class Client:
+    """One user's view of the federation over HTTP. 503 answers (a service catching up on
+    events, or restarting) are retried for ``patience`` seconds."""
+
+    def __init__(self, url: str, token: str, patience: float = 15.0) -> None:
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+        self.patience = patience
+
+    @classmethod
+    def from_credentials(cls) -> Client:
+        return cls(*load_credentials())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.patience
+        while True:
+            response = self._http.request(method, path, **kwargs)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text
+            raise ApiError(response.status_code, message)
+        return (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
+        )
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, json=body)
+
+    # --- the verbs people use ---------------------------------------------------------------
+
+    def register_container(self, name: str, spec: dict[str, Any]) -> int:
+        return self.post("/containers", {"name": name, "spec": spec})["id"]
+
+    def register_model(self, name: str, container_id: int) -> int:
+        return self.post("/models", {"name": name, "container_id": container_id})["id"]
+
+    def submit_benchmark(self, **fields: Any) -> int:
+        return self.post("/benchmarks", fields)["id"]
+
+    def decide_benchmark(self, benchmark_id: int, approve: bool, reason: str = "") -> dict:
+        return self.post(f"/benchmarks/{benchmark_id}/decision", {"approve": approve, "reason": reason})
+
+    def request_association(self, benchmark_id: int, kind: str, component_id: int) -> int:
+        return self.post(f"/benchmarks/{benchmark_id}/associations", {"kind": kind, "component_id": component_id})["id"]
+
+    def decide_association(
+        self, benchmark_id: int, kind: str, component_id: int, approve: bool, reason: str = ""
+    ) -> dict:
+        return self.post(
+            f"/benchmarks/{benchmark_id}/associations/{kind}/{component_id}/decision",
+            {"approve": approve, "reason": reason},
+        )
+
+    def associations(self, benchmark_id: int, kind: str | None = None, status: str | None = None) -> list[dict]:
+        return self.get(f"/benchmarks/{benchmark_id}/associations", kind=kind, status=status)
+
+    def leaderboard(self, benchmark_id: int) -> dict:
+        return self.get(f"/benchmarks/{benchmark_id}/leaderboard")
+
+    def leaderboard_csv(self, benchmark_id: int) -> str:
+        return self.get(f"/benchmarks/{benchmark_id}/leaderboard", format="csv")

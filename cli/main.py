@@ -1,0 +1,132 @@
+"""``medperf``: run the federation, a site agent or the demo; talk to the federation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cli.client import ApiError, Client, save_credentials
+from cli.render import leaderboard_table
+from shared.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medperf", description="Federated benchmarking of medical AI over NATS.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the services do")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the whole flow on real data: 3 hospitals x 3 models")
+    demo.add_argument("--state-dir", type=Path, default=Path(".medperf/demo"), help="where the demo keeps its state")
+
+    serve = commands.add_parser("serve", help="run central services (all by default) in this process")
+    serve.add_argument(
+        "services",
+        nargs="*",
+        default=["registry", "approvals", "aggregator", "ingress"],
+        choices=["registry", "approvals", "aggregator", "ingress"],
+    )
+
+    commands.add_parser("agent", help="run a site's executor agent (configured by MEDPERF_SITE_* variables)")
+
+    board = commands.add_parser("leaderboard", help="print a benchmark's leaderboard")
+    board.add_argument("benchmark_id", type=int)
+    board.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    auth = commands.add_parser("auth", help="store credentials").add_subparsers(dest="auth", required=True)
+    login = auth.add_parser("login", help="store the federation's URL and your API token")
+    login.add_argument("--url", required=True)
+    login.add_argument("--token", help="API token (prompted, hidden, if omitted)")
+    synapse = auth.add_parser("synapse_login", help="store a Synapse personal access token for synapse: assets")
+    synapse.add_argument("--token", help="personal access token (prompted, hidden, if omitted)")
+
+    docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
+    docs.add_argument("service", choices=["registry", "approvals", "aggregator", "executor"])
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from cli.demo import run_demo
+
+        settings = Settings(state_dir=args.state_dir)
+        asyncio.run(run_demo(settings))
+        return 0
+    if args.command == "serve":
+        from cli.stack import Stack
+
+        asyncio.run(_run_until_signal(Stack(Settings(), services=tuple(args.services))))
+        return 0
+    if args.command == "agent":
+        from cli.stack import Stack
+        from services.executor.settings import SiteSettings
+
+        settings = Settings()
+        if not settings.nats_url:
+            print("error: an agent joins an existing federation: set MEDPERF_NATS_URL", file=sys.stderr)
+            return 2
+        asyncio.run(_run_until_signal(Stack(settings, services=(), sites=[SiteSettings()])))  # type: ignore[call-arg]
+        return 0
+    if args.command == "leaderboard":
+        client = Client.from_credentials()
+        if args.format == "csv":
+            print(client.leaderboard_csv(args.benchmark_id), end="")
+        elif args.format == "json":
+            print(json.dumps(client.leaderboard(args.benchmark_id), indent=2))
+        else:
+            print(leaderboard_table(client.leaderboard(args.benchmark_id)))
+        return 0
+    if args.command == "auth":
+        token = args.token or getpass.getpass("token: ")
+        if args.auth == "login":
+            print(f"saved to {save_credentials(args.url, token)}")
+        else:
+            from services.executor.assets import save_synapse_token
+
+            print(f"saved to {save_synapse_token(token, Settings().state_dir)}")
+        return 0
+    if args.command == "asyncapi":
+        print(json.dumps(_asyncapi(args.service), indent=2))
+        return 0
+    raise AssertionError(args.command)
+
+
+async def _run_until_signal(stack: object) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with stack:  # type: ignore[attr-defined]
+        ingress = getattr(stack, "ingress", None)
+        print(f"running; HTTP ingress at {ingress.url}" if ingress else "running", flush=True)
+        await stop.wait()
+
+
+def _asyncapi(service: str) -> dict:
+    from faststream.specification import AsyncAPI
+
+    settings = Settings(nats_url="nats://localhost:4222")
+    if service == "executor":
+        from services.executor.app import create_agent
+        from services.executor.settings import SiteSettings
+
+        host = create_agent(settings, SiteSettings(name="example-site", owner="example"))
+    else:
+        import importlib
+
+        host = importlib.import_module(f"services.{service}.app").create_service(settings)
+    return AsyncAPI(host.broker, title=f"medperf {service}", version="0.1.0").to_specification().to_jsonable()

@@ -1,0 +1,87 @@
+"""Leaderboard arithmetic, free of I/O: from results to a ranked table."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    model_id: int
+    dataset_id: int
+    metrics: dict[str, float]
+    partial: bool
+
+
+def missing_metrics(declared: list[Metric], reported: dict[str, float]) -> list[str]:
+    return sorted({m.name for m in declared} - set(reported))
+
+
+def leaderboard(
+    metrics: list[Metric],
+    primary: str,
+    models: dict[int, str],
+    datasets: dict[int, str],
+    reference_model_id: int,
+    cells: list[Cell],
+) -> dict:
+    """Rank models by the mean of the primary metric over the datasets that reported.
+
+    Tie-break: the model with more reporting datasets ranks first, then the lower model id
+    (registered earlier). A model missing a dataset is shown with ``None`` there and flagged
+    ``complete: false``; it is never filled in.
+    """
+    direction = {m.name: m.higher_is_better for m in metrics}
+    by_model: dict[int, dict[int, Cell]] = {}
+    for cell in cells:
+        by_model.setdefault(cell.model_id, {})[cell.dataset_id] = cell
+    dataset_ids = sorted(datasets)
+    rows = []
+    for model_id, per_dataset in by_model.items():
+        summary = {}
+        for metric in metrics:
+            values = [c.metrics[metric.name] for c in per_dataset.values() if metric.name in c.metrics]
+            summary[metric.name] = {
+                "mean": statistics.fmean(values) if values else None,
+                "min": min(values) if values else None,
+                "max": max(values) if values else None,
+                "stdev": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+            }
+        rows.append(
+            {
+                "model_id": model_id,
+                "model": models.get(model_id, f"model {model_id}"),
+                "baseline": model_id == reference_model_id,
+                "per_dataset": {
+                    datasets[d]: (per_dataset[d].metrics.get(primary) if d in per_dataset else None)
+                    for d in dataset_ids
+                },
+                "metrics": summary,
+                "datasets_reported": len(per_dataset),
+                "complete": len(per_dataset) == len(dataset_ids),
+                "partial": any(c.partial for c in per_dataset.values()),
+            }
+        )
+    sign = -1.0 if direction.get(primary, True) else 1.0
+
+    def order(row: dict) -> tuple:
+        mean = row["metrics"][primary]["mean"]
+        return (mean is None, sign * mean if mean is not None else 0.0, -row["datasets_reported"], row["model_id"])
+
+    rows.sort(key=order)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return {
+        "primary_metric": primary,
+        "higher_is_better": direction.get(primary, True),
+        "metrics": [m.name for m in metrics],
+        "datasets": [datasets[d] for d in dataset_ids],
+        "rows": rows,
+    }

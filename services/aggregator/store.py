@@ -1,0 +1,59 @@
+"""The aggregator's read model: what it knows of benchmarks, models and datasets, and the results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import messaging_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+TABLES = messaging_tables(Base.metadata, "aggregator")
+
+
+class BenchmarkInfo(Base):
+    __tablename__ = "aggregator_benchmarks"
+    benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(128))
+    reference_model_id: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    primary_metric: Mapped[str] = mapped_column(String(64))
+
+
+class ModelInfo(Base):
+    __tablename__ = "aggregator_models"
+    model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(128))
+
+
+class DatasetInfo(Base):
+    __tablename__ = "aggregator_datasets"
+    dataset_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(128))
+
+
+class Result(Base):
+    """The latest result of one model on one dataset for one benchmark."""
+
+    __tablename__ = "aggregator_results"
+    benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    dataset_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    site: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    container_digests: Mapped[dict[str, str]] = mapped_column(JSON)
+    dataset_hash: Mapped[str] = mapped_column(String(128))
+    partial: Mapped[bool] = mapped_column(default=False)
+    event_id: Mapped[str] = mapped_column(String(36))
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,358 @@
+"""The site agent's handlers: what a hospital's agent does when the federation's facts change.
+
+- a benchmark this site agreed to join is approved: prepare the data with the benchmark's data
+  preparator, register its hashes and statistics, test the reference workflow on it, and request
+  the association with that test attached;
+- its dataset association is approved: run every approved model (the reference first, then by
+  priority) and report metrics;
+- a model association is approved: run that model on every dataset here associated with the benchmark;
+- (committee sites) a model asks to join: test it on the benchmark's demo data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from faststream.nats import NatsBroker
+from sqlalchemy import select
+
+from services.executor.settings import LocalDataset, SiteSettings
+from services.executor.store import Job, PreparedDataset
+from services.executor.workflow import PreparedData, TaskFailed, Workflow, tree_hash
+from shared.commands import Command, GetEntity, ListAssociations, Outcome, RegisterDataset, RequestAssociation
+from shared.containers import ContainerSpec, HostedFile
+from shared.db import UnitOfWork
+from shared.events import (
+    AssociationApproved,
+    AssociationRequested,
+    BenchmarkApproved,
+    CompatibilityReport,
+    CompatibilityTested,
+    JobFailed,
+    ResultReported,
+    utcnow,
+)
+from shared.messaging import NotYet
+from shared.service import ask
+
+log = logging.getLogger("medperf.site")
+
+
+class ServiceRefused(Exception):
+    """Another service refused what the agent asked; retried by redelivery if transient."""
+
+
+@dataclass(frozen=True)
+class BenchmarkParts:
+    benchmark_id: int
+    name: str
+    preparator_id: int
+    preparator: ContainerSpec
+    reference_model_id: int
+    metrics: ContainerSpec
+    metric_names: tuple[str, ...]
+    demo_dataset: HostedFile
+
+
+class SiteAgent:
+    def __init__(
+        self,
+        site: SiteSettings,
+        broker: NatsBroker,
+        uow: Callable[[], UnitOfWork],
+        workflow: Workflow,
+        request_timeout: float,
+    ) -> None:
+        self.site = site
+        self.broker = broker
+        self.uow = uow
+        self.workflow = workflow
+        self.request_timeout = request_timeout
+        self._jobs = asyncio.Lock()  # one container job at a time on this site
+
+    # --- event handlers -----------------------------------------------------------------------
+
+    async def on_benchmark_approved(self, event: BenchmarkApproved) -> None:
+        for local in self.site.datasets:
+            if local.benchmark == event.name:
+                await self.join(event.benchmark_id, local)
+
+    async def on_association_approved(self, event: AssociationApproved) -> None:
+        async with self.uow() as uow:
+            if event.kind == "dataset":
+                row = await uow.session.scalar(
+                    select(PreparedDataset).where(PreparedDataset.dataset_id == event.component_id)
+                )
+                if row is None:
+                    return  # another site's dataset
+                row.association = "APPROVED"
+                await uow.commit()
+                datasets = [row]
+                models = await self.approved_models(event.benchmark_id)
+            else:
+                datasets = list(
+                    (
+                        await uow.session.scalars(
+                            select(PreparedDataset).where(
+                                PreparedDataset.benchmark_id == event.benchmark_id,
+                                PreparedDataset.association == "APPROVED",
+                            )
+                        )
+                    ).all()
+                )
+                models = [event.component_id]
+        if not datasets:
+            return
+        parts = await self.benchmark(event.benchmark_id)
+        for dataset in datasets:
+            for model_id in [parts.reference_model_id, *[m for m in models if m != parts.reference_model_id]]:
+                await self.run_model(parts, model_id, dataset)
+
+    async def on_association_requested(self, event: AssociationRequested) -> None:
+        if event.kind != "model" or event.compatibility is not None:
+            return
+        parts = await self.benchmark(event.benchmark_id)
+        if parts.name not in self.site.committee_for:
+            return
+        report = await self.test_on_demo_data(parts, event.component_id)
+        async with self.uow() as uow:
+            uow.emit(
+                CompatibilityTested(
+                    actor=self.site.owner,
+                    site=self.site.name,
+                    correlation_id=event.event_id,
+                    benchmark_id=event.benchmark_id,
+                    kind="model",
+                    component_id=event.component_id,
+                    report=report,
+                )
+            )
+            await uow.commit()
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    async def join(self, benchmark_id: int, local: LocalDataset) -> None:
+        parts = await self.benchmark(benchmark_id)
+        async with self.uow() as uow:
+            row = await uow.session.scalar(
+                select(PreparedDataset).where(
+                    PreparedDataset.benchmark_id == benchmark_id, PreparedDataset.name == local.name
+                )
+            )
+            if row is not None and row.association != "NONE":
+                return  # already joined (this is a redelivery)
+        log.info("%s: preparing %s for benchmark %s", self.site.name, local.name, parts.name)
+        out = self.site.work_dir / "datasets" / f"b{benchmark_id}-{local.name}"
+        prepared = await self.workflow.prepare(parts.preparator, local.data_path, local.labels_path, out)
+        dataset_id = (
+            await self.command(
+                RegisterDataset(
+                    actor=self.site.owner,
+                    name=local.name,
+                    site=self.site.name,
+                    data_preparator_id=parts.preparator_id,
+                    input_hash=prepared.input_hash,
+                    prepared_hash=prepared.prepared_hash,
+                    statistics=prepared.statistics,
+                )
+            )
+        ).id
+        assert dataset_id is not None
+        async with self.uow() as uow:
+            if row is None:
+                row = PreparedDataset(name=local.name, benchmark_id=benchmark_id)
+            row = await uow.session.merge(row)
+            row.dataset_id, row.prepared_path = dataset_id, str(prepared.path)
+            row.input_hash, row.prepared_hash, row.statistics = (
+                prepared.input_hash,
+                prepared.prepared_hash,
+                prepared.statistics,
+            )
+            await uow.commit()
+        # The compatibility test is the reference model's real run; it is kept and released only
+        # if the association is approved, so the reference model never runs twice.
+        try:
+            await self.run_model(parts, parts.reference_model_id, row, release=False)
+            job = await self._job(parts, parts.reference_model_id, row)
+            report = CompatibilityReport(
+                passed=job is not None and job.status == "succeeded",
+                metrics=job.metrics if job else {},
+                detail=job.detail if job else "",
+            )
+        except TaskFailed as failure:
+            report = CompatibilityReport(passed=False, detail=str(failure))
+        outcome = await ask(
+            self.broker,
+            RequestAssociation(
+                actor=self.site.owner,
+                benchmark_id=benchmark_id,
+                kind="dataset",
+                component_id=dataset_id,
+                compatibility=report,
+            ),
+            self.request_timeout,
+        )
+        if not outcome.ok and outcome.code != "conflict":  # conflict: requested before a crash
+            raise ServiceRefused(f"association request refused: {outcome.reason}")
+        async with self.uow() as uow:
+            row = await uow.session.merge(row)
+            row.association = "PENDING"
+            await uow.commit()
+
+    async def run_model(
+        self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, release: bool = True
+    ) -> None:
+        model = await self.model_spec(model_id)
+        key = _job_key(parts, model_id, model, dataset)
+        async with self._jobs:
+            async with self.uow() as uow:
+                job = await uow.session.get(Job, key)
+                if job is not None and job.status == "succeeded":
+                    if release and not job.released:
+                        self._release(uow, parts, job, dataset)
+                        await uow.commit()
+                    return
+            prepared = PreparedData(
+                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
+            )
+            current = await asyncio.to_thread(tree_hash, prepared.data, prepared.labels)
+            if current != dataset.prepared_hash:
+                raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed on disk since registration")
+            run_dir = self.site.work_dir / "runs" / key[:16]
+            async with self.uow() as uow:
+                digests = {"model": model.image_digest, "metrics": parts.metrics.image_digest}
+                # A failed job is run again when asked again; its row is reused.
+                job = await uow.session.get(Job, key) or Job(
+                    key=key,
+                    benchmark_id=parts.benchmark_id,
+                    model_id=model_id,
+                    dataset_id=dataset.dataset_id,
+                    container_digests=digests,
+                )
+                try:
+                    metrics = await self.workflow.score(model, parts.metrics, prepared, run_dir)
+                except TaskFailed as failure:
+                    job.status, job.detail = "failed", str(failure)
+                    uow.emit(
+                        JobFailed(
+                            actor=self.site.owner,
+                            site=self.site.name,
+                            job=f"run model {model_id}",
+                            benchmark_id=parts.benchmark_id,
+                            model_id=model_id,
+                            dataset_id=dataset.dataset_id,
+                            reason=str(failure),
+                            log_tail=failure.log_tail,
+                        )
+                    )
+                else:
+                    job.status = "succeeded"
+                    # Only the metrics the benchmark declared leave the site.
+                    job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
+                    if release:
+                        self._release(uow, parts, job, dataset)
+                job.finished_at = utcnow()
+                uow.session.add(job)
+                await uow.commit()
+
+    def _release(self, uow: UnitOfWork, parts: BenchmarkParts, job: Job, dataset: PreparedDataset) -> None:
+        job.released = True
+        uow.emit(
+            ResultReported(
+                actor=self.site.owner,
+                site=self.site.name,
+                benchmark_id=parts.benchmark_id,
+                model_id=job.model_id,
+                dataset_id=job.dataset_id,
+                metrics=job.metrics,
+                container_digests=job.container_digests,
+                dataset_hash=dataset.prepared_hash,
+            )
+        )
+
+    async def _job(self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset) -> Job | None:
+        model = await self.model_spec(model_id)
+        async with self.uow() as uow:
+            return await uow.session.get(Job, _job_key(parts, model_id, model, dataset))
+
+    async def test_on_demo_data(self, parts: BenchmarkParts, model_id: int) -> CompatibilityReport:
+        model = await self.model_spec(model_id)
+        demo = await self.workflow.cache.extracted(parts.demo_dataset)
+        paths = json.loads((demo / "paths.json").read_text())
+        base = self.site.work_dir / "demo" / parts.demo_dataset.sha256[:16]
+        try:
+            prepared = await self.workflow.prepare(
+                parts.preparator, demo / paths["data_path"], demo / paths["labels_path"], base / "prepared"
+            )
+            metrics = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
+        except TaskFailed as failure:
+            return CompatibilityReport(passed=False, detail=str(failure))
+        return CompatibilityReport(passed=True, metrics={n: metrics[n] for n in parts.metric_names if n in metrics})
+
+    # --- questions to other services -------------------------------------------------------------
+
+    async def command(self, command: Command) -> Outcome:
+        outcome = await ask(self.broker, command, self.request_timeout)
+        if not outcome.ok:
+            raise ServiceRefused(f"{type(command).__name__} refused ({outcome.code}): {outcome.reason}")
+        return outcome
+
+    async def get(self, entity: str, entity_id: int) -> dict:
+        outcome = await ask(
+            self.broker,
+            GetEntity(actor=self.site.owner, entity=entity, id=entity_id),  # type: ignore[arg-type]
+            self.request_timeout,
+        )
+        if outcome.code == "not_found":
+            # We heard of it from an event, so the registry will know it soon (its own event
+            # consumer may be a moment behind ours).
+            raise NotYet(f"{entity} {entity_id}: {outcome.reason}")
+        if not outcome.ok:
+            raise ServiceRefused(f"reading {entity} {entity_id} refused ({outcome.code}): {outcome.reason}")
+        return outcome.data
+
+    async def model_spec(self, model_id: int) -> ContainerSpec:
+        model = await self.get("model", model_id)
+        return ContainerSpec.model_validate((await self.get("container", model["container_id"]))["spec"])
+
+    async def benchmark(self, benchmark_id: int) -> BenchmarkParts:
+        b = await self.get("benchmark", benchmark_id)
+        preparator = ContainerSpec.model_validate((await self.get("container", b["data_preparator_id"]))["spec"])
+        metrics = ContainerSpec.model_validate((await self.get("container", b["metrics_container_id"]))["spec"])
+        parts = BenchmarkParts(
+            benchmark_id=benchmark_id,
+            name=b["name"],
+            preparator_id=b["data_preparator_id"],
+            preparator=preparator,
+            reference_model_id=b["reference_model_id"],
+            metrics=metrics,
+            metric_names=tuple(m["name"] for m in b["metrics"]),
+            demo_dataset=HostedFile.model_validate(b["demo_dataset"]),
+        )
+        return parts
+
+    async def approved_models(self, benchmark_id: int) -> list[int]:
+        rows = (
+            await self.command(
+                ListAssociations(actor=self.site.owner, benchmark_id=benchmark_id, kind="model", status="APPROVED")
+            )
+        ).data
+        return [row["component_id"] for row in rows]  # already in priority order
+
+
+def _job_key(parts: BenchmarkParts, model_id: int, model: ContainerSpec, dataset: PreparedDataset) -> str:
+    pinned = [
+        parts.benchmark_id,
+        model_id,
+        dataset.dataset_id,
+        model.image_digest,
+        parts.metrics.image_digest,
+        dataset.prepared_hash,
+    ]
+    return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()

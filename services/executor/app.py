@@ -1,0 +1,51 @@
+"""A site's executor agent: a long-running process at a hospital, wired to the federation."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from services.executor.agent import SiteAgent
+from services.executor.assets import AssetCache
+from services.executor.runtime import ContainerRuntime, DockerRuntime
+from services.executor.settings import SiteSettings
+from services.executor.store import TABLES, Base
+from services.executor.workflow import Workflow
+from shared.events import AssociationApproved, AssociationRequested, BenchmarkApproved
+from shared.messaging import consume
+from shared.service import ServiceHost
+from shared.settings import Settings
+
+# Container work outlasts the default ack wait; the message stays unacknowledged until done.
+JOB_ACK_WAIT = 3600.0
+
+
+def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRuntime | None = None) -> ServiceHost:
+    # The site's database is its own, never the federation's.
+    site_settings = settings.model_copy(update={"database_url": site.database()})
+    host = ServiceHost(f"site-{site.name}", site_settings, Base.metadata, TABLES)
+    workflow = Workflow(
+        runtime, AssetCache(site.work_dir / "cache", config_dir=settings.state_dir), site.work_dir, site.task_timeout
+    )
+
+    async def connect_engine() -> None:
+        if workflow.runtime is None:  # connect at start, so building the app (e.g. for docs) needs no engine
+            workflow.runtime = DockerRuntime.from_env()
+
+    host.on_start(connect_engine)
+    agent = SiteAgent(site, host.broker, host.uow, workflow, settings.request_timeout)
+    router = NatsRouter()
+
+    @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT))
+    async def on_benchmark_approved(event: BenchmarkApproved) -> None:
+        await agent.on_benchmark_approved(event)
+
+    @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=JOB_ACK_WAIT))
+    async def on_association_approved(event: AssociationApproved) -> None:
+        await agent.on_association_approved(event)
+
+    @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=JOB_ACK_WAIT))
+    async def on_association_requested(event: AssociationRequested) -> None:
+        await agent.on_association_requested(event)
+
+    host.include(router)
+    return host

@@ -1,0 +1,39 @@
+"""A site agent's own configuration, read from ``MEDPERF_SITE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LocalDataset(BaseModel):
+    """Raw data the data owner has agreed to benchmark: it never leaves the site."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    benchmark: str = Field(description="name of the benchmark this data joins once an admin approves it")
+    data_path: Path
+    labels_path: Path
+
+
+class SiteSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDPERF_SITE_", extra="ignore")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="the site's name, e.g. hospital-a")
+    owner: str = Field(description="the data owner on whose behalf the agent registers and reports")
+    datasets: list[LocalDataset] = Field(default_factory=list)
+    committee_for: list[str] = Field(
+        default_factory=list,
+        description="benchmarks whose committee runs this agent: it tests candidate models on the demo data",
+    )
+    work_dir: Path = Field(default=Path(".medperf/site"), description="prepared data, predictions, logs, cache")
+    database_url: str | None = Field(default=None, description="the site's own database; default SQLite in work_dir")
+    task_timeout: float = Field(default=1800.0, gt=0, description="seconds a container task may run")
+
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.work_dir / 'agent.db').resolve()}"

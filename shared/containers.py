@@ -1,0 +1,141 @@
+"""The container contract: what a registered container *is*, as data.
+
+A container is registered as metadata only. Its image, its weights and its parameters live
+elsewhere; the registry stores where to find them and the hashes that pin them. This module is
+the single definition of that contract, shared by the registry (validation at registration) and
+the executor (what to mount and run).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TaskName = Literal["prepare", "sanity_check", "statistics", "infer", "evaluate"]
+
+#: Mount keys the executor fills in for each task. A task may declare a subset; a key outside
+#: this table is a spec error, because nothing would ever be mounted there.
+TASK_MOUNTS: dict[str, dict[str, frozenset[str]]] = {
+    "prepare": {
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
+        "outputs": frozenset({"output_path", "output_labels_path"}),
+    },
+    "sanity_check": {
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
+        "outputs": frozenset(),
+    },
+    "statistics": {
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
+        "outputs": frozenset({"output_path"}),
+    },
+    "infer": {
+        "inputs": frozenset({"data_path", "parameters_file", "additional_files"}),
+        "outputs": frozenset({"output_path"}),
+    },
+    "evaluate": {
+        "inputs": frozenset({"predictions", "labels", "parameters_file", "additional_files"}),
+        "outputs": frozenset({"output_path", "local_outputs_path"}),
+    },
+}
+
+#: Which tasks make a container fit for each role in a benchmark.
+ROLE_TASKS: dict[str, frozenset[str]] = {
+    "data_preparator": frozenset({"prepare", "sanity_check", "statistics"}),
+    "model": frozenset({"infer"}),
+    "metrics": frozenset({"evaluate"}),
+}
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostedFile(_Strict):
+    """A file hosted elsewhere: a direct-download URL or a ``synapse:`` ID, pinned by sha256."""
+
+    source: str = Field(description="https://… direct-download URL, 'direct:<url>' or 'synapse:syn123'")
+    sha256: str = Field(description="hex sha256 of the file's bytes")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(direct:)?https?://\S+$|^synapse:syn\d+$", value):
+            raise ValueError(
+                "must be a direct-download URL (http:// or https://, optionally prefixed 'direct:') "
+                "or a Synapse ID such as 'synapse:syn12345'"
+            )
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.lower().removeprefix("sha256:")
+        if not SHA256_HEX.match(value):
+            raise ValueError("must be 64 hexadecimal characters (the output of `sha256sum FILE`)")
+        return value
+
+
+class Mount(_Strict):
+    mount_path: str = Field(description="absolute path inside the container")
+    type: Literal["directory", "file"] = "directory"
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be an absolute path inside the container without '..'")
+        return value
+
+
+class TaskSpec(_Strict):
+    command: list[str] = Field(min_length=1, description="argv run inside the container")
+    inputs: dict[str, Mount] = Field(default_factory=dict)
+    outputs: dict[str, Mount] = Field(default_factory=dict)
+    # The only run options a container may ask for; anything that widens privileges is not here.
+    environment: dict[str, str] = Field(default_factory=dict)
+    gpus: str | None = None
+    shm_size: str | None = Field(default=None, pattern=r"^\d+[kmg]?$")
+    timeout_seconds: int | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class ContainerSpec(_Strict):
+    """Equivalent of MedPerf's ``container_config`` plus its parameters and additional files."""
+
+    image: str = Field(min_length=1, description="image name and tag, for people; runs use image_digest")
+    image_digest: str = Field(description="sha256:… image ID; the executor runs exactly this image")
+    tasks: dict[TaskName, TaskSpec] = Field(min_length=1)
+    parameters: dict[str, object] = Field(default_factory=dict, description="mounted as parameters.json")
+    additional_files: HostedFile | None = Field(default=None, description="tarball extracted and mounted")
+
+    @field_validator("image_digest")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not IMAGE_DIGEST.match(value):
+            raise ValueError("must look like 'sha256:' followed by 64 hex characters (see `docker images --digests`)")
+        return value
+
+    @model_validator(mode="after")
+    def _mounts_known(self) -> ContainerSpec:
+        for task_name, task in self.tasks.items():
+            for direction in ("inputs", "outputs"):
+                allowed = TASK_MOUNTS[task_name][direction]
+                for key in getattr(task, direction):
+                    if key not in allowed:
+                        raise ValueError(
+                            f"tasks.{task_name}.{direction}.{key}: unknown mount key; "
+                            f"allowed here: {', '.join(sorted(allowed)) or 'none'}"
+                        )
+            if "additional_files" in task.inputs and self.additional_files is None:
+                raise ValueError(
+                    f"tasks.{task_name}.inputs.additional_files is mounted but the container has no additional_files"
+                )
+        return self
+
+    def missing_tasks(self, role: str) -> list[str]:
+        """Tasks this container lacks to serve as ``role`` in a benchmark (empty when fit)."""
+        return sorted(ROLE_TASKS[role] - set(self.tasks))

@@ -1,0 +1,215 @@
+"""Database plumbing: engines, the transactional outbox, the idempotency inbox, the unit of work.
+
+Every service owns its tables (prefixed with the service name) and never reads another's. A state
+change and the events describing it are written in one transaction: the event rows go to the
+service's outbox table, and the ``OutboxRelay`` publishes them to JetStream after the commit.
+A consumer records each handled event id in its inbox table in the same transaction as its effect,
+so a redelivered event is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream.nats import NatsBroker
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, event, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.events import Event
+from shared.streams import ALL_STREAMS
+
+log = logging.getLogger("medperf.outbox")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def create_all(self, metadata: MetaData) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers proceed during a write; busy_timeout waits instead of failing on a lock.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@dataclass(frozen=True)
+class MessagingTables:
+    outbox: Table
+    inbox: Table
+
+
+def messaging_tables(metadata: MetaData, service: str) -> MessagingTables:
+    outbox = Table(
+        f"{service}_outbox",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("subject", String(255), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+    # One consumer per event type in a service, so the event id alone identifies a handling.
+    inbox = Table(
+        f"{service}_inbox",
+        metadata,
+        Column("event_id", String(36), primary_key=True),
+        Column("event_type", String(64), nullable=False),
+        Column("handled_at", DateTime(timezone=True), nullable=False),
+    )
+    return MessagingTables(outbox, inbox)
+
+
+class UnitOfWork:
+    """One transaction: state changes, the events that describe them, and the inbox mark.
+
+    Use as ``async with uow: ...; await uow.commit()``; leaving without commit rolls back.
+    """
+
+    def __init__(self, db: Database, tables: MessagingTables, relay: OutboxRelay | None = None) -> None:
+        self._db = db
+        self._tables = tables
+        self._relay = relay
+        self.session: AsyncSession
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._db.sessions()
+        self._events: list[Event] = []
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # close() rolls back whatever was not committed, and leaves loaded objects readable
+        # (rollback() would expire them).
+        await self.session.close()
+
+    def emit(self, event: Event) -> None:
+        """Record ``event``; it is written with this transaction and published after the commit."""
+        self._events.append(event)
+
+    async def claim(self, event: Event) -> bool:
+        """Mark ``event`` handled in this transaction; False if it already was (a redelivery)."""
+        inbox = self._tables.inbox
+        key = str(event.event_id)
+        if await self.session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == key)) is not None:
+            return False
+        await self.session.execute(insert(inbox).values(event_id=key, event_type=event.type, handled_at=_now()))
+        return True
+
+    async def commit(self) -> None:
+        events = self._events
+        if events:
+            await self.session.execute(
+                insert(self._tables.outbox),
+                [
+                    {
+                        "event_id": str(e.event_id),
+                        "subject": e.subject,
+                        "payload": e.model_dump_json(),
+                        "created_at": _now(),
+                    }
+                    for e in events
+                ],
+            )
+        await self.session.commit()
+        self._events = []
+        if events and self._relay is not None:
+            self._relay.wake()
+
+
+def _stream_for(subject: str) -> str:
+    for stream in ALL_STREAMS:
+        if any(subject.startswith(pattern.removesuffix(">")) for pattern in stream.subjects):
+            return stream.name
+    raise ValueError(f"no stream captures subject {subject!r}")
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream, in order, at least once.
+
+    ``Nats-Msg-Id`` is the event id, so JetStream drops a row published twice (e.g. a crash between
+    the publish and the mark) within its duplicate window; consumers dedupe anything later.
+    """
+
+    def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
+        self._db = db
+        self._outbox = tables.outbox
+        self._broker = broker
+        self._sweep_interval = sweep_interval
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.publish_pending()  # flush what was committed just before shutdown
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._sweep_interval)
+            self._wakeup.clear()
+            try:
+                await self.publish_pending()
+            except Exception:  # the broker may be restarting; the next sweep retries
+                log.exception("outbox relay could not publish; will retry")
+
+    async def publish_pending(self) -> int:
+        published = 0
+        while True:
+            async with self._db.sessions() as session:
+                rows = (
+                    await session.execute(
+                        select(
+                            self._outbox.c.id, self._outbox.c.event_id, self._outbox.c.subject, self._outbox.c.payload
+                        )
+                        .where(self._outbox.c.published_at.is_(None))
+                        .order_by(self._outbox.c.id)
+                        .limit(200)
+                    )
+                ).all()
+                if not rows:
+                    return published
+                for row in rows:
+                    await self._broker.publish(
+                        row.payload.encode(),
+                        row.subject,
+                        headers={"Nats-Msg-Id": row.event_id, "content-type": "application/json"},
+                        stream=_stream_for(row.subject),
+                    )
+                    await session.execute(
+                        update(self._outbox).where(self._outbox.c.id == row.id).values(published_at=_now())
+                    )
+                    await session.commit()
+                    published += 1

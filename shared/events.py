@@ -1,0 +1,259 @@
+"""Every fact the system records, one pydantic model per event.
+
+An event is immutable and self-describing: the common envelope (``Event``) says who did what,
+when, and why (correlation), and each subclass adds its payload. Subjects are derived from the
+event type and the owning service, so publishing never needs a lookup table.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from shared.containers import ContainerSpec, HostedFile
+
+AssociationKind = Literal["dataset", "model"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Service that owns the event's stream; the subject is ``medperf.<owner>.<type>``.
+    OWNER: ClassVar[str]
+
+    event_id: UUID = Field(default_factory=uuid4, description="unique; consumers dedupe on it")
+    type: str
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(min_length=1, description="user (or site agent) whose action this records")
+    correlation_id: UUID | None = Field(default=None, description="the command or event that caused this one")
+
+    @property
+    def subject(self) -> str:
+        return f"medperf.{self.OWNER}.{self.type}"
+
+    @classmethod
+    def subscription(cls) -> str:
+        """The subject pattern that receives every event of this type."""
+        return f"medperf.{cls.OWNER}.{cls.model_fields['type'].default}"
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+class ContainerRegistered(Event):
+    OWNER = "registry"
+    type: Literal["container.registered"] = "container.registered"
+    container_id: int
+    name: str
+    owner: str
+    spec: ContainerSpec
+
+
+class ModelRegistered(Event):
+    OWNER = "registry"
+    type: Literal["model.registered"] = "model.registered"
+    model_id: int
+    name: str
+    owner: str
+    container_id: int
+
+
+class MetricSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    higher_is_better: bool = True
+
+
+class BenchmarkSubmitted(Event):
+    OWNER = "registry"
+    type: Literal["benchmark.submitted"] = "benchmark.submitted"
+    benchmark_id: int
+    name: str
+    description: str
+    owner: str
+    data_preparator_id: int
+    reference_model_id: int
+    metrics_container_id: int
+    demo_dataset: HostedFile
+    metrics: list[MetricSpec]
+    primary_metric: str
+
+
+class DatasetRegistered(Event):
+    OWNER = "registry"
+    type: Literal["dataset.registered"] = "dataset.registered"
+    dataset_id: int
+    name: str
+    owner: str
+    site: str
+    data_preparator_id: int
+    input_hash: str
+    prepared_hash: str
+    statistics: dict[str, float | int | str]
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+class BenchmarkApproved(Event):
+    OWNER = "approvals"
+    type: Literal["benchmark.approved"] = "benchmark.approved"
+    benchmark_id: int
+    name: str
+    reason: str = ""
+
+
+class BenchmarkRejected(Event):
+    OWNER = "approvals"
+    type: Literal["benchmark.rejected"] = "benchmark.rejected"
+    benchmark_id: int
+    name: str
+    reason: str = ""
+
+
+class CompatibilityReport(BaseModel):
+    """Outcome of running the reference workflow before an association is requested."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    passed: bool
+    metrics: dict[str, float] = Field(default_factory=dict)
+    detail: str = ""
+
+
+class AssociationRequested(Event):
+    OWNER = "approvals"
+    type: Literal["association.requested"] = "association.requested"
+    association_id: int
+    benchmark_id: int
+    kind: AssociationKind
+    component_id: int
+    compatibility: CompatibilityReport | None = None
+
+
+class AssociationApproved(Event):
+    OWNER = "approvals"
+    type: Literal["association.approved"] = "association.approved"
+    association_id: int
+    benchmark_id: int
+    kind: AssociationKind
+    component_id: int
+    priority: int = 0
+    reason: str = ""
+
+
+class AssociationRejected(Event):
+    OWNER = "approvals"
+    type: Literal["association.rejected"] = "association.rejected"
+    association_id: int
+    benchmark_id: int
+    kind: AssociationKind
+    component_id: int
+    reason: str = ""
+
+
+# --- sites (executor agents) ------------------------------------------------------------------
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name!r} is {value}; results must be finite numbers")
+    return metrics
+
+
+class SiteEvent(Event):
+    """Events published by a site agent carry the site in their subject, so that a site's
+    credentials can be limited to its own subjects."""
+
+    OWNER = "site"
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+    @property
+    def subject(self) -> str:
+        return f"medperf.site.{self.site}.{self.type}"
+
+    @classmethod
+    def subscription(cls) -> str:
+        return f"medperf.site.*.{cls.model_fields['type'].default}"
+
+
+class ResultReported(SiteEvent):
+    """Metrics of one model on one dataset. Only aggregate metrics; never cases or predictions."""
+
+    type: Literal["result.reported"] = "result.reported"
+    benchmark_id: int
+    model_id: int
+    dataset_id: int
+    metrics: dict[str, float]
+    container_digests: dict[str, str] = Field(description="role -> image digest that produced the result")
+    dataset_hash: str
+    partial: bool = False
+
+    _check_finite = field_validator("metrics")(_finite)
+
+
+class CompatibilityTested(SiteEvent):
+    """A site ran the benchmark's reference workflow for a pending association request."""
+
+    type: Literal["compatibility.tested"] = "compatibility.tested"
+    benchmark_id: int
+    kind: AssociationKind
+    component_id: int
+    report: CompatibilityReport
+
+
+class JobFailed(SiteEvent):
+    type: Literal["job.failed"] = "job.failed"
+    job: str
+    benchmark_id: int
+    model_id: int | None = None
+    dataset_id: int | None = None
+    reason: str
+    log_tail: str = ""
+
+
+AnyEvent = Annotated[
+    ContainerRegistered
+    | ModelRegistered
+    | BenchmarkSubmitted
+    | DatasetRegistered
+    | BenchmarkApproved
+    | BenchmarkRejected
+    | AssociationRequested
+    | AssociationApproved
+    | AssociationRejected
+    | ResultReported
+    | CompatibilityTested
+    | JobFailed,
+    Field(discriminator="type"),
+]
+EVENTS: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Decode any event from its JSON form; raises ``pydantic.ValidationError`` if malformed."""
+    return EVENTS.validate_json(data)
+
+
+class DeadLetter(BaseModel):
+    """A message a consumer gave up on, parked on ``medperf.deadletter.<service>`` for the console."""
+
+    service: str
+    consumer: str
+    subject: str
+    reason: str
+    deliveries: int
+    payload: str = Field(description="the original body, as text (truncated to 64 KiB)")
+    stream_sequence: int | None = None
+    dead_lettered_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,165 @@
+"""Consumer plumbing: durable pull consumers, acknowledgement after commit, bounded retries and
+the dead-letter subject.
+
+Handlers stay plain async functions. Acknowledgement is decided here, in one place:
+
+- the handler returned: ack (its own transaction has committed by then);
+- the message is malformed (it does not decode into the declared event): dead-letter at once,
+  because redelivering the same bytes cannot help;
+- the handler raised: nack with a growing delay, and dead-letter after ``max_deliveries``.
+
+FastStream's default policy would *terminate* a failed JetStream message, losing it silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from faststream import AckPolicy
+from faststream._internal.middlewares import BaseMiddleware
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from pydantic import ValidationError
+
+from shared.commands import Outcome
+from shared.events import DeadLetter, Event
+from shared.streams import ALL_STREAMS, deadletter_subject
+
+log = logging.getLogger("medperf.messaging")
+
+MAX_PAYLOAD_KEPT = 64 * 1024
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler for a message that can never succeed (e.g. refers to a missing entity)."""
+
+
+class NotYet(Exception):
+    """Raised by a handler that needs a fact from another stream that has not arrived yet.
+    Expected in an eventually consistent system, so it is retried quietly."""
+
+
+def _stream_of(subject: str) -> JStream:
+    prefix = subject.split("*")[0]
+    for stream in ALL_STREAMS:
+        if any(prefix.startswith(pattern.removesuffix(">")) for pattern in stream.subjects):
+            return JStream(stream.name, declare=False)
+    raise ValueError(f"no stream captures {subject!r}")
+
+
+def consume(consumer: str, event_type: type[Event], *, ack_wait: float = 60.0) -> dict[str, Any]:
+    """Subscriber options for ``consumer``'s durable, explicitly acknowledged consumer of ``event_type``.
+
+    ``consumer`` is the service (or ``site-<name>`` for an agent); the durable name adds the type.
+    """
+    subject = event_type.subscription()
+    return {
+        "subject": subject,
+        "stream": _stream_of(subject),
+        "durable": f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}",
+        "pull_sub": PullSub(batch_size=16, timeout=1.0),
+        "config": ConsumerConfig(ack_wait=ack_wait, max_ack_pending=256),
+        "ack_policy": AckPolicy.MANUAL,
+    }
+
+
+class DeadLetters:
+    """Broker middleware factory applying the acknowledgement rules above to JetStream messages."""
+
+    def __init__(self, service: str, max_deliveries: int) -> None:
+        self.service = service
+        self.max_deliveries = max_deliveries
+        self.broker: NatsBroker | None = None
+
+    def __call__(self, msg: Any, /, *, context: Any) -> _DeadLetterScope:
+        return _DeadLetterScope(msg, context=context, policy=self)
+
+    async def park(self, raw: Any, reason: str, deliveries: int) -> None:
+        assert self.broker is not None, "DeadLetters.broker is set by create_broker"
+        meta = raw.metadata
+        letter = DeadLetter(
+            service=self.service,
+            consumer=meta.consumer or "",
+            subject=raw.subject,
+            reason=reason[:2000],
+            deliveries=deliveries,
+            payload=raw.data[:MAX_PAYLOAD_KEPT].decode("utf-8", errors="replace"),
+            stream_sequence=meta.sequence.stream,
+        )
+        await self.broker.publish(
+            letter.model_dump_json().encode(),
+            deadletter_subject(self.service),
+            headers={"content-type": "application/json"},
+            stream="DEADLETTER",
+        )
+        log.warning(
+            "dead-lettered %s from %s after %d deliveries: %s", raw.subject, letter.consumer, deliveries, reason
+        )
+
+
+class _DeadLetterScope(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, policy: DeadLetters) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        raw = msg.raw_message
+        if not _is_jetstream(raw):
+            return await _answer_command(call_next, msg)
+        deliveries = raw.metadata.num_delivered
+        if deliveries > self.policy.max_deliveries:
+            # Earlier attempts never came back (the process died or the ack wait ran out).
+            await self.policy.park(raw, f"gave up after {deliveries - 1} deliveries without an answer", deliveries)
+            await msg.reject()
+            return None
+        try:
+            result = await call_next(msg)
+        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError, PermanentFailure) as exc:
+            await self.policy.park(raw, f"rejected: {_describe(exc)}", deliveries)
+            await msg.reject()
+            return None
+        except Exception as exc:
+            if deliveries >= self.policy.max_deliveries:
+                await self.policy.park(raw, f"failed {deliveries} times; last error: {_describe(exc)}", deliveries)
+                await msg.reject()
+            else:
+                level = logging.INFO if isinstance(exc, NotYet) else logging.WARNING
+                log.log(level, "handler failed on %s (delivery %d), will retry: %s", raw.subject, deliveries, exc)
+                await msg.nack(delay=min(0.5 * 2.0 ** (deliveries - 1), 30.0))
+            return None
+        await msg.ack()
+        return result
+
+
+async def _answer_command(call_next: Any, msg: Any) -> Any:
+    """Commands always get an answer: a malformed one is refused with the reason, a crash is
+    reported as unavailable (and logged) instead of leaving the caller to time out."""
+    try:
+        return await call_next(msg)
+    except (ValidationError, json.JSONDecodeError) as exc:
+        return Outcome.refused("invalid", _describe(exc))
+    except Exception:
+        log.exception("command on %s failed", msg.raw_message.subject)
+        return Outcome.refused("unavailable", "the service failed while handling this request; see its log")
+
+
+class QuietFetchTimeouts(logging.Filter):
+    """nats-py can raise a bare ``asyncio.TimeoutError`` from an idle pull ``fetch`` that FastStream
+    0.7.8 does not suppress (it catches only ``nats.errors.TimeoutError``); FastStream's supervisor
+    restarts the fetch loop, so the traceback it logs is noise, not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, TimeoutError) and "raised an exception, retrying" in record.getMessage())
+
+
+def _is_jetstream(raw: Any) -> bool:
+    return bool(getattr(raw, "reply", None)) and raw.reply.startswith("$JS.ACK")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors()[:5])
+        return f"malformed message: {errors}"
+    return f"{type(exc).__name__}: {exc}"

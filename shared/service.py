@@ -1,0 +1,75 @@
+"""What every service process is made of: a broker, a database with its outbox, and a router."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream.nats import NatsBroker, NatsRouter
+from sqlalchemy import MetaData
+
+from shared.broker import create_broker, ensure_streams
+from shared.commands import Command, Outcome
+from shared.db import Database, MessagingTables, OutboxRelay, UnitOfWork
+from shared.settings import Settings
+
+log = logging.getLogger("medperf.service")
+
+
+class ServiceHost:
+    """Wires one service: ``start`` declares streams and tables, then starts consuming and relaying."""
+
+    def __init__(self, name: str, settings: Settings, metadata: MetaData, tables: MessagingTables) -> None:
+        if not settings.nats_url:
+            raise ValueError("ServiceHost needs settings.nats_url; the launcher starts an embedded server first")
+        self.name = name
+        self.settings = settings
+        self.metadata = metadata
+        self.db = Database(settings.database_url_for(name))
+        self.broker: NatsBroker = create_broker(settings.nats_url, name, settings.max_deliveries)
+        self.relay = OutboxRelay(self.db, tables, self.broker)
+        self._tables = tables
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.db, self._tables, self.relay)
+
+    def include(self, router: NatsRouter) -> None:
+        self.broker.include_router(router)
+
+    def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._on_stop.append(hook)
+
+    async def start(self) -> None:
+        assert self.settings.nats_url
+        await ensure_streams(self.settings.nats_url)
+        await self.db.create_all(self.metadata)
+        await self.broker.start()
+        self.relay.start()
+        await self.relay.publish_pending()  # events committed before a crash go out first
+        for hook in self._on_start:
+            await hook()
+        log.info("%s started", self.name)
+
+    async def stop(self) -> None:
+        for hook in reversed(self._on_stop):
+            await hook()
+        await self.relay.stop()
+        await self.broker.stop()
+        await self.db.dispose()
+
+
+def answers(command_type: type[Command]) -> dict[str, Any]:
+    """Subscriber options for a request/reply command handler; replicas share it as a queue group."""
+    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands"}
+
+
+async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:
+    """Send a command or query to its owning service and return the service's answer."""
+    reply = await broker.request(command.model_dump_json().encode(), command.subject(), timeout=timeout)
+    return Outcome.model_validate_json(reply.body)

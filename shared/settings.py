@@ -1,0 +1,39 @@
+"""Settings shared by every process, read from ``MEDPERF_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDPERF_", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None, description="NATS server URL; empty means: start an embedded nats-server with JetStream"
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL shared by the services (each owns its own tables); "
+        "empty means one SQLite file per service under the state directory",
+    )
+    state_dir: Path = Field(
+        default=Path(".medperf"), description="where databases, caches and the embedded broker live"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    api_token_digests: dict[str, str] = Field(
+        default_factory=dict, description="sha256 hex of each API token -> the user it authenticates"
+    )
+    admins: list[str] = Field(default_factory=list, description="users with admin rights")
+    request_timeout: float = Field(default=10.0, description="seconds to wait for a service to answer a command")
+    max_deliveries: int = Field(default=5, description="attempts at handling an event before it is dead-lettered")
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        path = (self.state_dir / f"{service}.db").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{path}"

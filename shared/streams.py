@@ -1,0 +1,43 @@
+"""Where messages travel: the JetStream streams and the durable consumers' defaults.
+
+Each stream has one owning service (the only one that publishes to it), but every service
+declares all of them idempotently at start, so start-up order never matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+    def config(self) -> StreamConfig:
+        # Limits retention with no age limit: the history is the system of record that read models
+        # (leaderboards, site projections) can be rebuilt from.
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            description=self.description,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+        )
+
+
+REGISTRY = Stream("REGISTRY", ("medperf.registry.>",), "containers, models, benchmarks and datasets registered")
+APPROVALS = Stream("APPROVALS", ("medperf.approvals.>",), "benchmark approvals and association decisions")
+SITES = Stream("SITES", ("medperf.site.>",), "what site agents report: results and job outcomes")
+DEADLETTER = Stream("DEADLETTER", ("medperf.deadletter.>",), "messages a consumer could not handle, with the reason")
+
+ALL_STREAMS = (REGISTRY, APPROVALS, SITES, DEADLETTER)
+
+
+def deadletter_subject(service: str) -> str:
+    return f"medperf.deadletter.{service}"

@@ -1,0 +1,315 @@
+"""DockerRuntime against a real engine: each isolation promise is checked from inside a container.
+
+Engine tests skip (with the reason) when no engine answers; the image is a busybox built here,
+since no registry is reachable from sites or CI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest.mock import MagicMock
+
+import docker
+import pytest
+import requests
+from docker.errors import DockerException, ImageNotFound
+from docker.models.containers import Container
+
+from services.executor.runtime import (
+    TASK_LABEL,
+    Bind,
+    DockerRuntime,
+    ImageNotAvailable,
+    TaskOutcome,
+    TaskRun,
+    TaskStartError,
+    container_name,
+    default_user,
+    device_requests,
+    parse_user,
+    read_tail,
+)
+
+IMAGE_TAG = "localhost/medperf-runtime-test:busybox"
+APPLETS = ("sh", "echo", "cat", "ls", "id", "touch", "sleep", "seq", "true")
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[docker.DockerClient]:
+    try:
+        docker.from_env(timeout=3).ping()
+    except (DockerException, requests.RequestException) as exc:
+        pytest.skip(f"no Docker engine answers (start Docker or set DOCKER_HOST): {exc}")
+    engine = docker.from_env()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def image_digest(client: docker.DockerClient) -> str:
+    with contextlib.suppress(ImageNotFound):
+        return str(client.images.get(IMAGE_TAG).id)  # re-importing would leave a dangling image each run
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).is_file():
+        pytest.skip("a static busybox binary is needed to build the test image")
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+    repository, tag = IMAGE_TAG.rsplit(":", 1)
+    client.api.import_image_from_data(payload.getvalue(), repository=repository, tag=tag)
+    return str(client.images.get(IMAGE_TAG).id)
+
+
+@pytest.fixture
+def runtime(client: docker.DockerClient) -> DockerRuntime:
+    return DockerRuntime(client, memory_limit="256m", pids_limit=64)
+
+
+def make_task(tmp_path: Path, digest: str, command: list[str] | str, **overrides: object) -> TaskRun:
+    """A string command is a shell script, which keeps the tests short."""
+    fields: dict[str, object] = {
+        # Unique per test so leftover checks by label cannot see another run's containers.
+        "name": f"test/{uuid.uuid4().hex[:6]} run",
+        "image_digest": digest,
+        "command": ["sh", "-c", command] if isinstance(command, str) else command,
+        "binds": [],
+        "environment": {},
+        "timeout_seconds": 30.0,
+        "log_path": tmp_path / "logs" / "task.log",
+    }
+    fields.update(overrides)
+    return TaskRun(**fields)  # type: ignore[arg-type]
+
+
+def leftovers(client: docker.DockerClient, task: TaskRun) -> list[Container]:
+    return list(client.containers.list(all=True, filters={"label": f"{TASK_LABEL}={task.name}"}))
+
+
+@pytest.mark.engine
+def test_output_is_written_and_owned_by_the_container_user(
+    runtime: DockerRuntime, client: docker.DockerClient, image_digest: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "site" / "predictions"  # absent: the runtime must create it
+    binds, environment = [Bind(out, "/out", read_only=False)], {"GREETING": "hello"}
+    task = make_task(tmp_path, image_digest, "echo $GREETING > /out/result.txt", binds=binds, environment=environment)
+    outcome = runtime.run(task)
+    assert outcome.ok, outcome.log_tail
+    written = out / "result.txt"
+    assert written.read_text() == "hello\n"
+    assert (written.stat().st_uid, written.stat().st_gid) == (runtime.uid, runtime.gid)
+    assert leftovers(client, task) == []
+
+
+@pytest.mark.engine
+def test_an_explicit_user_gets_the_output_dir(client: docker.DockerClient, image_digest: str, tmp_path: Path) -> None:
+    runtime = DockerRuntime(client, user="4321:4322")
+    out = tmp_path / "out"
+    outcome = runtime.run(make_task(tmp_path, image_digest, ["touch", "/out/x"], binds=[Bind(out, "/out", False)]))
+    assert outcome.ok, outcome.log_tail
+    assert ((out / "x").stat().st_uid, (out / "x").stat().st_gid) == (4321, 4322)
+
+
+@pytest.mark.engine
+def test_inputs_are_read_only(runtime: DockerRuntime, image_digest: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "case.txt").write_text("original\n")
+    data.chmod(0o755)  # readable by nobody, so only the ro mount can stop the write
+    script, binds = "cat /in/case.txt && echo tampered > /in/case.txt", [Bind(data, "/in", read_only=True)]
+    task = make_task(tmp_path, image_digest, script, binds=binds)
+    outcome = runtime.run(task)
+    assert outcome.exit_code not in (0, None) and not outcome.ok
+    assert "original" in outcome.log_tail  # it could read, so the failure is the write
+    assert (data / "case.txt").read_text() == "original\n"
+
+
+@pytest.mark.engine
+def test_runs_as_non_root(runtime: DockerRuntime, image_digest: str, tmp_path: Path) -> None:
+    outcome = runtime.run(make_task(tmp_path, image_digest, "id -u; id -g"))
+    assert outcome.ok, outcome.log_tail
+    assert outcome.log_tail.split() == [str(runtime.uid), str(runtime.gid)]
+    assert runtime.uid != 0 and runtime.gid != 0
+
+
+@pytest.mark.engine
+def test_has_no_network_but_loopback(runtime: DockerRuntime, image_digest: str, tmp_path: Path) -> None:
+    outcome = runtime.run(make_task(tmp_path, image_digest, ["cat", "/proc/net/dev"]))
+    assert outcome.ok, outcome.log_tail
+    interfaces = {line.split(":")[0].strip() for line in outcome.log_tail.splitlines() if ":" in line}
+    assert interfaces == {"lo"}
+
+
+@pytest.mark.engine
+def test_root_is_read_only_tmp_is_writable_and_privileges_are_gone(
+    runtime: DockerRuntime, image_digest: str, tmp_path: Path
+) -> None:
+    script = "touch /tmp/ok && echo tmp-ok; touch /bin/x 2>/dev/null && echo root-writable; cat /proc/self/status"
+    task = make_task(tmp_path, image_digest, script)
+    runtime.run(task)
+    log = task.log_path.read_text()  # the status dump is longer than the tail
+    assert "tmp-ok" in log and "root-writable" not in log
+    status = dict(line.split(":", 1) for line in log.splitlines() if ":" in line)
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+
+
+@pytest.mark.engine
+def test_engine_side_configuration_while_running(
+    runtime: DockerRuntime, client: docker.DockerClient, image_digest: str, tmp_path: Path
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    binds = [Bind(data, "/in", True), Bind(out, "/out", False)]
+    task = make_task(tmp_path, image_digest, ["sleep", "3"], shm_size="64m", binds=binds)
+    outcomes: list[TaskOutcome] = []
+    worker = threading.Thread(target=lambda: outcomes.append(runtime.run(task)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (running := leftovers(client, task)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running, "task container never appeared"
+        attrs = client.api.inspect_container(running[0].id)
+    finally:
+        worker.join()
+    host = attrs["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True and host["Privileged"] is False
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Memory"] == 256 * 2**20 and host["PidsLimit"] == 64
+    assert host["ShmSize"] == 64 * 2**20 and not host.get("DeviceRequests")
+    assert set(host["Tmpfs"]) == {"/tmp"} and not host.get("Binds")
+    assert {(m["Target"], bool(m.get("ReadOnly"))) for m in host["Mounts"]} == {("/in", True), ("/out", False)}
+    assert attrs["Config"]["User"] == runtime.user and attrs["Image"] == image_digest
+    assert attrs["Config"]["Labels"][TASK_LABEL] == task.name
+    assert outcomes and outcomes[0].ok and leftovers(client, task) == []
+
+
+@pytest.mark.engine
+def test_timeout_kills_and_removes_the_container(
+    runtime: DockerRuntime, client: docker.DockerClient, image_digest: str, tmp_path: Path
+) -> None:
+    task = make_task(tmp_path, image_digest, "echo started; sleep 30", timeout_seconds=1.0)
+    outcome = runtime.run(task)
+    assert outcome.timed_out and outcome.exit_code is None and not outcome.ok
+    assert outcome.duration_seconds < 10
+    assert "started" in task.log_path.read_text()
+    assert leftovers(client, task) == []
+
+
+@pytest.mark.engine
+def test_full_log_on_disk_and_a_bounded_tail(runtime: DockerRuntime, image_digest: str, tmp_path: Path) -> None:
+    task = make_task(tmp_path, image_digest, ["seq", "1", "10000"], log_path=tmp_path / "a" / "b" / "seq.log")
+    outcome = runtime.run(task)
+    assert outcome.ok
+    assert task.log_path.read_text().splitlines() == [str(i) for i in range(1, 10001)]
+    tail = outcome.log_tail.splitlines()
+    assert tail == [str(i) for i in range(9981, 10001)]
+    assert len(outcome.log_tail.encode()) <= 4096
+
+
+@pytest.mark.engine
+def test_start_failure_leaves_no_container(
+    runtime: DockerRuntime, client: docker.DockerClient, image_digest: str, tmp_path: Path
+) -> None:
+    task = make_task(tmp_path, image_digest, ["/no/such/binary"])
+    with pytest.raises(TaskStartError, match="no/such/binary"):
+        runtime.run(task)
+    assert leftovers(client, task) == []
+    assert "failed to start" in task.log_path.read_text()
+
+
+@pytest.mark.engine
+def test_unknown_digest_is_reported_with_a_remedy(runtime: DockerRuntime) -> None:
+    digest = "sha256:" + "0" * 64
+    with pytest.raises(ImageNotAvailable) as caught:
+        runtime.ensure_image(digest)
+    assert digest in str(caught.value) and "docker load" in str(caught.value)
+
+
+@pytest.mark.engine
+def test_tags_are_refused(runtime: DockerRuntime, image_digest: str) -> None:
+    runtime.ensure_image(image_digest)
+    for reference in (IMAGE_TAG, image_digest[:19], image_digest.removeprefix("sha256:")):
+        with pytest.raises(ValueError, match="not an image ID"):
+            runtime.ensure_image(reference)
+
+
+@pytest.mark.engine
+def test_overhead_against_the_docker_cli(runtime: DockerRuntime, image_digest: str, tmp_path: Path) -> None:
+    cli = shutil.which("docker")
+    if cli is None:
+        pytest.skip("docker CLI not installed; nothing to compare against")
+
+    def timed(action: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        action()
+        return time.perf_counter() - started
+
+    task = make_task(tmp_path, image_digest, ["true"])
+    argv = [cli, "run", "--rm", "--network", "none", IMAGE_TAG, "true"]
+    ours = [timed(lambda: runtime.run(task)) for _ in range(10)]
+    bare = [timed(lambda: subprocess.run(argv, check=True, capture_output=True)) for _ in range(10)]
+    ours_median, bare_median = statistics.median(ours), statistics.median(bare)
+    print(
+        f"\nDockerRuntime.run median {ours_median * 1000:.0f} ms; `docker run --rm` median "
+        f"{bare_median * 1000:.0f} ms; overhead {(ours_median - bare_median) * 1000:+.0f} ms"
+    )
+    assert ours_median < 3 * bare_median + 1.0
+
+
+# Pure helpers: no engine needed.
+
+
+def test_parse_user() -> None:
+    assert parse_user("1000:1001") == (1000, 1001)
+    assert parse_user("1000") == (1000, 1000)
+    for bad in ("root", "0", "0:0", "1000:0", "nobody:nogroup"):
+        with pytest.raises(ValueError):
+            parse_user(bad)
+
+
+def test_default_user_is_never_root() -> None:
+    expected = (65534, 65534) if os.getuid() == 0 or os.getgid() == 0 else (os.getuid(), os.getgid())
+    assert default_user() == expected
+
+
+def test_container_name_is_sanitised() -> None:
+    name = container_name("infer b1/m2 ✓ d3")
+    assert name.startswith("medperf-infer-b1-m2-d3-") and all(c.isalnum() or c in "_.-" for c in name)
+    assert container_name("///").startswith("medperf-task-")
+
+
+def test_gpu_requests_only_when_asked(tmp_path: Path) -> None:
+    assert device_requests(None) == []
+    assert device_requests("all")[0]["Count"] == -1
+    assert device_requests("2")[0]["Count"] == 2
+    assert device_requests("device=0,1")[0]["DeviceIDs"] == ["0", "1"]
+    runtime = DockerRuntime(MagicMock(), user="1000")
+    task = make_task(tmp_path, "sha256:" + "a" * 64, ["true"])
+    assert "device_requests" not in runtime._create_kwargs(task)
+    with_gpu = runtime._create_kwargs(make_task(tmp_path, task.image_digest, ["true"], gpus="all"))
+    assert with_gpu["device_requests"][0]["Count"] == -1
+
+
+def test_read_tail_drops_a_cut_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("x" * 5000 + "\nlast\n")
+    assert read_tail(log) == "last"
+    log.write_text("\n".join(str(i) for i in range(50)))
+    assert read_tail(log).splitlines() == [str(i) for i in range(30, 50)]
