@@ -248,6 +248,7 @@ async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(t
     url = server.start()
     host = ServiceHost("probe", Settings(nats_url=url, state_dir=tmp_path, max_deliveries=3), Base.metadata, TABLES)
     await host.start()
+    connection = host.broker.connection
     try:
         server.stop()  # the broker goes away ...
         async with UnitOfWork(host.db, TABLES, relay=None) as uow:  # ... with an event still to relay
@@ -260,8 +261,9 @@ async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(t
             async with host.db.sessions() as session:
                 assert (await session.scalar(select(TABLES.outbox.c.published_at))) is None
         assert not host.broker.running
+        assert connection.is_closed
     finally:
-        if host.broker.running:
-            await host.broker.stop()
+        if not connection.is_closed:
+            await connection.close()
         await host.db.dispose()
         server.stop()

@@ -134,7 +134,7 @@ def test_decide_association_needs_a_pending_request(latest: str | None, shown: s
     r = refusal(decide, latest=latest, approve=approve, is_admin=True)
     assert r.code == "conflict"
     assert "no pending request" in r.reason
-    assert f"({shown})" in r.reason
+    assert f"(the association is {shown})" in r.reason
 
 
 @pytest.mark.parametrize("approve", [True, False])

@@ -21,17 +21,7 @@ from examples.breast_cancer.images import SCRIPT_LABEL, DemoImage, default_cache
 from examples.breast_cancer.specs import container_specs
 from shared.containers import ContainerSpec
 
-
-def _engine_problem() -> str | None:
-    try:
-        docker.from_env(timeout=10).ping()
-    except Exception as error:  # any failure to reach an engine means: skip, with the reason
-        return f"no container engine answers docker.from_env().ping() (set DOCKER_HOST): {error}"
-    return None
-
-
-_PROBLEM = _engine_problem()
-pytestmark = [pytest.mark.engine, pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")]
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("docker_engine")]
 
 
 @pytest.fixture(scope="module")
