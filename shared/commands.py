@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.containers import ContainerSpec, HostedFile
-from shared.events import AssociationKind, CompatibilityReport, MetricSpec
+from shared.events import AssociationKind, CompatibilityReport, MetricSpec, _finite
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -85,6 +85,8 @@ class RegisterDataset(Command):
     input_hash: str
     prepared_hash: str
     statistics: dict[str, float | int | str]
+
+    _check_finite = field_validator("statistics")(_finite)
 
 
 # --- registry queries -------------------------------------------------------------------------

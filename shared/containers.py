@@ -64,7 +64,7 @@ class HostedFile(_Strict):
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not re.match(r"^(direct:)?https?://\S+$|^synapse:syn\d+$", value):
+        if not re.fullmatch(r"(direct:)?https?://\S+|synapse:syn\d+", value):
             raise ValueError(
                 "must be a direct-download URL (http:// or https://, optionally prefixed 'direct:') "
                 "or a Synapse ID such as 'synapse:syn12345'"
@@ -75,7 +75,7 @@ class HostedFile(_Strict):
     @classmethod
     def _hex_digest(cls, value: str) -> str:
         value = value.lower().removeprefix("sha256:")
-        if not SHA256_HEX.match(value):
+        if not SHA256_HEX.fullmatch(value):
             raise ValueError("must be 64 hexadecimal characters (the output of `sha256sum FILE`)")
         return value
 
@@ -115,7 +115,7 @@ class ContainerSpec(_Strict):
     @field_validator("image_digest")
     @classmethod
     def _digest(cls, value: str) -> str:
-        if not IMAGE_DIGEST.match(value):
+        if not IMAGE_DIGEST.fullmatch(value):
             raise ValueError("must look like 'sha256:' followed by 64 hex characters (see `docker images --digests`)")
         return value
 

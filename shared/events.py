@@ -23,6 +23,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _finite(values: dict[str, float | int | str]) -> dict:
+    # JSON has no NaN or infinity: pydantic would write null, and no consumer could read the event.
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metric {name!r} is {value}; only finite numbers can be recorded")
+    return values
+
+
 class Event(BaseModel):
     """The envelope every event carries."""
 
@@ -102,6 +110,8 @@ class DatasetRegistered(Event):
     prepared_hash: str
     statistics: dict[str, float | int | str]
 
+    _check_finite = field_validator("statistics")(_finite)
+
 
 # --- approvals --------------------------------------------------------------------------------
 
@@ -129,6 +139,8 @@ class CompatibilityReport(BaseModel):
     passed: bool
     metrics: dict[str, float] = Field(default_factory=dict)
     detail: str = ""
+
+    _check_finite = field_validator("metrics")(_finite)
 
 
 class AssociationRequested(Event):
@@ -163,13 +175,6 @@ class AssociationRejected(Event):
 
 
 # --- sites (executor agents) ------------------------------------------------------------------
-
-
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
-    for name, value in metrics.items():
-        if not math.isfinite(value):
-            raise ValueError(f"metric {name!r} is {value}; results must be finite numbers")
-    return metrics
 
 
 class SiteEvent(Event):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,8 +61,16 @@ class ServiceHost:
         for hook in reversed(self._on_stop):
             await hook()
         await self.relay.stop()
-        await self.broker.stop()
-        await self.db.dispose()
+        connection = self.broker.connection
+        try:
+            await self.broker.stop()
+        except Exception:  # the server is gone, so the connection cannot drain: drop it instead
+            log.warning("%s: broker connection lost while stopping; closing it without draining", self.name)
+            if connection is not None and not connection.is_closed:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+        finally:
+            await self.db.dispose()
 
 
 def answers(command_type: type[Command]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def leaderboard(
     (registered earlier). A model missing a dataset is shown with ``None`` there and flagged
     ``complete: false``; it is never filled in.
     """
+    datasets = _unique_labels(datasets)
     direction = {m.name: m.higher_is_better for m in metrics}
     by_model: dict[int, dict[int, Cell]] = {}
     for cell in cells:
@@ -85,3 +86,12 @@ def leaderboard(
         "datasets": [datasets[d] for d in dataset_ids],
         "rows": rows,
     }
+
+
+def _unique_labels(datasets: dict[int, str]) -> dict[int, str]:
+    """Columns are keyed by label, so two datasets with one label get their ids appended
+    (otherwise one column would silently hide the other)."""
+    counts: dict[str, int] = {}
+    for label in datasets.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {d: label if counts[label] == 1 else f"{label} #{d}" for d, label in datasets.items()}

@@ -238,11 +238,6 @@ async def test_outbox_row_for_a_subject_no_stream_captures_is_not_silently_lost(
         await session.commit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ServiceHost.stop lets the relay's final flush raise (broker unreachable), so broker.stop() "
-    "and db.dispose() are skipped and the connection is left open, reconnecting",
-)
 async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "own-nats")
     url = server.start()

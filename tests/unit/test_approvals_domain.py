@@ -76,7 +76,9 @@ def test_may_request_refuses_a_stranger() -> None:
     [("PENDING", "already pending"), ("APPROVED", "already approved")],
 )
 @pytest.mark.parametrize(("actor", "is_admin"), [(ALICE, False), (BOB, False), (CAROL, True)])
-def test_may_request_refuses_while_pending_or_once_approved(latest: str, words: str, actor: str, is_admin: bool) -> None:
+def test_may_request_refuses_while_pending_or_once_approved(
+    latest: str, words: str, actor: str, is_admin: bool
+) -> None:
     r = refusal(may_request, latest, "APPROVED", actor, PARTIES, is_admin=is_admin)
     assert r.code == "conflict"
     assert words in r.reason

@@ -155,11 +155,6 @@ def test_no_results_no_rows() -> None:
     assert result["rows"] == [] and result["datasets"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per_dataset is keyed by dataset label, and labels need not be unique (the aggregator labels two "
-    "same-named datasets at one site identically): one dataset's result silently disappears from the table",
-)
 def test_two_datasets_with_the_same_label_both_show() -> None:
     result = board([cell(1, 10, auc=0.9), cell(1, 20, auc=0.1)], datasets={10: "site-a/train", 20: "site-a/train"})
     row = row_of(result, 1)

@@ -1,0 +1,193 @@
+"""The HTTP ingress against the real central services: who may do what, and what a user is told
+when a request is wrong. No container engine needed: nothing here runs a container."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.stack import Stack
+from services.ingress.auth import token_digest
+from shared.settings import Settings
+
+TOKENS = {"admin": "t-admin", "committee": "t-committee", "stranger": "t-stranger"}
+DIGEST = "sha256:" + "a" * 64
+
+
+def spec(*tasks: str) -> dict:
+    return {
+        "image": "localhost/example:1",
+        "image_digest": DIGEST,
+        "tasks": {t: {"command": ["run", t]} for t in tasks},
+    }
+
+
+@pytest.fixture
+async def api(tmp_path: Path, nats_url: str) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    settings = Settings(
+        nats_url=nats_url,
+        state_dir=tmp_path,
+        http_port=0,
+        admins=["admin"],
+        api_token_digests={token_digest(t): user for user, t in TOKENS.items()},
+    )
+    async with Stack(settings) as stack:
+        assert stack.ingress is not None
+        clients = {
+            user: httpx.AsyncClient(base_url=stack.ingress.url, headers={"Authorization": f"Bearer {token}"})
+            for user, token in TOKENS.items()
+        }
+        clients["anonymous"] = httpx.AsyncClient(base_url=stack.ingress.url)
+        yield clients
+        for client in clients.values():
+            await client.aclose()
+
+
+async def _benchmark(api: dict[str, httpx.AsyncClient]) -> int:
+    c = api["committee"]
+    prep = await c.post("/containers", json={"name": "prep", "spec": spec("prepare", "sanity_check", "statistics")})
+    metrics = await c.post("/containers", json={"name": "metrics", "spec": spec("evaluate")})
+    model_container = await c.post("/containers", json={"name": "ref", "spec": spec("infer")})
+    model = await c.post("/models", json={"name": "ref", "container_id": model_container.json()["id"]})
+    response = await c.post(
+        "/benchmarks",
+        json={
+            "name": "bench",
+            "data_preparator_id": prep.json()["id"],
+            "reference_model_id": model.json()["id"],
+            "metrics_container_id": metrics.json()["id"],
+            "demo_dataset": {"source": "https://example.org/demo.tar.gz", "sha256": "b" * 64},
+            "metrics": [{"name": "auc"}],
+            "primary_metric": "auc",
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+async def test_a_request_without_a_known_token_is_refused_with_how_to_fix(api: dict) -> None:
+    response = await api["anonymous"].get("/benchmarks")
+    assert response.status_code == 401
+    assert "Authorization: Bearer" in response.json()["error"]
+    bad = await httpx.AsyncClient(
+        base_url=str(api["anonymous"].base_url), headers={"Authorization": "Bearer nope"}
+    ).get("/benchmarks")
+    assert bad.status_code == 401
+
+
+async def test_an_invalid_container_spec_is_refused_naming_the_field(api: dict) -> None:
+    broken = spec("infer")
+    broken["tasks"]["infer"]["inputs"] = {"bogus": {"mount_path": "/x"}}
+    response = await api["committee"].post("/containers", json={"name": "c", "spec": broken})
+    assert response.status_code == 422
+    assert "tasks.infer.inputs.bogus" in response.json()["error"]
+
+    response = await api["committee"].post(
+        "/containers", json={"name": "c", "spec": {**spec("infer"), "image_digest": "latest"}}
+    )
+    assert response.status_code == 422
+    assert "image_digest" in response.json()["error"]
+
+    response = await api["committee"].post(
+        "/containers", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "error" in response.json()
+
+
+async def test_a_benchmark_is_checked_for_fitting_parts(api: dict) -> None:
+    c = api["committee"]
+    prep = (await c.post("/containers", json={"name": "p", "spec": spec("prepare")})).json()["id"]
+    model_container = (await c.post("/containers", json={"name": "m", "spec": spec("infer")})).json()["id"]
+    model = (await c.post("/models", json={"name": "m", "container_id": model_container})).json()["id"]
+    response = await c.post(
+        "/benchmarks",
+        json={
+            "name": "b",
+            "data_preparator_id": prep,
+            "reference_model_id": model,
+            "metrics_container_id": prep,
+            "demo_dataset": {"source": "https://example.org/d.tgz", "sha256": "c" * 64},
+            "metrics": [{"name": "auc"}],
+            "primary_metric": "accuracy",
+        },
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert "sanity_check" in error and "evaluate" in error and "primary_metric" in error
+
+    response = await c.post("/models", json={"name": "x", "container_id": 999})
+    assert response.status_code == 404 and "register it first" in response.json()["error"]
+
+
+async def test_benchmark_approval_is_for_admins_and_makes_the_benchmark_visible(api: dict) -> None:
+    benchmark = await _benchmark(api)
+    assert (await api["stranger"].get(f"/benchmarks/{benchmark}")).status_code == 404
+    assert (await api["committee"].get(f"/benchmarks/{benchmark}")).json()["approval_status"] == "PENDING"
+
+    refused = await api["committee"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
+    assert refused.status_code == 403 and "admin" in refused.json()["error"]
+
+    approved = await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
+    assert approved.status_code == 200 and approved.json()["status"] == "APPROVED"
+    again = await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
+    assert again.status_code == 409
+
+    # The registry learns the decision from the approvals service's event.
+    for _ in range(100):
+        response = await api["stranger"].get(f"/benchmarks/{benchmark}")
+        if response.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert response.status_code == 200 and response.json()["approval_status"] == "APPROVED"
+
+
+async def test_one_pending_benchmark_per_user(api: dict) -> None:
+    await _benchmark(api)
+    c = api["committee"]
+    response = await c.post(
+        "/benchmarks",
+        json={
+            "name": "second",
+            "data_preparator_id": 1,
+            "reference_model_id": 1,
+            "metrics_container_id": 2,
+            "demo_dataset": {"source": "https://example.org/d.tgz", "sha256": "d" * 64},
+            "metrics": [{"name": "auc"}],
+            "primary_metric": "auc",
+        },
+    )
+    assert response.status_code == 409 and "waiting for approval" in response.json()["error"]
+
+
+async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(api: dict) -> None:
+    benchmark = await _benchmark(api)
+    s = api["stranger"]
+    container = (await s.post("/containers", json={"name": "mine", "spec": spec("infer")})).json()["id"]
+    model = (await s.post("/models", json={"name": "mine", "container_id": container})).json()["id"]
+    for _ in range(100):  # approvals learns of the model from the registry's event
+        early = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
+        if early.status_code != 503:
+            break
+        await asyncio.sleep(0.05)
+    assert early.status_code == 409 and "approves it" in early.json()["error"]
+
+    await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
+    requested = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
+    assert requested.status_code == 201
+    own = await s.post(f"/benchmarks/{benchmark}/associations/model/{model}/decision", json={"approve": True})
+    assert own.status_code == 403 and "other party" in own.json()["error"]
+    untested = await api["committee"].post(
+        f"/benchmarks/{benchmark}/associations/model/{model}/decision", json={"approve": True}
+    )
+    assert untested.status_code == 409 and "compatibility test" in untested.json()["error"]
+    rejected = await api["committee"].post(
+        f"/benchmarks/{benchmark}/associations/model/{model}/decision", json={"approve": False, "reason": "no test yet"}
+    )
+    assert rejected.status_code == 200 and rejected.json()["status"] == "REJECTED"
+    history = (await api["committee"].get(f"/benchmarks/{benchmark}/associations")).json()
+    assert [(a["status"], a["decided_by"]) for a in history] == [("REJECTED", "committee")]
