@@ -13,6 +13,7 @@ from sqlalchemy import MetaData
 from shared.broker import create_broker, ensure_streams
 from shared.commands import Command, Outcome
 from shared.db import Database, MessagingTables, OutboxRelay, UnitOfWork
+from shared.events import Event
 from shared.settings import Settings
 
 log = logging.getLogger("medperf.service")
@@ -37,7 +38,18 @@ class ServiceHost:
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.db, self._tables, self.relay)
 
-    def include(self, router: NatsRouter) -> None:
+    def include(self, router: NatsRouter, publishes: tuple[type[Event], ...] = ()) -> None:
+        """Add the service's handlers, and document the events it publishes.
+
+        Events leave through the outbox relay (``broker.publish``), not through FastStream
+        publisher objects; these declarations exist so the AsyncAPI document shows them."""
+        for event_type in publishes:
+            router.publisher(
+                event_type.subscription(),
+                schema=event_type,
+                title=f"{event_type.subscription()}:{event_type.__name__}",
+                description=(event_type.__doc__ or "").strip(),
+            )
         self.broker.include_router(router)
 
     def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:

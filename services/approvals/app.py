@@ -7,7 +7,17 @@ from faststream.nats import NatsRouter
 from services.approvals import handlers
 from services.approvals.store import TABLES, Base
 from shared.commands import DecideAssociation, DecideBenchmark, ListAssociations, Outcome, RequestAssociation
-from shared.events import BenchmarkSubmitted, CompatibilityTested, DatasetRegistered, ModelRegistered
+from shared.events import (
+    AssociationApproved,
+    AssociationRejected,
+    AssociationRequested,
+    BenchmarkApproved,
+    BenchmarkRejected,
+    BenchmarkSubmitted,
+    CompatibilityTested,
+    DatasetRegistered,
+    ModelRegistered,
+)
 from shared.messaging import consume
 from shared.service import ServiceHost, answers
 from shared.settings import Settings
@@ -49,5 +59,14 @@ def create_service(settings: Settings) -> ServiceHost:
     async def list_associations(query: ListAssociations) -> Outcome:
         return await handlers.list_associations(query, host.uow())
 
-    host.include(router)
+    host.include(
+        router,
+        publishes=(
+            BenchmarkApproved,
+            BenchmarkRejected,
+            AssociationRequested,
+            AssociationApproved,
+            AssociationRejected,
+        ),
+    )
     return host

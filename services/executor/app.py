@@ -10,7 +10,14 @@ from services.executor.runtime import ContainerRuntime, DockerRuntime
 from services.executor.settings import SiteSettings
 from services.executor.store import TABLES, Base
 from services.executor.workflow import Workflow
-from shared.events import AssociationApproved, AssociationRequested, BenchmarkApproved
+from shared.events import (
+    AssociationApproved,
+    AssociationRequested,
+    BenchmarkApproved,
+    CompatibilityTested,
+    JobFailed,
+    ResultReported,
+)
 from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
@@ -47,5 +54,5 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     async def on_association_requested(event: AssociationRequested) -> None:
         await agent.on_association_requested(event)
 
-    host.include(router)
+    host.include(router, publishes=(ResultReported, CompatibilityTested, JobFailed))
     return host

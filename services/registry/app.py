@@ -15,7 +15,14 @@ from shared.commands import (
     RegisterModel,
     SubmitBenchmark,
 )
-from shared.events import BenchmarkApproved, BenchmarkRejected
+from shared.events import (
+    BenchmarkApproved,
+    BenchmarkRejected,
+    BenchmarkSubmitted,
+    ContainerRegistered,
+    DatasetRegistered,
+    ModelRegistered,
+)
 from shared.messaging import consume
 from shared.service import ServiceHost, answers
 from shared.settings import Settings
@@ -57,5 +64,5 @@ def create_service(settings: Settings) -> ServiceHost:
     async def on_benchmark_rejected(event: BenchmarkRejected) -> None:
         await handlers.record_benchmark_decision(event, host.uow())
 
-    host.include(router)
+    host.include(router, publishes=(ContainerRegistered, ModelRegistered, BenchmarkSubmitted, DatasetRegistered))
     return host

@@ -1,0 +1,86 @@
+"""The command line: AsyncAPI documents generated from the services' code, and terminal tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.main import main
+from cli.render import leaderboard_table
+from shared.commands import Command
+from shared.events import (
+    AssociationApproved,
+    BenchmarkApproved,
+    BenchmarkSubmitted,
+    ResultReported,
+)
+
+
+@pytest.mark.parametrize(
+    ("service", "consumes", "publishes"),
+    [
+        ("registry", BenchmarkApproved, BenchmarkSubmitted),
+        ("approvals", BenchmarkSubmitted, AssociationApproved),
+        ("executor", AssociationApproved, ResultReported),
+    ],
+)
+def test_asyncapi_lists_what_a_service_consumes_and_publishes(
+    service: str, consumes: type, publishes: type, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["asyncapi", service]) == 0
+    document = json.loads(capsys.readouterr().out)
+    channels = set(document["channels"])
+    assert any(c.startswith(publishes.subscription() + ":") for c in channels)
+    assert any(c.startswith(consumes.subscription() + ":") for c in channels)
+    payloads = json.dumps(document["components"]["schemas"])
+    assert "event_id" in payloads and "correlation_id" in payloads  # the envelope is documented
+
+
+def test_asyncapi_documents_every_command_a_service_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["asyncapi", "approvals"])
+    channels = json.loads(capsys.readouterr().out)["channels"]
+    answered = {c.split(":")[0] for c in channels if c.startswith("medperf.cmd.")}
+    expected = {cls.subject() for cls in Command.__subclasses__() if cls.SERVICE == "approvals"}
+    assert answered == expected
+
+
+def test_leaderboard_table_marks_the_baseline_and_missing_results() -> None:
+    board = {
+        "benchmark": "b",
+        "primary_metric": "auc",
+        "higher_is_better": True,
+        "datasets": ["site-a", "site-b"],
+        "rows": [
+            {
+                "rank": 1,
+                "model": "ref",
+                "baseline": True,
+                "complete": True,
+                "metrics": {"auc": {"mean": 0.9, "min": 0.85, "max": 0.95}},
+                "per_dataset": {"site-a": 0.85, "site-b": 0.95},
+            },
+            {
+                "rank": 2,
+                "model": "new",
+                "baseline": False,
+                "complete": False,
+                "metrics": {"auc": {"mean": 0.8, "min": 0.8, "max": 0.8}},
+                "per_dataset": {"site-a": 0.8, "site-b": None},
+            },
+        ],
+    }
+    lines = leaderboard_table(board).splitlines()
+    assert "ref (baseline)" in lines[3] and "0.9000" in lines[3]
+    assert "new *" in lines[4] and lines[4].rstrip().endswith("-")
+    assert "missing results" in lines[-1]
+
+
+def test_leaderboard_without_credentials_says_how_to_log_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MEDPERF_URL", raising=False)
+    monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
+    monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
+    assert main(["leaderboard", "1"]) == 1
+    assert "medperf auth login" in capsys.readouterr().err
