@@ -18,6 +18,8 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, event, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.events import Event
@@ -111,12 +113,19 @@ class UnitOfWork:
 
     async def claim(self, event: Event) -> bool:
         """Mark ``event`` handled in this transaction; False if it already was (a redelivery)."""
-        inbox = self._tables.inbox
-        key = str(event.event_id)
-        if await self.session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == key)) is not None:
-            return False
-        await self.session.execute(insert(inbox).values(event_id=key, event_type=event.type, handled_at=_now()))
-        return True
+        # INSERT .. ON CONFLICT DO NOTHING: two deliveries of one event handled at once (same batch,
+        # or two replicas) do not fail on the key; the second waits for the first and sees the row.
+        dialect = self.session.bind.dialect.name
+        insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
+        values = {"event_id": str(event.event_id), "event_type": event.type, "handled_at": _now()}
+        if insert_ is None:  # another database: check, then insert (a race ends in a retry)
+            inbox = self._tables.inbox
+            if await self.session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == values["event_id"])):
+                return False
+            await self.session.execute(insert(inbox).values(**values))
+            return True
+        result = await self.session.execute(insert_(self._tables.inbox).values(**values).on_conflict_do_nothing())
+        return bool(result.rowcount)
 
     async def commit(self) -> None:
         events = self._events
