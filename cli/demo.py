@@ -43,6 +43,7 @@ class DemoResult:
     benchmark_id: int
     leaderboard: dict
     stack: Stack
+    tokens: dict[str, str]
 
 
 @contextmanager
@@ -128,7 +129,7 @@ async def run_demo(
                     _flow, clients, container_specs(images, base_url, assets), base_url, assets, say
                 )
                 if keep is not None:
-                    await keep(DemoResult(board["benchmark_id"], board, stack))
+                    await keep(DemoResult(board["benchmark_id"], board, stack, tokens))
             finally:
                 for client in clients.values():
                     client.close()

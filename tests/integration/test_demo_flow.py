@@ -7,6 +7,7 @@ declared metrics ever left a site.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import nats
 import pytest
 
 from cli.demo import DemoResult, run_demo
+from cli.main import main
 from examples.breast_cancer.assets import SITES
 from shared.settings import Settings
 
@@ -33,20 +35,33 @@ async def _stream_messages(url: str, stream: str) -> list:
         await nc.close()
 
 
-async def _run(settings: Settings) -> tuple[dict, dict]:
+async def _run(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[dict, dict]:
     seen: dict = {}
 
     async def inspect(result: DemoResult) -> None:
         url = result.stack.settings.nats_url
-        assert url
+        assert url and result.stack.ingress
         seen["results"] = [m for m in await _stream_messages(url, "SITES") if m.subject.endswith(".result.reported")]
         seen["deadletters"] = await _stream_messages(url, "DEADLETTER")
+        # What a committee member types: `medperf leaderboard ID` against the running federation.
+        monkeypatch.setenv("MEDPERF_URL", result.stack.ingress.url)
+        monkeypatch.setenv("MEDPERF_TOKEN", result.tokens["committee"])
+        capsys.readouterr()
+        for fmt in ("table", "csv"):
+            assert await asyncio.to_thread(main, ["leaderboard", str(result.benchmark_id), "--format", fmt]) == 0
+            seen[fmt] = capsys.readouterr().out
 
     board = await run_demo(settings, say=lambda _: None, keep=inspect)
     return board, seen
 
 
 def _check(board: dict, seen: dict, state: Path) -> None:
+    assert "logistic-regression (baseline)" in seen["table"].splitlines()[3]
+    csv_rows = seen["csv"].strip().splitlines()
+    assert csv_rows[0].startswith("rank,model,baseline,mean_auc") and len(csv_rows) == 4
+
     assert board["datasets"] == sorted(SITES) or sorted(board["datasets"]) == sorted(SITES)
     assert [row["model"] for row in board["rows"]] == ["logistic-regression", "gaussian-nb", "decision-tree"]
     assert all(row["complete"] and row["datasets_reported"] == 3 for row in board["rows"])
@@ -71,12 +86,14 @@ def _check(board: dict, seen: dict, state: Path) -> None:
         assert len(per_case) == 3, f"{site} should keep one per-case file per model"
 
 
-async def test_demo_flow_on_sqlite(tmp_path: Path, docker_engine: None) -> None:
-    board, seen = await _run(Settings(state_dir=tmp_path))
+async def test_demo_flow_on_sqlite(tmp_path: Path, docker_engine: None, monkeypatch, capsys) -> None:
+    board, seen = await _run(Settings(state_dir=tmp_path), monkeypatch, capsys)
     _check(board, seen, tmp_path)
 
 
 @pytest.mark.postgres
-async def test_demo_flow_on_postgresql(tmp_path: Path, docker_engine: None, postgres_url: str) -> None:
-    board, seen = await _run(Settings(state_dir=tmp_path, database_url=postgres_url))
+async def test_demo_flow_on_postgresql(
+    tmp_path: Path, docker_engine: None, postgres_url: str, monkeypatch, capsys
+) -> None:
+    board, seen = await _run(Settings(state_dir=tmp_path, database_url=postgres_url), monkeypatch, capsys)
     _check(board, seen, tmp_path)
