@@ -17,19 +17,46 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.nats import NatsBroker
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, event, insert, select, update
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from shared.events import Event
+from shared.events import Event, utcnow
 from shared.streams import ALL_STREAMS
 
 log = logging.getLogger("medperf.outbox")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware in UTC; SQLite drops the zone on storage,
+    and comparing a naive value read back with an aware one from an event would fail."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Database:
@@ -71,8 +98,8 @@ def messaging_tables(metadata: MetaData, service: str) -> MessagingTables:
         Column("event_id", String(36), nullable=False, unique=True),
         Column("subject", String(255), nullable=False),
         Column("payload", Text, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("published_at", UtcDateTime(), nullable=True, index=True),
     )
     # One consumer per event type in a service, so the event id alone identifies a handling.
     inbox = Table(
@@ -80,7 +107,7 @@ def messaging_tables(metadata: MetaData, service: str) -> MessagingTables:
         metadata,
         Column("event_id", String(36), primary_key=True),
         Column("event_type", String(64), nullable=False),
-        Column("handled_at", DateTime(timezone=True), nullable=False),
+        Column("handled_at", UtcDateTime(), nullable=False),
     )
     return MessagingTables(outbox, inbox)
 
@@ -117,7 +144,7 @@ class UnitOfWork:
         # or two replicas) do not fail on the key; the second waits for the first and sees the row.
         dialect = self.session.bind.dialect.name
         insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
-        values = {"event_id": str(event.event_id), "event_type": event.type, "handled_at": _now()}
+        values = {"event_id": str(event.event_id), "event_type": event.type, "handled_at": utcnow()}
         if insert_ is None:  # another database: check, then insert (a race ends in a retry)
             inbox = self._tables.inbox
             if await self.session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == values["event_id"])):
@@ -137,7 +164,7 @@ class UnitOfWork:
                         "event_id": str(e.event_id),
                         "subject": e.subject,
                         "payload": e.model_dump_json(),
-                        "created_at": _now(),
+                        "created_at": utcnow(),
                     }
                     for e in events
                 ],
@@ -221,7 +248,7 @@ class OutboxRelay:
                         stream=_stream_for(row.subject),
                     )
                     await session.execute(
-                        update(self._outbox).where(self._outbox.c.id == row.id).values(published_at=_now())
+                        update(self._outbox).where(self._outbox.c.id == row.id).values(published_at=utcnow())
                     )
                     await session.commit()
                     published += 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, MetaData, String
+from sqlalchemy import JSON, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import messaging_tables
+from shared.db import UtcDateTime, messaging_tables
 
 
 class Base(DeclarativeBase):
@@ -56,4 +56,4 @@ class Result(Base):
     dataset_hash: Mapped[str] = mapped_column(String(128))
     partial: Mapped[bool] = mapped_column(default=False)
     event_id: Mapped[str] = mapped_column(String(36))
-    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reported_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import messaging_tables
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from shared.db import UtcDateTime, messaging_tables
+from shared.events import utcnow
 
 
 class Base(DeclarativeBase):
@@ -32,7 +29,7 @@ class BenchmarkApproval(Base):
     data_preparator_id: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="PENDING")
     decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
@@ -60,4 +57,4 @@ class AssociationEntry(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     compatibility: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import messaging_tables
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from shared.db import UtcDateTime, messaging_tables
+from shared.events import utcnow
 
 
 class Base(DeclarativeBase):
@@ -55,4 +52,4 @@ class Job(Base):
     container_digests: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     released: Mapped[bool] = mapped_column(default=False)
     detail: Mapped[str] = mapped_column(Text, default="")
-    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

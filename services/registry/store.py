@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import messaging_tables
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from shared.db import UtcDateTime, messaging_tables
+from shared.events import utcnow
 
 
 class Base(DeclarativeBase):
@@ -25,8 +22,8 @@ TABLES = messaging_tables(Base.metadata, "registry")
 class _Entity:
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(128), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    modified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
     is_valid: Mapped[bool] = mapped_column(default=True)
     state: Mapped[str] = mapped_column(String(16), default="OPERATION")
     user_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -55,7 +52,7 @@ class Benchmark(_Entity, Base):
     metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     primary_metric: Mapped[str] = mapped_column(String(64))
     approval_status: Mapped[str] = mapped_column(String(16), default="PENDING")
-    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class Dataset(_Entity, Base):

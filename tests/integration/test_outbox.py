@@ -262,3 +262,35 @@ async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(t
             await connection.close()
         await host.db.dispose()
         server.stop()
+
+
+async def test_timestamps_come_back_timezone_aware(tmp_path: Path) -> None:
+    """SQLite keeps no zone; read-back values are compared with event times, which are aware."""
+    from services.aggregator.store import Base as AggregatorBase
+    from services.aggregator.store import Result
+    from shared.db import Database
+    from shared.events import utcnow
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'tz.db'}")
+    await db.create_all(AggregatorBase.metadata)
+    written = utcnow()
+    async with db.sessions() as session:
+        session.add(
+            Result(
+                benchmark_id=1,
+                model_id=1,
+                dataset_id=1,
+                site="s",
+                metrics={},
+                container_digests={},
+                dataset_hash="h",
+                event_id="e",
+                reported_at=written,
+            )
+        )
+        await session.commit()
+    async with db.sessions() as session:
+        read = (await session.get(Result, (1, 1, 1))).reported_at
+    await db.dispose()
+    assert read.tzinfo is not None and read == written
+    assert read <= utcnow()  # comparing with an aware time does not raise
