@@ -177,16 +177,8 @@ class SiteAgent:
             await uow.commit()
         # The compatibility test is the reference model's real run; it is kept and released only
         # if the association is approved, so the reference model never runs twice.
-        try:
-            await self.run_model(parts, parts.reference_model_id, row, release=False)
-            job = await self._job(parts, parts.reference_model_id, row)
-            report = CompatibilityReport(
-                passed=job is not None and job.status == "succeeded",
-                metrics=job.metrics if job else {},
-                detail=job.detail if job else "",
-            )
-        except TaskFailed as failure:
-            report = CompatibilityReport(passed=False, detail=str(failure))
+        job = await self.run_model(parts, parts.reference_model_id, row, release=False)
+        report = CompatibilityReport(passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail)
         outcome = await ask(
             self.broker,
             RequestAssociation(
@@ -207,59 +199,60 @@ class SiteAgent:
 
     async def run_model(
         self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, release: bool = True
-    ) -> None:
+    ) -> Job:
+        """Run ``model_id`` then the metrics container on ``dataset``, unless that exact run (same
+        containers, same data) already succeeded. A failure of the containers or of the data is
+        recorded and reported, not retried; infrastructure errors propagate and are retried."""
         model = await self.model_spec(model_id)
         key = _job_key(parts, model_id, model, dataset)
-        async with self._jobs:
-            async with self.uow() as uow:
-                job = await uow.session.get(Job, key)
-                if job is not None and job.status == "succeeded":
-                    if release and not job.released:
-                        self._release(uow, parts, job, dataset)
-                        await uow.commit()
-                    return
-            prepared = PreparedData(
-                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
-            )
-            current = await asyncio.to_thread(tree_hash, prepared.data, prepared.labels)
-            if current != dataset.prepared_hash:
-                raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed on disk since registration")
-            run_dir = self.site.work_dir / "runs" / key[:16]
-            async with self.uow() as uow:
-                digests = {"model": model.image_digest, "metrics": parts.metrics.image_digest}
-                # A failed job is run again when asked again; its row is reused.
-                job = await uow.session.get(Job, key) or Job(
+        async with self._jobs, self.uow() as uow:
+            job = await uow.session.get(Job, key)
+            if job is not None and job.status == "succeeded":
+                if release and not job.released:
+                    self._release(uow, parts, job, dataset)
+                    await uow.commit()
+                return job
+            if job is None:  # a failed job is run again when asked again; its row is reused
+                job = Job(
                     key=key,
                     benchmark_id=parts.benchmark_id,
                     model_id=model_id,
                     dataset_id=dataset.dataset_id,
-                    container_digests=digests,
+                    container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
                 )
-                try:
-                    metrics = await self.workflow.score(model, parts.metrics, prepared, run_dir)
-                except TaskFailed as failure:
-                    job.status, job.detail = "failed", str(failure)
-                    uow.emit(
-                        JobFailed(
-                            actor=self.site.owner,
-                            site=self.site.name,
-                            job=f"run model {model_id}",
-                            benchmark_id=parts.benchmark_id,
-                            model_id=model_id,
-                            dataset_id=dataset.dataset_id,
-                            reason=str(failure),
-                            log_tail=failure.log_tail,
-                        )
-                    )
-                else:
-                    job.status = "succeeded"
-                    # Only the metrics the benchmark declared leave the site.
-                    job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
-                    if release:
-                        self._release(uow, parts, job, dataset)
-                job.finished_at = utcnow()
                 uow.session.add(job)
-                await uow.commit()
+            prepared = PreparedData(
+                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
+            )
+            try:
+                if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != dataset.prepared_hash:
+                    raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
+                metrics = await self.workflow.score(
+                    model, parts.metrics, prepared, self.site.work_dir / "runs" / key[:16]
+                )
+            except TaskFailed as failure:
+                job.status, job.detail = "failed", str(failure)
+                uow.emit(
+                    JobFailed(
+                        actor=self.site.owner,
+                        site=self.site.name,
+                        job=f"run model {model_id}",
+                        benchmark_id=parts.benchmark_id,
+                        model_id=model_id,
+                        dataset_id=dataset.dataset_id,
+                        reason=str(failure),
+                        log_tail=failure.log_tail,
+                    )
+                )
+            else:
+                job.status, job.detail = "succeeded", ""
+                # Only the metrics the benchmark declared leave the site.
+                job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
+                if release:
+                    self._release(uow, parts, job, dataset)
+            job.finished_at = utcnow()
+            await uow.commit()
+            return job
 
     def _release(self, uow: UnitOfWork, parts: BenchmarkParts, job: Job, dataset: PreparedDataset) -> None:
         job.released = True
@@ -275,11 +268,6 @@ class SiteAgent:
                 dataset_hash=dataset.prepared_hash,
             )
         )
-
-    async def _job(self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset) -> Job | None:
-        model = await self.model_spec(model_id)
-        async with self.uow() as uow:
-            return await uow.session.get(Job, _job_key(parts, model_id, model, dataset))
 
     async def test_on_demo_data(self, parts: BenchmarkParts, model_id: int) -> CompatibilityReport:
         model = await self.model_spec(model_id)
