@@ -13,7 +13,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.containers import ContainerSpec, HostedFile
-from shared.events import AssociationKind, CompatibilityReport, MetricSpec, _finite
+from shared.events import (
+    ApprovalMode,
+    AssociationKind,
+    CompatibilityReport,
+    EntityKind,
+    EntityState,
+    MetricSpec,
+    _finite,
+)
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -57,12 +65,14 @@ class RegisterContainer(Command):
     SERVICE, NAME = "registry", "register_container"
     name: str = Field(min_length=1, max_length=128)
     spec: ContainerSpec
+    state: EntityState = "DEVELOPMENT"
 
 
 class RegisterModel(Command):
     SERVICE, NAME = "registry", "register_model"
     name: str = Field(min_length=1, max_length=128)
     container_id: int
+    state: EntityState = "DEVELOPMENT"
 
 
 class SubmitBenchmark(Command):
@@ -75,6 +85,7 @@ class SubmitBenchmark(Command):
     demo_dataset: HostedFile
     metrics: list[MetricSpec] = Field(min_length=1)
     primary_metric: str
+    state: EntityState = "DEVELOPMENT"
 
 
 class RegisterDataset(Command):
@@ -85,25 +96,82 @@ class RegisterDataset(Command):
     input_hash: str
     prepared_hash: str
     statistics: dict[str, float | int | str]
+    state: EntityState = "DEVELOPMENT"
 
     _check_finite = field_validator("statistics")(_finite)
+
+
+class EditEntity(Command):
+    """Change fields of an entity; which fields may change depends on the entity and its state
+    (see ``services.registry.domain.EDITABLE``). ``state`` moves DEVELOPMENT -> OPERATION only."""
+
+    SERVICE, NAME = "registry", "edit"
+    entity: EntityKind
+    id: int
+    changes: dict[str, Any] = Field(min_length=1)
+
+
+class DeleteEntity(Command):
+    """Hard delete; admins only."""
+
+    SERVICE, NAME = "registry", "delete"
+    entity: EntityKind
+    id: int
+    reason: str = ""
+
+
+class CreateUser(Command):
+    """Admins only. A user exists before a token is issued to them."""
+
+    SERVICE, NAME = "registry", "create_user"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,127}$")
+    admin: bool = False
+
+
+class IssueToken(Command):
+    """Admins only. The token is in the answer once (``data.token``) and stored only as a hash."""
+
+    SERVICE, NAME = "registry", "issue_token"
+    user: str
+    label: str = Field(default="", max_length=128)
+
+
+class RevokeToken(Command):
+    SERVICE, NAME = "registry", "revoke_token"
+    token_id: int
 
 
 # --- registry queries -------------------------------------------------------------------------
 
 
+class Authenticate(Command):
+    """Asked by the ingress with ``actor='ingress'``: who holds the token with this sha256?
+    Answers ``data = {"user": ..., "is_admin": ...}`` or refuses ``unauthenticated``."""
+
+    SERVICE, NAME = "registry", "authenticate"
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class GetEntity(Command):
-    """One entity by id; ``benchmark`` lookups also accept a unique name."""
+    """One entity by id; containers, models and benchmarks also by their unique name."""
 
     SERVICE, NAME = "registry", "get"
-    entity: Literal["container", "model", "benchmark", "dataset"]
+    entity: EntityKind
     id: int | None = None
     name: str | None = None
 
 
 class ListEntities(Command):
+    """A page of entities, newest last; ``mine`` keeps the caller's own."""
+
     SERVICE, NAME = "registry", "list"
-    entity: Literal["container", "model", "benchmark", "dataset"]
+    entity: EntityKind
+    mine: bool = False
+    owner: str | None = None
+    state: EntityState | None = None
+    is_valid: bool | None = True
+    approval_status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None  # benchmarks only
+    name_contains: str | None = Field(default=None, max_length=128)
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0)
 
@@ -135,11 +203,46 @@ class DecideAssociation(Command):
     reason: str = ""
 
 
+class SetAutoApproval(Command):
+    """Benchmark owner or admin: how requests of ``kind`` are approved without a person deciding.
+    Same-owner requests are always approved; a failed compatibility test never is."""
+
+    SERVICE, NAME = "approvals", "set_auto_approval"
+    benchmark_id: int
+    kind: AssociationKind
+    mode: ApprovalMode
+    allowlist: list[str] = Field(default_factory=list, description="users, for mode ALLOWLIST")
+
+
+class SetPriority(Command):
+    """Benchmark owner or admin: executors run higher priority models first."""
+
+    SERVICE, NAME = "approvals", "set_priority"
+    benchmark_id: int
+    model_id: int
+    priority: int = Field(ge=-1000, le=1000)
+
+
 class ListAssociations(Command):
+    """The latest entry per (benchmark, kind, component); ``involving_me`` keeps those where the
+    caller owns the benchmark or the component."""
+
     SERVICE, NAME = "approvals", "list_associations"
     benchmark_id: int | None = None
     kind: AssociationKind | None = None
+    component_id: int | None = None
     status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None
+    involving_me: bool = False
+    limit: int = Field(default=100, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class AuditTrail(Command):
+    """Every decision about one benchmark, dataset or model: who, when, what, why; oldest first."""
+
+    SERVICE, NAME = "approvals", "audit_trail"
+    entity: Literal["benchmark", "dataset", "model"]
+    id: int
 
 
 # --- aggregator queries -----------------------------------------------------------------------

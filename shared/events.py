@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from shared.containers import ContainerSpec, HostedFile
 
 AssociationKind = Literal["dataset", "model"]
+EntityKind = Literal["container", "model", "benchmark", "dataset"]
+EntityState = Literal["DEVELOPMENT", "OPERATION"]
+ApprovalMode = Literal["NEVER", "ALWAYS", "ALLOWLIST"]
 
 
 def utcnow() -> datetime:
@@ -66,6 +69,7 @@ class ContainerRegistered(Event):
     name: str
     owner: str
     spec: ContainerSpec
+    state: EntityState = "DEVELOPMENT"
 
 
 class ModelRegistered(Event):
@@ -75,6 +79,7 @@ class ModelRegistered(Event):
     name: str
     owner: str
     container_id: int
+    state: EntityState = "DEVELOPMENT"
 
 
 class MetricSpec(BaseModel):
@@ -96,6 +101,7 @@ class BenchmarkSubmitted(Event):
     demo_dataset: HostedFile
     metrics: list[MetricSpec]
     primary_metric: str
+    state: EntityState = "DEVELOPMENT"
 
 
 class DatasetRegistered(Event):
@@ -109,8 +115,60 @@ class DatasetRegistered(Event):
     input_hash: str
     prepared_hash: str
     statistics: dict[str, float | int | str]
+    state: EntityState = "DEVELOPMENT"
 
     _check_finite = field_validator("statistics")(_finite)
+
+
+class FieldChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    old: Any
+    new: Any
+
+
+class EntityEdited(Event):
+    """An owner (or admin) changed fields of a registered entity; ``changes`` holds old and new values.
+    A change of ``state`` (DEVELOPMENT -> OPERATION) or ``is_valid`` is an edit like any other."""
+
+    OWNER = "registry"
+    type: Literal["entity.edited"] = "entity.edited"
+    entity: EntityKind
+    entity_id: int
+    changes: dict[str, FieldChange] = Field(min_length=1)
+
+
+class EntityDeleted(Event):
+    """An admin deleted an entity for good (hard delete)."""
+
+    OWNER = "registry"
+    type: Literal["entity.deleted"] = "entity.deleted"
+    entity: EntityKind
+    entity_id: int
+    reason: str = ""
+
+
+class UserCreated(Event):
+    OWNER = "registry"
+    type: Literal["user.created"] = "user.created"
+    user: str
+    is_admin: bool = False
+
+
+class TokenIssued(Event):
+    """An admin issued an API token; the event never carries the token, only its id."""
+
+    OWNER = "registry"
+    type: Literal["token.issued"] = "token.issued"
+    user: str
+    token_id: int
+    label: str = ""
+
+
+class TokenRevoked(Event):
+    OWNER = "registry"
+    type: Literal["token.revoked"] = "token.revoked"
+    user: str
+    token_id: int
 
 
 # --- approvals --------------------------------------------------------------------------------
@@ -130,6 +188,28 @@ class BenchmarkRejected(Event):
     benchmark_id: int
     name: str
     reason: str = ""
+
+
+class AutoApprovalChanged(Event):
+    """A benchmark owner set how requests of one kind are approved without a person deciding."""
+
+    OWNER = "approvals"
+    type: Literal["auto_approval.changed"] = "auto_approval.changed"
+    benchmark_id: int
+    kind: AssociationKind
+    mode: ApprovalMode
+    allowlist: list[str] = Field(default_factory=list)
+
+
+class AssociationPriorityChanged(Event):
+    """Executors run a benchmark's models in descending priority."""
+
+    OWNER = "approvals"
+    type: Literal["association.priority_changed"] = "association.priority_changed"
+    benchmark_id: int
+    model_id: int
+    old: int
+    new: int
 
 
 class CompatibilityReport(BaseModel):
@@ -233,11 +313,18 @@ AnyEvent = Annotated[
     | ModelRegistered
     | BenchmarkSubmitted
     | DatasetRegistered
+    | EntityEdited
+    | EntityDeleted
+    | UserCreated
+    | TokenIssued
+    | TokenRevoked
     | BenchmarkApproved
     | BenchmarkRejected
     | AssociationRequested
     | AssociationApproved
     | AssociationRejected
+    | AutoApprovalChanged
+    | AssociationPriorityChanged
     | ResultReported
     | CompatibilityTested
     | JobFailed,
