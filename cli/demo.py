@@ -141,11 +141,9 @@ def _flow(
 ) -> dict:
     committee, admin = clients["committee"], clients["admin"]
     say("2/7 committee registers the data preparator, reference model and metrics containers")
-    prep = committee.register_container("bc-data-preparator", specs["prep"])
-    metrics = committee.register_container("bc-metrics", specs["metrics"])
-    reference = committee.register_model(
-        "logistic-regression", committee.register_container("bc-logreg", specs[MODELS[0]])
-    )
+    prep = _register_container(committee, "bc-data-preparator", specs["prep"])
+    metrics = _register_container(committee, "bc-metrics", specs["metrics"])
+    reference = _register_model(committee, "logistic-regression", specs[MODELS[0]])
     demo = assets.hosted["demo-dataset.tar.gz"]
     benchmark = committee.submit_benchmark(
         name=BENCHMARK,
@@ -156,6 +154,7 @@ def _flow(
         demo_dataset={"source": f"{base_url}/demo-dataset.tar.gz", "sha256": demo.sha256},
         metrics=[{"name": n} for n in ("auc", "accuracy", "sensitivity", "specificity")],
         primary_metric="auc",
+        state="OPERATION",
     )
     say(f"3/7 admin approves benchmark {benchmark}; the three hospital agents prepare their data")
     admin.decide_benchmark(benchmark, approve=True, reason="complete and well documented")
@@ -180,9 +179,7 @@ def _flow(
         say(
             f"{5 + step}/7 {owner} registers {model_name} and asks to join; the committee's agent tests it on demo data"
         )
-        model = client.register_model(
-            model_name.replace("_", "-"), client.register_container(f"bc-{model_name}", specs[model_name])
-        )
+        model = _register_model(client, model_name.replace("_", "-"), specs[model_name])
         client.request_association(benchmark, "model", model)
         wait_until(
             lambda m=model: any(
@@ -201,6 +198,17 @@ def _flow(
     say("7/7 every site ran every approved model; only metrics left the sites\n")
     say(leaderboard_table(board))
     return board
+
+
+# Everything the demo registers is final (MedPerf's --operational): only operational datasets and
+# models may join a benchmark.
+def _register_container(client: Client, name: str, spec: dict) -> int:
+    return client.post("/containers", {"name": name, "spec": spec, "state": "OPERATION"})["id"]
+
+
+def _register_model(client: Client, name: str, spec: dict) -> int:
+    container = _register_container(client, f"{name}-container", spec)
+    return client.post("/models", {"name": name, "container_id": container, "state": "OPERATION"})["id"]
 
 
 def _complete(board: dict, models: int, sites: int) -> bool:

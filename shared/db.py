@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,23 +66,55 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _begin_immediate)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time and its busy handler waits by sleeping; queueing the
+        # transactions of this process in order is much faster than letting them collide.
+        self.serialize = url.startswith("sqlite")
+        self.lock = asyncio.Lock()
 
     async def create_all(self, metadata: MetaData) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A short transaction, committed on success, queued behind this process's other writers."""
+        async with self._exclusive(), self.sessions() as session:
+            yield session
+            await session.commit()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        if not self.serialize:
+            yield
+            return
+        async with self.lock:
+            yield
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # We issue BEGIN ourselves (below), so the driver must not open transactions on its own.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers proceed during a write; busy_timeout waits instead of failing on a lock.
+    # synchronous=NORMAL in WAL mode survives a crash of the process; only an OS crash or power
+    # loss can drop the last commits (the outbox is then behind, never inconsistent).
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    # Take the write lock when the transaction starts: a transaction that read first and writes
+    # later could otherwise fail at once with "database is locked" when another writer got there
+    # in between (SQLite does not wait in that case); with IMMEDIATE, busy_timeout applies.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,8 @@ class UnitOfWork:
         self.session: AsyncSession
 
     async def __aenter__(self) -> UnitOfWork:
+        self._exclusive = self._db._exclusive()
+        await self._exclusive.__aenter__()
         self.session = self._db.sessions()
         self._events: list[Event] = []
         return self
@@ -132,7 +167,10 @@ class UnitOfWork:
     async def __aexit__(self, *exc: object) -> None:
         # close() rolls back whatever was not committed, and leaves loaded objects readable
         # (rollback() would expire them).
-        await self.session.close()
+        try:
+            await self.session.close()
+        finally:
+            await self._exclusive.__aexit__(None, None, None)
 
     def emit(self, event: Event) -> None:
         """Record ``event``; it is written with this transaction and published after the commit."""
@@ -225,21 +263,23 @@ class OutboxRelay:
                 log.exception("outbox relay could not publish; will retry")
 
     async def publish_pending(self) -> int:
+        """Publish unpublished rows in order; no transaction is held while waiting for the broker."""
         published = 0
+        outbox = self._outbox
         while True:
-            async with self._db.sessions() as session:
+            async with self._db.transaction() as session:
                 rows = (
                     await session.execute(
-                        select(
-                            self._outbox.c.id, self._outbox.c.event_id, self._outbox.c.subject, self._outbox.c.payload
-                        )
-                        .where(self._outbox.c.published_at.is_(None))
-                        .order_by(self._outbox.c.id)
+                        select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+                        .where(outbox.c.published_at.is_(None))
+                        .order_by(outbox.c.id)
                         .limit(200)
                     )
                 ).all()
-                if not rows:
-                    return published
+            if not rows:
+                return published
+            done: list[int] = []
+            try:
                 for row in rows:
                     await self._broker.publish(
                         row.payload.encode(),
@@ -247,8 +287,11 @@ class OutboxRelay:
                         headers={"Nats-Msg-Id": row.event_id, "content-type": "application/json"},
                         stream=_stream_for(row.subject),
                     )
-                    await session.execute(
-                        update(self._outbox).where(self._outbox.c.id == row.id).values(published_at=utcnow())
-                    )
-                    await session.commit()
-                    published += 1
+                    done.append(row.id)
+            finally:
+                # Marked even if a later publish failed, so what went out is not sent again
+                # (a crash before this line re-sends; JetStream's dedupe window drops those).
+                if done:
+                    async with self._db.transaction() as session:
+                        await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
+            published += len(done)

@@ -87,7 +87,9 @@ class ServiceHost:
 
 def answers(command_type: type[Command]) -> dict[str, Any]:
     """Subscriber options for a request/reply command handler; replicas share it as a queue group."""
-    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands"}
+    # max_workers: handle several commands at once, so decoding, validation and replies overlap
+    # with another command's database work (which the database serialises where it must).
+    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands", "max_workers": 8}
 
 
 async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
         default_factory=dict, description="sha256 hex of each API token -> the user it authenticates"
     )
     admins: list[str] = Field(default_factory=list, description="users with admin rights")
+    auto_approve_benchmarks_from: list[str] = Field(
+        default_factory=list, description="users whose benchmarks are approved without an admin deciding"
+    )
+    oidc_issuer: str | None = Field(default=None, description="accept JWTs from this OpenID Connect issuer")
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = Field(default=None, description="default: <issuer>/.well-known/jwks.json")
+    oidc_user_claim: str = Field(default="email", description="the JWT claim that names the user")
     request_timeout: float = Field(default=10.0, description="seconds to wait for a service to answer a command")
     max_deliveries: int = Field(default=5, description="attempts at handling an event before it is dead-lettered")
 

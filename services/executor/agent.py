@@ -160,6 +160,9 @@ class SiteAgent:
                     input_hash=prepared.input_hash,
                     prepared_hash=prepared.prepared_hash,
                     statistics=prepared.statistics,
+                    # The site's configuration is the data owner's consent to take part: the dataset
+                    # is final once prepared (MedPerf's set_operational).
+                    state="OPERATION",
                 )
             )
         ).id
@@ -205,15 +208,31 @@ class SiteAgent:
         recorded and reported, not retried; infrastructure errors propagate and are retried."""
         model = await self.model_spec(model_id)
         key = _job_key(parts, model_id, model, dataset)
-        async with self._jobs, self.uow() as uow:
-            job = await uow.session.get(Job, key)
-            if job is not None and job.status == "succeeded":
-                if release and not job.released:
-                    self._release(uow, parts, job, dataset)
-                    await uow.commit()
-                return job
-            if job is None:  # a failed job is run again when asked again; its row is reused
-                job = Job(
+        async with self._jobs:
+            async with self.uow() as uow:
+                job = await uow.session.get(Job, key)
+                if job is not None and job.status == "succeeded":
+                    if release and not job.released:
+                        self._release(uow, parts, job, dataset)
+                        await uow.commit()
+                    return job
+            # No transaction is open while containers run: other handlers and the outbox relay
+            # of this site keep using the database meanwhile.
+            prepared = PreparedData(
+                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
+            )
+            failure: TaskFailed | None = None
+            try:
+                if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != dataset.prepared_hash:
+                    raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
+                metrics = await self.workflow.score(
+                    model, parts.metrics, prepared, self.site.work_dir / "runs" / key[:16]
+                )
+            except TaskFailed as error:
+                failure = error
+            async with self.uow() as uow:
+                # A failed job is run again when asked again; its row is reused.
+                job = await uow.session.get(Job, key) or Job(
                     key=key,
                     benchmark_id=parts.benchmark_id,
                     model_id=model_id,
@@ -221,38 +240,29 @@ class SiteAgent:
                     container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
                 )
                 uow.session.add(job)
-            prepared = PreparedData(
-                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
-            )
-            try:
-                if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != dataset.prepared_hash:
-                    raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
-                metrics = await self.workflow.score(
-                    model, parts.metrics, prepared, self.site.work_dir / "runs" / key[:16]
-                )
-            except TaskFailed as failure:
-                job.status, job.detail = "failed", str(failure)
-                uow.emit(
-                    JobFailed(
-                        actor=self.site.owner,
-                        site=self.site.name,
-                        job=f"run model {model_id}",
-                        benchmark_id=parts.benchmark_id,
-                        model_id=model_id,
-                        dataset_id=dataset.dataset_id,
-                        reason=str(failure),
-                        log_tail=failure.log_tail,
+                if failure is not None:
+                    job.status, job.detail, job.metrics = "failed", str(failure), {}
+                    uow.emit(
+                        JobFailed(
+                            actor=self.site.owner,
+                            site=self.site.name,
+                            job=f"run model {model_id}",
+                            benchmark_id=parts.benchmark_id,
+                            model_id=model_id,
+                            dataset_id=dataset.dataset_id,
+                            reason=str(failure),
+                            log_tail=failure.log_tail,
+                        )
                     )
-                )
-            else:
-                job.status, job.detail = "succeeded", ""
-                # Only the metrics the benchmark declared leave the site.
-                job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
-                if release:
-                    self._release(uow, parts, job, dataset)
-            job.finished_at = utcnow()
-            await uow.commit()
-            return job
+                else:
+                    job.status, job.detail = "succeeded", ""
+                    # Only the metrics the benchmark declared leave the site.
+                    job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
+                    if release:
+                        self._release(uow, parts, job, dataset)
+                job.finished_at = utcnow()
+                await uow.commit()
+                return job
 
     def _release(self, uow: UnitOfWork, parts: BenchmarkParts, job: Job, dataset: PreparedDataset) -> None:
         job.released = True

@@ -15,8 +15,10 @@ from shared.events import (
     EVENTS,
     AnyEvent,
     AssociationApproved,
+    AssociationPriorityChanged,
     AssociationRejected,
     AssociationRequested,
+    AutoApprovalChanged,
     BenchmarkApproved,
     BenchmarkRejected,
     BenchmarkSubmitted,
@@ -24,12 +26,18 @@ from shared.events import (
     CompatibilityTested,
     ContainerRegistered,
     DatasetRegistered,
+    EntityDeleted,
+    EntityEdited,
     Event,
+    FieldChange,
     JobFailed,
     MetricSpec,
     ModelRegistered,
     ResultReported,
     SiteEvent,
+    TokenIssued,
+    TokenRevoked,
+    UserCreated,
     parse_event,
 )
 
@@ -263,6 +271,21 @@ def one_of_each() -> list[Event]:
         ),
         CompatibilityTested(**common, site="site-a", benchmark_id=3, kind="model", component_id=2, report=REPORT),
         JobFailed(**common, site="site-a", job="infer", benchmark_id=3, model_id=2, reason="oom", log_tail="..."),
+        EntityEdited(
+            **common,
+            entity="dataset",
+            entity_id=5,
+            changes={
+                "state": FieldChange(old="DEVELOPMENT", new="OPERATION"),
+                "user_metadata": FieldChange(old={}, new={"a": 1}),
+            },
+        ),
+        EntityDeleted(**common, entity="container", entity_id=1, reason="duplicate"),
+        UserCreated(**common, user="bob", is_admin=False),
+        TokenIssued(**common, user="bob", token_id=1, label="laptop"),
+        TokenRevoked(**common, user="bob", token_id=1),
+        AutoApprovalChanged(**common, benchmark_id=3, kind="model", mode="ALLOWLIST", allowlist=["bob"]),
+        AssociationPriorityChanged(**common, benchmark_id=3, model_id=2, old=0, new=5),
     ]
 
 
@@ -293,6 +316,13 @@ EXPECTED_SUBJECTS = {
     "result.reported": "medperf.site.site-a.result.reported",
     "compatibility.tested": "medperf.site.site-a.compatibility.tested",
     "job.failed": "medperf.site.site-a.job.failed",
+    "entity.edited": "medperf.registry.entity.edited",
+    "entity.deleted": "medperf.registry.entity.deleted",
+    "user.created": "medperf.registry.user.created",
+    "token.issued": "medperf.registry.token.issued",
+    "token.revoked": "medperf.registry.token.revoked",
+    "auto_approval.changed": "medperf.approvals.auto_approval.changed",
+    "association.priority_changed": "medperf.approvals.association.priority_changed",
 }
 
 
@@ -481,7 +511,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 12
+    assert len(types) == len(set(types)) == 19
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
@@ -499,6 +529,15 @@ COMMAND_SUBJECTS = {
     commands.DecideAssociation: "medperf.cmd.approvals.decide_association",
     commands.ListAssociations: "medperf.cmd.approvals.list_associations",
     commands.GetLeaderboard: "medperf.cmd.aggregator.leaderboard",
+    commands.EditEntity: "medperf.cmd.registry.edit",
+    commands.DeleteEntity: "medperf.cmd.registry.delete",
+    commands.CreateUser: "medperf.cmd.registry.create_user",
+    commands.IssueToken: "medperf.cmd.registry.issue_token",
+    commands.RevokeToken: "medperf.cmd.registry.revoke_token",
+    commands.Authenticate: "medperf.cmd.registry.authenticate",
+    commands.SetAutoApproval: "medperf.cmd.approvals.set_auto_approval",
+    commands.SetPriority: "medperf.cmd.approvals.set_priority",
+    commands.AuditTrail: "medperf.cmd.approvals.audit_trail",
 }
 
 

@@ -1,0 +1,244 @@
+"""Registry and approvals speed, against raw nats-py in the same run.
+
+1. Registrations per second through the HTTP ingress: POST /containers -> registry command ->
+   row + outbox in one SQLite transaction -> relay -> ContainerRegistered on JetStream. Counted
+   when every event is on the stream. Baseline: raw nats-py JetStream publishes of the same
+   payloads with the same concurrency.
+2. Latency from an approval decision (HTTP POST) to a site agent's consumer seeing the
+   AssociationApproved event (a durable pull consumer with the agent's options). Baseline: raw
+   JetStream publish -> push subscriber latency.
+
+Run: .venv/bin/python bench/registry.py [--registrations 2000] [--approvals 200]
+Targets on a 2-core machine: >= 500 registrations/s (SQLite); p99 approval-to-executor < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import nats
+from faststream.nats import NatsRouter
+
+from cli.stack import Stack
+from services.ingress.auth import token_digest
+from shared.broker import create_broker
+from shared.events import AssociationApproved
+from shared.messaging import consume
+from shared.settings import Settings
+
+CONCURRENCY = 32
+DIGEST = "sha256:" + "ab" * 32
+USERS = {"admin": "t-admin", "committee": "t-committee", "site": "t-site"}
+
+
+def spec(*tasks: str) -> dict:
+    return {"image": "localhost/bench:1", "image_digest": DIGEST, "tasks": {t: {"command": ["run"]} for t in tasks}}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def bounded(n: int, make: object) -> None:
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await make(i)  # type: ignore[operator]
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def stream_count(js: object, stream: str) -> int:
+    return (await js.stream_info(stream)).state.messages  # type: ignore[attr-defined]
+
+
+async def registrations(api: httpx.AsyncClient, url: str, n: int) -> tuple[float, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    before = await stream_count(js, "REGISTRY")
+
+    async def register(i: int) -> None:
+        response = await api.post("/containers", json={"name": f"bench-{i}", "spec": spec("infer")})
+        assert response.status_code == 201, response.text
+
+    start = time.perf_counter()
+    await bounded(n, register)
+    while await stream_count(js, "REGISTRY") < before + n:
+        await asyncio.sleep(0.005)
+    ours = n / (time.perf_counter() - start)
+
+    # Raw baseline: the same number of JetStream publishes of the same size, same concurrency.
+    payload = b"x" * 700
+    await js.add_stream(name="BENCH", subjects=["bench.>"])
+
+    async def publish(i: int) -> None:
+        await js.publish(f"bench.raw.{i}", payload)
+
+    start = time.perf_counter()
+    await bounded(n, publish)
+    raw = n / (time.perf_counter() - start)
+    await js.delete_stream("BENCH")
+    await nc.close()
+    return ours, raw
+
+
+async def approval_latency(api: dict[str, httpx.AsyncClient], url: str, n: int) -> tuple[list[float], list[float]]:
+    committee, site = api["committee"], api["site"]
+    prep = (
+        await committee.post(
+            "/containers",
+            json={"name": "prep", "spec": spec("prepare", "sanity_check", "statistics"), "state": "OPERATION"},
+        )
+    ).json()["id"]
+    metrics = (
+        await committee.post("/containers", json={"name": "metrics", "spec": spec("evaluate"), "state": "OPERATION"})
+    ).json()["id"]
+    ref_container = (
+        await committee.post("/containers", json={"name": "ref", "spec": spec("infer"), "state": "OPERATION"})
+    ).json()["id"]
+    ref = (
+        await committee.post("/models", json={"name": "ref", "container_id": ref_container, "state": "OPERATION"})
+    ).json()["id"]
+    benchmark = (
+        await committee.post(
+            "/benchmarks",
+            json={
+                "name": "bench",
+                "data_preparator_id": prep,
+                "reference_model_id": ref,
+                "metrics_container_id": metrics,
+                "demo_dataset": {"source": "https://example.org/demo.tgz", "sha256": "cd" * 32},
+                "metrics": [{"name": "auc"}],
+                "primary_metric": "auc",
+                "state": "OPERATION",
+            },
+        )
+    ).json()["id"]
+    assert (await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})).status_code == 200
+
+    datasets = []
+    for i in range(n):
+        response = await site.post(
+            "/datasets",
+            json={
+                "name": f"d{i}",
+                "site": "bench-site",
+                "data_preparator_id": prep,
+                "input_hash": f"i{i}",
+                "prepared_hash": f"p{i}",
+                "statistics": {"n": 1},
+                "state": "OPERATION",
+            },
+        )
+        datasets.append(response.json()["id"])
+    for dataset in datasets:
+        for _ in range(200):  # approvals learns of the dataset from the registry's event
+            response = await site.post(
+                f"/benchmarks/{benchmark}/associations",
+                json={
+                    "kind": "dataset",
+                    "component_id": dataset,
+                    "compatibility": {"passed": True, "metrics": {"auc": 0.9}},
+                },
+            )
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(0.01)
+        assert response.status_code == 201, response.text
+
+    # The "executor": a durable pull consumer with the site agent's options.
+    seen: dict[int, float] = {}
+    router = NatsRouter()
+
+    @router.subscriber(**consume("site-bench", AssociationApproved))
+    async def on_approved(event: AssociationApproved) -> None:
+        seen[event.component_id] = time.perf_counter()
+
+    broker = create_broker(url, "site-bench")
+    broker.include_router(router)
+    await broker.start()
+    latencies = []
+    for dataset in datasets:
+        sent = time.perf_counter()
+        response = await committee.post(
+            f"/benchmarks/{benchmark}/associations/dataset/{dataset}/decision", json={"approve": True}
+        )
+        assert response.status_code == 200, response.text
+        while dataset not in seen:
+            await asyncio.sleep(0.0005)
+        latencies.append((seen[dataset] - sent) * 1000)
+    await broker.stop()
+
+    # Raw baseline: JetStream publish -> push subscriber, one at a time.
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCHLAT", subjects=["benchlat.>"])
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+
+    async def handler(msg: object) -> None:
+        arrived.put_nowait(time.perf_counter())
+        await msg.ack()  # type: ignore[attr-defined]
+
+    await js.subscribe("benchlat.>", cb=handler, durable="raw")
+    raw = []
+    for i in range(n):
+        sent = time.perf_counter()
+        await js.publish(f"benchlat.{i}", b"x" * 500)
+        raw.append((await arrived.get() - sent) * 1000)
+    await js.delete_stream("BENCHLAT")
+    await nc.close()
+    return latencies, raw
+
+
+async def main(n_registrations: int, n_approvals: int) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            state_dir=Path(tmp),
+            http_port=0,
+            admins=["admin"],
+            api_token_digests={token_digest(t): u for u, t in USERS.items()},
+        )
+        async with Stack(settings) as stack:
+            assert stack.ingress and stack.settings.nats_url
+            limits = httpx.Limits(max_connections=CONCURRENCY)
+            api = {
+                u: httpx.AsyncClient(
+                    base_url=stack.ingress.url, limits=limits, timeout=30, headers={"Authorization": f"Bearer {t}"}
+                )
+                for u, t in USERS.items()
+            }
+            ours, raw = await registrations(api["committee"], stack.settings.nats_url, n_registrations)
+            print(
+                f"registrations through the ingress: {ours:8.0f}/s   raw JetStream publish: {raw:8.0f}/s"
+                f"   ratio {ours / raw:.3f}   (n={n_registrations}, {CONCURRENCY} in flight; target >= 500/s)"
+            )
+            latencies, raw_lat = await approval_latency(api, stack.settings.nats_url, n_approvals)
+            for name, values in (
+                ("approval -> executor sees event", latencies),
+                ("raw JetStream publish -> receive", raw_lat),
+            ):
+                print(
+                    f"{name:34s} p50 {statistics.median(values):6.2f} ms  p99 {percentile(values, 99):6.2f} ms"
+                    f"  max {max(values):6.2f} ms  (n={len(values)})"
+                )
+            print(f"p99 ratio {percentile(latencies, 99) / percentile(raw_lat, 99):.1f}x raw   (target: p99 < 50 ms)")
+            for client in api.values():
+                await client.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--registrations", type=int, default=2000)
+    parser.add_argument("--approvals", type=int, default=200)
+    args = parser.parse_args()
+    asyncio.run(main(args.registrations, args.approvals))
