@@ -81,6 +81,15 @@ class Client:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, json=body)
 
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})
+
     # --- the verbs people use ---------------------------------------------------------------
 
     def register_container(self, name: str, spec: dict[str, Any]) -> int:
@@ -106,8 +115,59 @@ class Client:
             {"approve": approve, "reason": reason},
         )
 
-    def associations(self, benchmark_id: int, kind: str | None = None, status: str | None = None) -> list[dict]:
-        return self.get(f"/benchmarks/{benchmark_id}/associations", kind=kind, status=status)
+    def associations(
+        self, benchmark_id: int, kind: str | None = None, status: str | None = None, **filters: Any
+    ) -> list[dict]:
+        """A benchmark's associations (more filters: component_id, limit, offset)."""
+        return self.get(f"/benchmarks/{benchmark_id}/associations", kind=kind, status=status, **filters)
+
+    def my_associations(self, **filters: Any) -> list[dict]:
+        """Associations where I own the benchmark or the component (filters: benchmark_id, kind,
+        component_id, status, limit, offset)."""
+        return self.get("/me/associations", **filters)
+
+    def set_auto_approval(self, benchmark_id: int, kind: str, mode: str, allowlist: list[str] | None = None) -> dict:
+        return self.put(
+            f"/benchmarks/{benchmark_id}/auto-approval/{kind}", {"mode": mode, "allowlist": allowlist or []}
+        )
+
+    def set_priority(self, benchmark_id: int, model_id: int, priority: int) -> dict:
+        return self.put(f"/benchmarks/{benchmark_id}/models/{model_id}/priority", {"priority": priority})
+
+    def audit_trail(self, entity: str, entity_id: int) -> list[dict]:
+        """Every decision about a benchmark, dataset or model, oldest first."""
+        return self.get(f"/{entity}s/{entity_id}/audit")
+
+    # --- entities ---------------------------------------------------------------------------
+
+    def entity(self, entity: str, entity_id: int) -> dict:
+        return self.get(f"/{entity}s/{entity_id}")
+
+    def entities(self, entity: str, mine: bool = False, **filters: Any) -> list[dict]:
+        """A page of entities (filters: owner, state, is_valid, approval_status, name_contains,
+        limit, offset); ``mine`` keeps my own."""
+        return self.get(f"/me/{entity}s" if mine else f"/{entity}s", **filters)
+
+    def edit(self, entity: str, entity_id: int, **changes: Any) -> Any:
+        return self.patch(f"/{entity}s/{entity_id}", {"changes": changes})
+
+    def delete_entity(self, entity: str, entity_id: int, reason: str = "") -> Any:
+        return self.delete(f"/{entity}s/{entity_id}", reason=reason)
+
+    # --- people and tokens ------------------------------------------------------------------
+
+    def whoami(self) -> dict:
+        return self.get("/me")
+
+    def create_user(self, name: str, admin: bool = False) -> dict:
+        return self.post("/users", {"name": name, "admin": admin})
+
+    def issue_token(self, user: str, label: str = "") -> dict:
+        """``token`` in the answer is the only copy: the federation keeps its hash."""
+        return self.post(f"/users/{user}/tokens", {"label": label})
+
+    def revoke_token(self, token_id: int) -> Any:
+        return self.delete(f"/tokens/{token_id}")
 
     def leaderboard(self, benchmark_id: int) -> dict:
         return self.get(f"/benchmarks/{benchmark_id}/leaderboard")

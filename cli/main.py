@@ -45,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     synapse = auth.add_parser("synapse_login", help="store a Synapse personal access token for synapse: assets")
     synapse.add_argument("--token", help="personal access token (prompted, hidden, if omitted)")
 
+    admin = commands.add_parser("admin", help="manage users and API tokens (admins only)").add_subparsers(
+        dest="admin_command", required=True
+    )
+    create_user = admin.add_parser("create-user", help="create a user, who can then be issued tokens")
+    create_user.add_argument("name")
+    create_user.add_argument("--admin", action="store_true", help="give the user admin rights")
+    issue = admin.add_parser("issue-token", help="issue an API token to a user; it is printed once, never again")
+    issue.add_argument("user")
+    issue.add_argument("--label", default="", help="what the token is for, e.g. the machine it lives on")
+    revoke = admin.add_parser("revoke-token", help="revoke a token by its id; it stops working within 2 s")
+    revoke.add_argument("token_id", type=int)
+
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
     docs.add_argument("service", choices=["registry", "approvals", "aggregator", "executor"])
 
@@ -99,10 +111,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(f"saved to {save_synapse_token(token, Settings().state_dir)}")
         return 0
+    if args.command == "admin":
+        return _admin(args, Client.from_credentials())
     if args.command == "asyncapi":
         print(json.dumps(_asyncapi(args.service), indent=2))
         return 0
     raise AssertionError(args.command)
+
+
+def _admin(args: argparse.Namespace, client: Client) -> int:
+    if args.admin_command == "create-user":
+        created = client.create_user(args.name, admin=args.admin)
+        print(f"created user {args.name}{' (admin)' if args.admin else ''} (id {created.get('id')})")
+    elif args.admin_command == "issue-token":
+        issued = client.issue_token(args.user, label=args.label)
+        # The federation stores only the token's hash: this is the one time anyone sees it.
+        print(f"token {issued['id']} for {args.user} (shown once; store it now, e.g. `medperf auth login`):")
+        print(issued["token"])
+    else:
+        client.revoke_token(args.token_id)
+        print(f"revoked token {args.token_id}; it stops working within 2 seconds")
+    return 0
 
 
 async def _run_until_signal(stack: object) -> None:

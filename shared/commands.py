@@ -8,7 +8,7 @@ Both travel over core NATS request/reply on ``medperf.cmd.<service>.<name>``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +22,9 @@ from shared.events import (
     MetricSpec,
     _finite,
 )
+
+#: An entity id as the databases store it (a 64-bit integer); larger numbers are refused up front.
+Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -71,7 +74,7 @@ class RegisterContainer(Command):
 class RegisterModel(Command):
     SERVICE, NAME = "registry", "register_model"
     name: str = Field(min_length=1, max_length=128)
-    container_id: int
+    container_id: Id
     state: EntityState = "DEVELOPMENT"
 
 
@@ -79,9 +82,9 @@ class SubmitBenchmark(Command):
     SERVICE, NAME = "registry", "submit_benchmark"
     name: str = Field(min_length=1, max_length=128)
     description: str = ""
-    data_preparator_id: int
-    reference_model_id: int
-    metrics_container_id: int
+    data_preparator_id: Id
+    reference_model_id: Id
+    metrics_container_id: Id
     demo_dataset: HostedFile
     metrics: list[MetricSpec] = Field(min_length=1)
     primary_metric: str
@@ -92,7 +95,7 @@ class RegisterDataset(Command):
     SERVICE, NAME = "registry", "register_dataset"
     name: str = Field(min_length=1, max_length=128)
     site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    data_preparator_id: int
+    data_preparator_id: Id
     input_hash: str
     prepared_hash: str
     statistics: dict[str, float | int | str]
@@ -107,7 +110,7 @@ class EditEntity(Command):
 
     SERVICE, NAME = "registry", "edit"
     entity: EntityKind
-    id: int
+    id: Id
     changes: dict[str, Any] = Field(min_length=1)
 
 
@@ -116,7 +119,7 @@ class DeleteEntity(Command):
 
     SERVICE, NAME = "registry", "delete"
     entity: EntityKind
-    id: int
+    id: Id
     reason: str = ""
 
 
@@ -138,7 +141,7 @@ class IssueToken(Command):
 
 class RevokeToken(Command):
     SERVICE, NAME = "registry", "revoke_token"
-    token_id: int
+    token_id: Id
 
 
 # --- registry queries -------------------------------------------------------------------------
@@ -157,7 +160,7 @@ class GetEntity(Command):
 
     SERVICE, NAME = "registry", "get"
     entity: EntityKind
-    id: int | None = None
+    id: Id | None = None
     name: str | None = None
 
 
@@ -173,7 +176,7 @@ class ListEntities(Command):
     approval_status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None  # benchmarks only
     name_contains: str | None = Field(default=None, max_length=128)
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
 # --- approvals commands -----------------------------------------------------------------------
@@ -181,24 +184,24 @@ class ListEntities(Command):
 
 class DecideBenchmark(Command):
     SERVICE, NAME = "approvals", "decide_benchmark"
-    benchmark_id: int
+    benchmark_id: Id
     approve: bool
     reason: str = ""
 
 
 class RequestAssociation(Command):
     SERVICE, NAME = "approvals", "request_association"
-    benchmark_id: int
+    benchmark_id: Id
     kind: AssociationKind
-    component_id: int
+    component_id: Id
     compatibility: CompatibilityReport | None = None
 
 
 class DecideAssociation(Command):
     SERVICE, NAME = "approvals", "decide_association"
-    benchmark_id: int
+    benchmark_id: Id
     kind: AssociationKind
-    component_id: int
+    component_id: Id
     approve: bool
     reason: str = ""
 
@@ -208,7 +211,7 @@ class SetAutoApproval(Command):
     Same-owner requests are always approved; a failed compatibility test never is."""
 
     SERVICE, NAME = "approvals", "set_auto_approval"
-    benchmark_id: int
+    benchmark_id: Id
     kind: AssociationKind
     mode: ApprovalMode
     allowlist: list[str] = Field(default_factory=list, description="users, for mode ALLOWLIST")
@@ -218,8 +221,8 @@ class SetPriority(Command):
     """Benchmark owner or admin: executors run higher priority models first."""
 
     SERVICE, NAME = "approvals", "set_priority"
-    benchmark_id: int
-    model_id: int
+    benchmark_id: Id
+    model_id: Id
     priority: int = Field(ge=-1000, le=1000)
 
 
@@ -228,13 +231,13 @@ class ListAssociations(Command):
     caller owns the benchmark or the component."""
 
     SERVICE, NAME = "approvals", "list_associations"
-    benchmark_id: int | None = None
+    benchmark_id: Id | None = None
     kind: AssociationKind | None = None
-    component_id: int | None = None
+    component_id: Id | None = None
     status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None
     involving_me: bool = False
     limit: int = Field(default=100, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
 class AuditTrail(Command):
@@ -242,7 +245,7 @@ class AuditTrail(Command):
 
     SERVICE, NAME = "approvals", "audit_trail"
     entity: Literal["benchmark", "dataset", "model"]
-    id: int
+    id: Id
 
 
 # --- aggregator queries -----------------------------------------------------------------------
@@ -250,4 +253,4 @@ class AuditTrail(Command):
 
 class GetLeaderboard(Command):
     SERVICE, NAME = "aggregator", "leaderboard"
-    benchmark_id: int
+    benchmark_id: Id

@@ -1,93 +1,165 @@
-"""Approvals handlers: registry facts feed the projections; commands become decisions and events."""
+"""Approvals handlers for commands and site reports: decisions become history entries and events.
+
+Every command that changes a benchmark's associations or settings first locks the benchmark's row
+(``SELECT .. FOR UPDATE`` on PostgreSQL; SQLite serialises writers anyway), so two requests for
+the same pair cannot both see "nothing pending" and both append.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import select
 
 from services.approvals import domain
-from services.approvals.store import AssociationEntry, BenchmarkApproval, Component
-from shared.commands import DecideAssociation, DecideBenchmark, ListAssociations, Outcome, RequestAssociation
+from services.approvals.store import (
+    AssociationEntry,
+    AuditEntry,
+    AutoApprovalPolicy,
+    BenchmarkApproval,
+    Component,
+    Priority,
+)
+from shared.commands import (
+    DecideAssociation,
+    DecideBenchmark,
+    Outcome,
+    RequestAssociation,
+    SetAutoApproval,
+    SetPriority,
+)
 from shared.db import UnitOfWork
 from shared.events import (
     AssociationApproved,
+    AssociationPriorityChanged,
     AssociationRejected,
     AssociationRequested,
+    AutoApprovalChanged,
     BenchmarkApproved,
     BenchmarkRejected,
-    BenchmarkSubmitted,
     CompatibilityTested,
-    DatasetRegistered,
-    ModelRegistered,
     utcnow,
 )
 
-# --- projections of registry facts ------------------------------------------------------------
+
+def _refused(refusal: domain.Refusal) -> Outcome:
+    return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
 
 
-async def open_benchmark_approval(event: BenchmarkSubmitted, uow: UnitOfWork) -> None:
-    async with uow:
-        if not await uow.claim(event):
-            return
-        uow.session.add(
-            BenchmarkApproval(
-                benchmark_id=event.benchmark_id,
-                name=event.name,
-                owner=event.owner,
-                data_preparator_id=event.data_preparator_id,
-            )
-        )
-        await uow.commit()
-
-
-async def record_component(event: DatasetRegistered | ModelRegistered, uow: UnitOfWork) -> None:
-    async with uow:
-        if not await uow.claim(event):
-            return
-        if isinstance(event, DatasetRegistered):
-            row = Component(
-                kind="dataset",
-                component_id=event.dataset_id,
-                owner=event.owner,
-                data_preparator_id=event.data_preparator_id,
-            )
-        else:
-            row = Component(kind="model", component_id=event.model_id, owner=event.owner)
-        uow.session.add(row)
-        await uow.commit()
-
-
-async def attach_compatibility(event: CompatibilityTested, uow: UnitOfWork) -> None:
-    async with uow:
-        if not await uow.claim(event):
-            return
-        latest = await _latest(uow, event.benchmark_id, event.kind, event.component_id)
-        if latest is not None and latest.status == "PENDING":
-            latest.compatibility = event.report.model_dump(mode="json")
-        await uow.commit()
-
-
-# --- decisions --------------------------------------------------------------------------------
+# --- benchmarks -------------------------------------------------------------------------------
 
 
 async def decide_benchmark(cmd: DecideBenchmark, uow: UnitOfWork) -> Outcome:
     async with uow:
-        row = await uow.session.get(BenchmarkApproval, cmd.benchmark_id)
-        if row is None:
+        row = await _benchmark(uow, cmd.benchmark_id)
+        if row is None or row.deleted:
             return Outcome.refused("not_found", f"no benchmark {cmd.benchmark_id} awaits a decision")
         try:
             row.status = domain.decide_benchmark(row.status, cmd.is_admin, cmd.approve)
         except domain.Refusal as refusal:
-            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+            return _refused(refusal)
         row.decided_by, row.decided_at, row.reason = cmd.actor, utcnow(), cmd.reason
+        uow.session.add(
+            AuditEntry(
+                at=row.decided_at,
+                benchmark_id=row.benchmark_id,
+                action="approved" if cmd.approve else "rejected",
+                actor=cmd.actor,
+                status=row.status,
+                reason=cmd.reason,
+            )
+        )
         event_type = BenchmarkApproved if cmd.approve else BenchmarkRejected
         uow.emit(event_type(actor=cmd.actor, benchmark_id=row.benchmark_id, name=row.name, reason=cmd.reason))
         await uow.commit()
         return Outcome.accepted(row.benchmark_id, {"status": row.status})
 
 
+async def set_auto_approval(cmd: SetAutoApproval, uow: UnitOfWork) -> Outcome:
+    async with uow:
+        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        if benchmark is None or benchmark.deleted:
+            return _unknown_benchmark(cmd.benchmark_id)
+        try:
+            domain.may_configure(cmd.actor, benchmark.facts(), cmd.is_admin, f"its {cmd.kind} auto-approval")
+            allowlist = domain.normalise_allowlist(cmd.allowlist)
+        except domain.Refusal as refusal:
+            return _refused(refusal)
+        policy = await uow.session.get(AutoApprovalPolicy, (cmd.benchmark_id, cmd.kind))
+        data = {"benchmark_id": cmd.benchmark_id, "kind": cmd.kind, "mode": cmd.mode, "allowlist": allowlist}
+        if policy is not None and (policy.mode, policy.allowlist) == (cmd.mode, allowlist):
+            return Outcome.accepted(cmd.benchmark_id, {**data, "changed": False})
+        old = {"mode": policy.mode, "allowlist": policy.allowlist} if policy else {"mode": "NEVER", "allowlist": []}
+        if policy is None:
+            policy = AutoApprovalPolicy(benchmark_id=cmd.benchmark_id, kind=cmd.kind)
+            uow.session.add(policy)
+        policy.mode, policy.allowlist = cmd.mode, allowlist
+        uow.session.add(
+            AuditEntry(
+                benchmark_id=cmd.benchmark_id,
+                kind=cmd.kind,
+                action="auto_approval_changed",
+                actor=cmd.actor,
+                details={"old": old, "new": {"mode": cmd.mode, "allowlist": allowlist}},
+            )
+        )
+        uow.emit(
+            AutoApprovalChanged(
+                actor=cmd.actor, benchmark_id=cmd.benchmark_id, kind=cmd.kind, mode=cmd.mode, allowlist=allowlist
+            )
+        )
+        await uow.commit()
+        return Outcome.accepted(cmd.benchmark_id, {**data, "changed": True})
+
+
+async def set_priority(cmd: SetPriority, uow: UnitOfWork) -> Outcome:
+    async with uow:
+        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        if benchmark is None or benchmark.deleted:
+            return _unknown_benchmark(cmd.benchmark_id)
+        try:
+            domain.may_configure(cmd.actor, benchmark.facts(), cmd.is_admin, "model priorities")
+        except domain.Refusal as refusal:
+            return _refused(refusal)
+        if await _latest(uow, cmd.benchmark_id, "model", cmd.model_id) is None:
+            return Outcome.refused(
+                "not_found",
+                f"model {cmd.model_id} has no association with benchmark {cmd.benchmark_id}; request one first",
+            )
+        row = await uow.session.get(Priority, (cmd.benchmark_id, cmd.model_id))
+        old = row.priority if row is not None else 0
+        data = {"benchmark_id": cmd.benchmark_id, "model_id": cmd.model_id, "old": old, "priority": cmd.priority}
+        if old == cmd.priority:
+            return Outcome.accepted(cmd.benchmark_id, {**data, "changed": False})
+        if row is None:
+            row = Priority(benchmark_id=cmd.benchmark_id, model_id=cmd.model_id)
+            uow.session.add(row)
+        row.priority = cmd.priority
+        uow.session.add(
+            AuditEntry(
+                benchmark_id=cmd.benchmark_id,
+                kind="model",
+                component_id=cmd.model_id,
+                action="priority_changed",
+                actor=cmd.actor,
+                details={"old": old, "new": cmd.priority},
+            )
+        )
+        uow.emit(
+            AssociationPriorityChanged(
+                actor=cmd.actor, benchmark_id=cmd.benchmark_id, model_id=cmd.model_id, old=old, new=cmd.priority
+            )
+        )
+        await uow.commit()
+        return Outcome.accepted(cmd.benchmark_id, {**data, "changed": True})
+
+
+# --- associations -----------------------------------------------------------------------------
+
+
 async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await uow.session.get(BenchmarkApproval, cmd.benchmark_id)
+        benchmark = await _benchmark(uow, cmd.benchmark_id)
         component = await uow.session.get(Component, (cmd.kind, cmd.component_id))
         if benchmark is None or component is None:
             missing = f"benchmark {cmd.benchmark_id}" if benchmark is None else f"{cmd.kind} {cmd.component_id}"
@@ -95,26 +167,21 @@ async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outco
             return Outcome.refused(
                 "unavailable", f"{missing} is not known to the approvals service (yet); retry shortly"
             )
-        if cmd.kind == "dataset" and component.data_preparator_id != benchmark.data_preparator_id:
-            return Outcome.refused(
-                "invalid",
-                f"dataset {cmd.component_id} was prepared with container {component.data_preparator_id}, but the "
-                f"benchmark needs its data preparator {benchmark.data_preparator_id}; prepare the data with it",
-            )
-        parties = domain.Party(benchmark_owner=benchmark.owner, component_owner=component.owner)
         latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
         try:
-            domain.may_request(latest.status if latest else None, benchmark.status, cmd.actor, parties, cmd.is_admin)
+            domain.may_request(
+                latest.status if latest else None, benchmark.facts(), component.facts(), cmd.actor, cmd.is_admin
+            )
         except domain.Refusal as refusal:
-            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
-        compatibility = cmd.compatibility.model_dump(mode="json") if cmd.compatibility else None
+            return _refused(refusal)
         entry = AssociationEntry(
             benchmark_id=cmd.benchmark_id,
             kind=cmd.kind,
             component_id=cmd.component_id,
             status="PENDING",
             initiated_by=cmd.actor,
-            compatibility=compatibility,
+            compatibility=cmd.compatibility.model_dump(mode="json") if cmd.compatibility else None,
+            created_at=utcnow(),
         )
         uow.session.add(entry)
         await uow.session.flush()
@@ -128,37 +195,101 @@ async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outco
                 compatibility=cmd.compatibility,
             )
         )
-        passed = cmd.compatibility.passed if cmd.compatibility else None
-        if domain.auto_approves(parties, cmd.actor, passed):
-            await _append_decision(uow, entry, "APPROVED", cmd.actor, "same owner on both sides")
+        status, why = await _auto_approve(uow, benchmark, component, entry)
         await uow.commit()
-        return Outcome.accepted(entry.id, {"status": "PENDING"})
+        return Outcome.accepted(entry.id, {"status": status, "auto_approval": why})
 
 
 async def decide_association(cmd: DecideAssociation, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await uow.session.get(BenchmarkApproval, cmd.benchmark_id)
+        benchmark = await _benchmark(uow, cmd.benchmark_id)
         component = await uow.session.get(Component, (cmd.kind, cmd.component_id))
         latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
         if benchmark is None or component is None or latest is None:
             return Outcome.refused(
                 "not_found", f"no association of {cmd.kind} {cmd.component_id} with benchmark {cmd.benchmark_id}"
             )
-        parties = domain.Party(benchmark_owner=benchmark.owner, component_owner=component.owner)
         passed = latest.compatibility.get("passed") if latest.compatibility else None
         try:
             status = domain.decide_association(
-                latest.status, latest.initiated_by, cmd.actor, parties, cmd.is_admin, cmd.approve, passed
+                latest.status,
+                latest.initiated_by,
+                cmd.actor,
+                benchmark.facts(),
+                component.facts(),
+                cmd.is_admin,
+                cmd.approve,
+                passed,
             )
         except domain.Refusal as refusal:
-            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
-        entry = await _append_decision(uow, latest, status, cmd.actor, cmd.reason)
+            return _refused(refusal)
+        reason = cmd.reason
+        if latest.status == "APPROVED" and not reason:
+            reason = f"approval revoked by {cmd.actor}"  # a revocation always says what happened
+        entry = await _append_decision(uow, latest, status, cmd.actor, cmd.actor, reason)
         await uow.commit()
         return Outcome.accepted(entry.id, {"status": status})
 
 
+async def attach_compatibility(event: CompatibilityTested, uow: UnitOfWork) -> None:
+    """A site tested a pending request: keep the report on the request and, if the benchmark's
+    policy already consents, approve it now."""
+    async with uow:
+        if not await uow.claim(event):
+            return
+        benchmark = await _benchmark(uow, event.benchmark_id)
+        component = await uow.session.get(Component, (event.kind, event.component_id))
+        latest = await _latest(uow, event.benchmark_id, event.kind, event.component_id)
+        if benchmark is None or component is None or latest is None or latest.status != "PENDING":
+            await uow.commit()  # decided (or withdrawn) before the test finished: nothing to attach to
+            return
+        report = event.report.model_dump(mode="json")
+        latest.compatibility = report  # the request's attachment, not a decision: the latest test counts
+        uow.session.add(
+            AuditEntry(
+                benchmark_id=event.benchmark_id,
+                kind=event.kind,
+                component_id=event.component_id,
+                action="compatibility_tested",
+                actor=event.actor,
+                status="PASSED" if event.report.passed else "FAILED",
+                reason=event.report.detail,
+                details={"site": event.site, "association_id": latest.id, "report": report},
+            )
+        )
+        await _auto_approve(uow, benchmark, component, latest)
+        await uow.commit()
+
+
+async def _auto_approve(
+    uow: UnitOfWork, benchmark: BenchmarkApproval, component: Component, request: AssociationEntry
+) -> tuple[str, str]:
+    """Approve ``request`` if the rules consent without a person; the resulting status and why."""
+    policy = await uow.session.get(AutoApprovalPolicy, (request.benchmark_id, request.kind))
+    mode, allowlist = (policy.mode, policy.allowlist) if policy else ("NEVER", [])
+    passed = request.compatibility.get("passed") if request.compatibility else None
+    approve, why = domain.auto_approval(
+        kind=request.kind,
+        benchmark_owner=benchmark.owner,
+        component_owner=component.owner,
+        initiator=request.initiated_by,
+        mode=mode,
+        allowlist=allowlist,
+        compatibility_passed=passed,
+    )
+    if not approve:
+        return "PENDING", why
+    try:  # the request passed these checks, but either side may have changed since
+        domain.check_joinable(benchmark.facts(), component.facts())
+    except domain.Refusal as refusal:
+        return "PENDING", f"would be approved automatically, but {refusal.reason}"
+    approver = domain.auto_approver(benchmark.owner, component.owner, mode)
+    await _append_decision(uow, request, "APPROVED", approver, approver, why)
+    return "APPROVED", why
+
+
 async def _append_decision(
-    uow: UnitOfWork, request: AssociationEntry, status: str, actor: str, reason: str
+    uow: UnitOfWork, request: AssociationEntry, status: str, actor: str, decided_by: str, reason: str
 ) -> AssociationEntry:
     """Append the decision to the history (never overwrite) and emit it."""
     entry = AssociationEntry(
@@ -167,14 +298,14 @@ async def _append_decision(
         component_id=request.component_id,
         status=status,
         initiated_by=request.initiated_by,
-        decided_by=actor,
+        decided_by=decided_by,
         reason=reason,
         compatibility=request.compatibility,
-        priority=request.priority,
+        created_at=utcnow(),
     )
     uow.session.add(entry)
     await uow.session.flush()
-    common = {
+    common: dict[str, Any] = {
         "actor": actor,
         "association_id": entry.id,
         "benchmark_id": entry.benchmark_id,
@@ -183,10 +314,29 @@ async def _append_decision(
         "reason": reason,
     }
     if status == "APPROVED":
-        uow.emit(AssociationApproved(**common, priority=entry.priority))
+        priority = await priority_of(uow, entry.benchmark_id, entry.kind, entry.component_id)
+        uow.emit(AssociationApproved(**common, priority=priority))
     else:
         uow.emit(AssociationRejected(**common))
     return entry
+
+
+async def priority_of(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: int) -> int:
+    if kind != "model":
+        return 0  # priorities order models; every dataset runs them all
+    row = await uow.session.get(Priority, (benchmark_id, component_id))
+    return row.priority if row is not None else 0
+
+
+async def _benchmark(uow: UnitOfWork, benchmark_id: int) -> BenchmarkApproval | None:
+    # Locks the row on PostgreSQL for the rest of the transaction (see the module docstring).
+    return await uow.session.get(BenchmarkApproval, benchmark_id, with_for_update=True)
+
+
+def _unknown_benchmark(benchmark_id: int) -> Outcome:
+    return Outcome.refused(
+        "not_found", f"no benchmark {benchmark_id} is known to the approvals service (just submitted? retry shortly)"
+    )
 
 
 async def _latest(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: int) -> AssociationEntry | None:
@@ -200,35 +350,3 @@ async def _latest(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: i
         .order_by(AssociationEntry.id.desc())
         .limit(1)
     )
-
-
-async def list_associations(query: ListAssociations, uow: UnitOfWork) -> Outcome:
-    async with uow:
-        stmt = select(AssociationEntry).order_by(AssociationEntry.id)
-        if query.benchmark_id is not None:
-            stmt = stmt.where(AssociationEntry.benchmark_id == query.benchmark_id)
-        if query.kind is not None:
-            stmt = stmt.where(AssociationEntry.kind == query.kind)
-        latest: dict[tuple[int, str, int], AssociationEntry] = {}
-        for entry in (await uow.session.scalars(stmt)).all():
-            latest[(entry.benchmark_id, entry.kind, entry.component_id)] = entry
-        rows = [e for e in latest.values() if query.status is None or e.status == query.status]
-        rows.sort(key=lambda e: (-e.priority, e.id))  # executors run higher priority first
-        return Outcome.accepted(
-            data=[
-                {
-                    "id": e.id,
-                    "benchmark_id": e.benchmark_id,
-                    "kind": e.kind,
-                    "component_id": e.component_id,
-                    "status": e.status,
-                    "initiated_by": e.initiated_by,
-                    "decided_by": e.decided_by,
-                    "reason": e.reason,
-                    "compatibility": e.compatibility,
-                    "priority": e.priority,
-                    "created_at": e.created_at.isoformat(),
-                }
-                for e in rows
-            ]
-        )

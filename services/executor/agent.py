@@ -38,7 +38,7 @@ from shared.events import (
     ResultReported,
     utcnow,
 )
-from shared.messaging import NotYet
+from shared.messaging import NotYet, PermanentFailure
 from shared.service import ask
 
 log = logging.getLogger("medperf.site")
@@ -193,12 +193,31 @@ class SiteAgent:
             ),
             self.request_timeout,
         )
-        if not outcome.ok and outcome.code != "conflict":  # conflict: requested before a crash
-            raise ServiceRefused(f"association request refused: {outcome.reason}")
+        if outcome.ok:
+            status = outcome.data["status"]
+        else:
+            status = await self._existing_request(benchmark_id, dataset_id)
+            if status is None:  # e.g. the benchmark was withdrawn: retrying cannot help
+                raise PermanentFailure(f"association request refused ({outcome.code}): {outcome.reason}")
         async with self.uow() as uow:
             row = await uow.session.merge(row)
-            row.association = "PENDING"
+            if row.association == "NONE":  # never overwrite an approval that arrived meanwhile
+                row.association = status
             await uow.commit()
+
+    async def _existing_request(self, benchmark_id: int, dataset_id: int) -> str | None:
+        """The status of a request this site already made (before a crash), if any."""
+        rows = (
+            await self.command(
+                ListAssociations(
+                    actor=self.site.owner,
+                    benchmark_id=benchmark_id,
+                    kind="dataset",
+                    component_id=dataset_id,
+                )
+            )
+        ).data
+        return rows[0]["status"] if rows and rows[0]["status"] in ("PENDING", "APPROVED") else None
 
     async def run_model(
         self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, release: bool = True

@@ -1,27 +1,39 @@
-"""The registry service: owns containers, models, benchmarks and datasets."""
+"""The registry service: owns containers, models, benchmarks, datasets, users and API tokens."""
 
 from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
-from services.registry import handlers
+from services.registry import handlers, handlers_edit, handlers_users
 from services.registry.store import TABLES, Base
 from shared.commands import (
+    Authenticate,
+    CreateUser,
+    DeleteEntity,
+    EditEntity,
     GetEntity,
+    IssueToken,
     ListEntities,
     Outcome,
     RegisterContainer,
     RegisterDataset,
     RegisterModel,
+    RevokeToken,
     SubmitBenchmark,
 )
 from shared.events import (
+    AssociationRequested,
     BenchmarkApproved,
     BenchmarkRejected,
     BenchmarkSubmitted,
     ContainerRegistered,
     DatasetRegistered,
+    EntityDeleted,
+    EntityEdited,
     ModelRegistered,
+    TokenIssued,
+    TokenRevoked,
+    UserCreated,
 )
 from shared.messaging import consume
 from shared.service import ServiceHost, answers
@@ -48,6 +60,30 @@ def create_service(settings: Settings) -> ServiceHost:
     async def register_dataset(cmd: RegisterDataset) -> Outcome:
         return await handlers.register_dataset(cmd, host.uow())
 
+    @router.subscriber(**answers(EditEntity))
+    async def edit_entity(cmd: EditEntity) -> Outcome:
+        return await handlers_edit.edit_entity(cmd, host.uow())
+
+    @router.subscriber(**answers(DeleteEntity))
+    async def delete_entity(cmd: DeleteEntity) -> Outcome:
+        return await handlers_edit.delete_entity(cmd, host.uow())
+
+    @router.subscriber(**answers(CreateUser))
+    async def create_user(cmd: CreateUser) -> Outcome:
+        return await handlers_users.create_user(cmd, host.uow())
+
+    @router.subscriber(**answers(IssueToken))
+    async def issue_token(cmd: IssueToken) -> Outcome:
+        return await handlers_users.issue_token(cmd, host.uow())
+
+    @router.subscriber(**answers(RevokeToken))
+    async def revoke_token(cmd: RevokeToken) -> Outcome:
+        return await handlers_users.revoke_token(cmd, host.uow())
+
+    @router.subscriber(**answers(Authenticate))
+    async def authenticate(query: Authenticate) -> Outcome:
+        return await handlers_users.authenticate(query, host.uow())
+
     @router.subscriber(**answers(GetEntity))
     async def get_entity(query: GetEntity) -> Outcome:
         return await handlers.get_entity(query, host.uow())
@@ -64,5 +100,22 @@ def create_service(settings: Settings) -> ServiceHost:
     async def on_benchmark_rejected(event: BenchmarkRejected) -> None:
         await handlers.record_benchmark_decision(event, host.uow())
 
-    host.include(router, publishes=(ContainerRegistered, ModelRegistered, BenchmarkSubmitted, DatasetRegistered))
+    @router.subscriber(**consume(host.name, AssociationRequested))
+    async def on_association_requested(event: AssociationRequested) -> None:
+        await handlers.record_association_request(event, host.uow())
+
+    host.include(
+        router,
+        publishes=(
+            ContainerRegistered,
+            ModelRegistered,
+            BenchmarkSubmitted,
+            DatasetRegistered,
+            EntityEdited,
+            EntityDeleted,
+            UserCreated,
+            TokenIssued,
+            TokenRevoked,
+        ),
+    )
     return host

@@ -1,11 +1,30 @@
-"""Registry handlers: each takes one command or event and a unit of work."""
+"""Registry handlers for registrations, reads and the facts it learns from other services; each takes
+one command or event and a unit of work. Edits and deletes are in ``handlers_edit``, users and
+tokens in ``handlers_users``."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.registry import domain
-from services.registry.store import ENTITIES, Benchmark, Container, Dataset, Model, view
+from services.registry.store import (
+    ENTITIES,
+    Benchmark,
+    Container,
+    Dataset,
+    DatasetRequest,
+    Model,
+    _Entity,
+    load,
+    view,
+    visible,
+)
 from shared.commands import (
     GetEntity,
     ListEntities,
@@ -18,6 +37,7 @@ from shared.commands import (
 from shared.containers import ContainerSpec
 from shared.db import UnitOfWork
 from shared.events import (
+    AssociationRequested,
     BenchmarkApproved,
     BenchmarkRejected,
     BenchmarkSubmitted,
@@ -28,16 +48,20 @@ from shared.events import (
 )
 from shared.messaging import PermanentFailure
 
+RACE = "another request claimed the same {what} at the same moment; read it again and retry"
+
 
 async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome:
     async with uow:
         if await uow.session.scalar(select(Container.id).where(Container.name == cmd.name)):
             return Outcome.refused("conflict", f"a container named {cmd.name!r} already exists; choose another name")
-        row = Container(name=cmd.name, owner=cmd.actor, spec=cmd.spec.model_dump(mode="json"))
+        row = Container(name=cmd.name, owner=cmd.actor, spec=cmd.spec.model_dump(mode="json"), state=cmd.state)
         uow.session.add(row)
         await uow.session.flush()
         uow.emit(
-            ContainerRegistered(actor=cmd.actor, container_id=row.id, name=row.name, owner=row.owner, spec=cmd.spec)
+            ContainerRegistered(
+                actor=cmd.actor, container_id=row.id, name=row.name, owner=row.owner, spec=cmd.spec, state=cmd.state
+            )
         )
         await uow.commit()
         return Outcome.accepted(row.id)
@@ -45,19 +69,24 @@ async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome
 
 async def register_model(cmd: RegisterModel, uow: UnitOfWork) -> Outcome:
     async with uow:
-        container = await uow.session.get(Container, cmd.container_id)
+        container = await load(uow.session, Container, cmd.container_id)
         if container is None:
             return Outcome.refused("not_found", f"container_id: no container {cmd.container_id}; register it first")
         if missing := ContainerSpec.model_validate(container.spec).missing_tasks("model"):
             return Outcome.refused("invalid", f"container_id: container {container.id} lacks the task(s) {missing}")
         if await uow.session.scalar(select(Model.id).where(Model.name == cmd.name)):
             return Outcome.refused("conflict", f"a model named {cmd.name!r} already exists; choose another name")
-        row = Model(name=cmd.name, owner=cmd.actor, container_id=container.id)
+        row = Model(name=cmd.name, owner=cmd.actor, container_id=container.id, state=cmd.state)
         uow.session.add(row)
         await uow.session.flush()
         uow.emit(
             ModelRegistered(
-                actor=cmd.actor, model_id=row.id, name=row.name, owner=row.owner, container_id=row.container_id
+                actor=cmd.actor,
+                model_id=row.id,
+                name=row.name,
+                owner=row.owner,
+                container_id=row.container_id,
+                state=cmd.state,
             )
         )
         await uow.commit()
@@ -76,42 +105,24 @@ async def submit_benchmark(cmd: SubmitBenchmark, uow: UnitOfWork) -> Outcome:
             return Outcome.refused(
                 "conflict", "you already have a benchmark waiting for approval; wait for its decision"
             )
-        preparator = await s.get(Container, cmd.data_preparator_id)
-        reference = await s.get(Model, cmd.reference_model_id)
-        evaluator = await s.get(Container, cmd.metrics_container_id)
-        missing = [
-            f"{field}: no {kind} {value}"
-            for field, kind, value, row in (
-                ("data_preparator_id", "container", cmd.data_preparator_id, preparator),
-                ("reference_model_id", "model", cmd.reference_model_id, reference),
-                ("metrics_container_id", "container", cmd.metrics_container_id, evaluator),
-            )
-            if row is None
-        ]
-        if missing:
-            return Outcome.refused("not_found", "; ".join(missing))
-        assert preparator and reference and evaluator
-        reference_container = await s.get(Container, reference.container_id)
-        assert reference_container is not None
-        problems = domain.benchmark_problems(
-            ContainerSpec.model_validate(preparator.spec),
-            ContainerSpec.model_validate(reference_container.spec),
-            ContainerSpec.model_validate(evaluator.spec),
-            cmd.metrics,
-            cmd.primary_metric,
-        )
-        if problems:
-            return Outcome.refused("invalid", "; ".join(problems))
+        try:
+            parts = await benchmark_parts(s, cmd.data_preparator_id, cmd.reference_model_id, cmd.metrics_container_id)
+            parts.check(cmd.metrics, cmd.primary_metric)
+            if cmd.state == "OPERATION":
+                domain.check_benchmark_operational(parts.states())
+        except domain.Refusal as refusal:
+            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
         row = Benchmark(
             name=cmd.name,
             owner=cmd.actor,
             description=cmd.description,
-            data_preparator_id=preparator.id,
-            reference_model_id=reference.id,
-            metrics_container_id=evaluator.id,
+            data_preparator_id=cmd.data_preparator_id,
+            reference_model_id=cmd.reference_model_id,
+            metrics_container_id=cmd.metrics_container_id,
             demo_dataset=cmd.demo_dataset.model_dump(mode="json"),
             metrics=[m.model_dump(mode="json") for m in cmd.metrics],
             primary_metric=cmd.primary_metric,
+            state=cmd.state,
         )
         s.add(row)
         await s.flush()
@@ -128,25 +139,80 @@ async def submit_benchmark(cmd: SubmitBenchmark, uow: UnitOfWork) -> Outcome:
                 demo_dataset=cmd.demo_dataset,
                 metrics=cmd.metrics,
                 primary_metric=cmd.primary_metric,
+                state=cmd.state,
             )
         )
         await uow.commit()
         return Outcome.accepted(row.id)
 
 
+class BenchmarkParts:
+    """The rows a benchmark runs, loaded for the rules that span them."""
+
+    def __init__(self, preparator: Container, reference: Model, reference_container: Container, metrics: Container):
+        self.preparator = preparator
+        self.reference = reference
+        self.reference_container = reference_container
+        self.metrics = metrics
+
+    def check(self, metrics: Sequence[Any], primary_metric: str) -> None:
+        problems = domain.benchmark_problems(
+            ContainerSpec.model_validate(self.preparator.spec),
+            ContainerSpec.model_validate(self.reference_container.spec),
+            ContainerSpec.model_validate(self.metrics.spec),
+            list(metrics),
+            primary_metric,
+        )
+        if problems:
+            raise domain.Refusal("invalid", "; ".join(problems))
+
+    def states(self) -> dict[str, str]:
+        return {
+            f"data preparator container {self.preparator.id} ({self.preparator.name})": self.preparator.state,
+            f"reference model {self.reference.id} ({self.reference.name})": self.reference.state,
+            f"the reference model's container {self.reference_container.id} ({self.reference_container.name})": (
+                self.reference_container.state
+            ),
+            f"metrics container {self.metrics.id} ({self.metrics.name})": self.metrics.state,
+        }
+
+
+async def benchmark_parts(
+    s: AsyncSession, data_preparator_id: int, reference_model_id: int, metrics_container_id: int
+) -> BenchmarkParts:
+    preparator = await load(s, Container, data_preparator_id)
+    reference = await load(s, Model, reference_model_id)
+    evaluator = await load(s, Container, metrics_container_id)
+    missing = [
+        f"{field}: no {kind} {value}"
+        for field, kind, value, row in (
+            ("data_preparator_id", "container", data_preparator_id, preparator),
+            ("reference_model_id", "model", reference_model_id, reference),
+            ("metrics_container_id", "container", metrics_container_id, evaluator),
+        )
+        if row is None
+    ]
+    if missing:
+        raise domain.Refusal("not_found", "; ".join(missing))
+    assert preparator and reference and evaluator
+    reference_container = await load(s, Container, reference.container_id)
+    assert reference_container is not None  # a foreign key
+    return BenchmarkParts(preparator, reference, reference_container, evaluator)
+
+
 async def register_dataset(cmd: RegisterDataset, uow: UnitOfWork) -> Outcome:
     async with uow:
         s = uow.session
-        if await s.get(Container, cmd.data_preparator_id) is None:
+        if await load(s, Container, cmd.data_preparator_id) is None:
             return Outcome.refused("not_found", f"data_preparator_id: no container {cmd.data_preparator_id}")
-        existing = await s.scalar(select(Dataset).where(Dataset.prepared_hash == cmd.prepared_hash))
-        if existing is not None:
-            # A site agent that crashed after registering asks again: give it the same answer.
-            if existing.owner == cmd.actor and existing.name == cmd.name and existing.site == cmd.site:
+        same_contents = (await s.scalars(select(Dataset).where(Dataset.prepared_hash == cmd.prepared_hash))).all()
+        for existing in same_contents:
+            if domain.is_repeated_registration(view(existing), cmd.actor, cmd.name, cmd.site):
                 return Outcome.accepted(existing.id)
-            return Outcome.refused(
-                "conflict", "prepared_hash: a dataset with these prepared contents is already registered"
-            )
+        try:
+            domain.check_prepared_hash_free([d.id for d in same_contents if d.state == "OPERATION"])
+        except domain.Refusal as refusal:
+            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
         row = Dataset(
             name=cmd.name,
             owner=cmd.actor,
@@ -155,9 +221,13 @@ async def register_dataset(cmd: RegisterDataset, uow: UnitOfWork) -> Outcome:
             input_hash=cmd.input_hash,
             prepared_hash=cmd.prepared_hash,
             statistics=cmd.statistics,
+            state=cmd.state,
         )
         s.add(row)
-        await s.flush()
+        try:
+            await s.flush()
+        except IntegrityError:  # the partial unique index: an operational twin committed meanwhile
+            return Outcome.refused("conflict", RACE.format(what="prepared_hash"))
         uow.emit(
             DatasetRegistered(
                 actor=cmd.actor,
@@ -169,59 +239,110 @@ async def register_dataset(cmd: RegisterDataset, uow: UnitOfWork) -> Outcome:
                 input_hash=row.input_hash,
                 prepared_hash=row.prepared_hash,
                 statistics=row.statistics,
+                state=cmd.state,
             )
         )
         await uow.commit()
         return Outcome.accepted(row.id)
 
 
+# --- reads --------------------------------------------------------------------------------------
+
+
 async def get_entity(query: GetEntity, uow: UnitOfWork) -> Outcome:
     table = ENTITIES[query.entity]
     async with uow:
         if query.id is not None:
-            row = await uow.session.get(table, query.id)
+            row = await load(uow.session, table, query.id)
         elif query.name is not None and query.entity in ("container", "model", "benchmark"):
             row = await uow.session.scalar(select(table).where(table.name == query.name))  # type: ignore[attr-defined]
         else:
             return Outcome.refused("invalid", "give an id (or a name, for containers, models and benchmarks)")
-        if row is None or not _visible(row, query.actor, query.is_admin):
+        if row is None or not may_see(row, query.actor, query.is_admin):
             return Outcome.refused(
                 "not_found", f"no {query.entity} {query.id if query.id is not None else query.name!r}"
             )
-        return Outcome.accepted(row.id, _redacted(view(row), row, query.actor, query.is_admin))
+        return Outcome.accepted(row.id, (await views(uow.session, [row], query.actor, query.is_admin))[0])
 
 
 async def list_entities(query: ListEntities, uow: UnitOfWork) -> Outcome:
-    table = ENTITIES[query.entity]
+    try:
+        domain.check_list_filters(query.entity, query.approval_status)
+    except domain.Refusal as refusal:
+        return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+    table: Any = ENTITIES[query.entity]
+    statement = select(table).where(visible(table, query.actor, query.is_admin))
+    if query.mine:
+        statement = statement.where(table.owner == query.actor)
+    if query.owner is not None:
+        statement = statement.where(table.owner == query.owner)
+    if query.state is not None:
+        statement = statement.where(table.state == query.state)
+    if query.is_valid is not None:
+        statement = statement.where(table.is_valid.is_(query.is_valid))
+    if query.approval_status is not None:
+        statement = statement.where(Benchmark.approval_status == query.approval_status)
+    if query.name_contains:
+        statement = statement.where(func.lower(table.name).contains(query.name_contains.lower(), autoescape=True))
     async with uow:
-        rows = (
-            await uow.session.scalars(select(table).order_by(table.id).offset(query.offset).limit(query.limit))
-        ).all()
-        visible = [
-            _redacted(view(r), r, query.actor, query.is_admin) for r in rows if _visible(r, query.actor, query.is_admin)
-        ]
-        return Outcome.accepted(data=visible)
+        page = statement.order_by(table.id).offset(min(query.offset, domain.MAX_ID)).limit(query.limit)
+        rows = (await uow.session.scalars(page)).all()
+        # A plain list of views: the agents, the demo and the ingress read it as such.
+        return Outcome.accepted(data=await views(uow.session, rows, query.actor, query.is_admin))
 
 
-def _visible(row: object, actor: str, is_admin: bool) -> bool:
-    if isinstance(row, Benchmark):
-        return domain.may_see_benchmark(row.approval_status, row.owner, actor, is_admin)
-    return True
+def may_see(row: _Entity, actor: str, is_admin: bool) -> bool:
+    status = row.approval_status if isinstance(row, Benchmark) else None
+    return domain.may_see(row.owner, row.is_valid, actor, is_admin, status)
 
 
-def _redacted(data: dict, row: object, actor: str, is_admin: bool) -> dict:
-    if isinstance(row, Dataset) and not domain.may_see_dataset_statistics(row.owner, actor, is_admin):
-        data["statistics"] = None
-    return data
+async def views(s: AsyncSession, rows: Sequence[_Entity], actor: str, is_admin: bool) -> list[dict[str, Any]]:
+    """The rows' public form, with a dataset's statistics hidden from those who may not see them."""
+    out = [view(r) for r in rows]
+    datasets = [(r, v) for r, v in zip(rows, out, strict=True) if isinstance(r, Dataset)]
+    if not datasets or is_admin:
+        return out
+    ids = [r.id for r, _ in datasets]
+    preparator_ids = {r.data_preparator_id for r, _ in datasets}
+    containers = await s.execute(select(Container.id, Container.owner).where(Container.id.in_(preparator_ids)))
+    preparator_owners = {container_id: owner for container_id, owner in containers}
+    benchmark_owners: dict[int, set[str]] = defaultdict(set)
+    requests = await s.execute(
+        select(DatasetRequest.dataset_id, Benchmark.owner)
+        .join(Benchmark, Benchmark.id == DatasetRequest.benchmark_id)
+        .where(DatasetRequest.dataset_id.in_(ids))
+    )
+    for dataset_id, owner in requests:
+        benchmark_owners[dataset_id].add(owner)
+    for row, data in datasets:
+        if not domain.may_see_dataset_statistics(
+            row.owner, actor, is_admin, preparator_owners.get(row.data_preparator_id), benchmark_owners[row.id]
+        ):
+            data["statistics"] = None
+    return out
+
+
+# --- facts from other services ------------------------------------------------------------------
 
 
 async def record_benchmark_decision(event: BenchmarkApproved | BenchmarkRejected, uow: UnitOfWork) -> None:
     async with uow:
         if not await uow.claim(event):
             return
-        row = await uow.session.get(Benchmark, event.benchmark_id)
+        row = await load(uow.session, Benchmark, event.benchmark_id)
         if row is None:
             raise PermanentFailure(f"benchmark {event.benchmark_id} is not registered here")
         row.approval_status = "APPROVED" if isinstance(event, BenchmarkApproved) else "REJECTED"
         row.approved_at = utcnow() if isinstance(event, BenchmarkApproved) else None
+        await uow.commit()
+
+
+async def record_association_request(event: AssociationRequested, uow: UnitOfWork) -> None:
+    async with uow:
+        if not await uow.claim(event):
+            return
+        # A dataset may ask again after a rejection: the pair is recorded once.
+        key = (event.component_id, event.benchmark_id)
+        if event.kind == "dataset" and await uow.session.get(DatasetRequest, key) is None:
+            uow.session.add(DatasetRequest(dataset_id=event.component_id, benchmark_id=event.benchmark_id))
         await uow.commit()

@@ -4,14 +4,18 @@ when a request is wrong. No container engine needed: nothing here runs a contain
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cli.main import main
 from cli.stack import Stack
-from services.ingress.auth import token_digest
+from services.ingress.app import build_app
+from services.ingress.auth import Authenticator, token_digest
+from services.ingress.permissions import PERMISSIONS
 from shared.settings import Settings
 
 TOKENS = {"admin": "t-admin", "committee": "t-committee", "stranger": "t-stranger"}
@@ -168,7 +172,10 @@ async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(a
     benchmark = await _benchmark(api)
     s = api["stranger"]
     container = (await s.post("/containers", json={"name": "mine", "spec": spec("infer")})).json()["id"]
-    model = (await s.post("/models", json={"name": "mine", "container_id": container})).json()["id"]
+    # Only an operational model may join a benchmark (MedPerf: development entities are for trying out).
+    model = (await s.post("/models", json={"name": "mine", "container_id": container, "state": "OPERATION"})).json()[
+        "id"
+    ]
     for _ in range(100):  # approvals learns of the model from the registry's event
         early = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
         if early.status_code != 503:
@@ -178,7 +185,7 @@ async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(a
 
     await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
     requested = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
-    assert requested.status_code == 201
+    assert requested.status_code == 201, requested.text
     own = await s.post(f"/benchmarks/{benchmark}/associations/model/{model}/decision", json={"approve": True})
     assert own.status_code == 403 and "other party" in own.json()["error"]
     untested = await api["committee"].post(
@@ -191,3 +198,102 @@ async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(a
     assert rejected.status_code == 200 and rejected.json()["status"] == "REJECTED"
     history = (await api["committee"].get(f"/benchmarks/{benchmark}/associations")).json()
     assert [(a["status"], a["decided_by"]) for a in history] == [("REJECTED", "committee")]
+
+
+async def test_an_issued_token_works_until_revoked_and_then_within_two_seconds_no_more(api: dict) -> None:
+    admin = api["admin"]
+    assert (await admin.post("/users", json={"name": "dana"})).status_code == 201
+    assert (await api["committee"].post("/users/dana/tokens", json={})).status_code == 403  # admins only
+    issued = await admin.post("/users/dana/tokens", json={"label": "laptop"})
+    assert issued.status_code == 201, issued.text
+    assert issued.headers["cache-control"] == "no-store"  # the one copy of the token stays out of caches
+    token, token_id = issued.json()["token"], issued.json()["id"]
+    dana = httpx.AsyncClient(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {token}"})
+    me = await dana.get("/me")
+    assert me.status_code == 200 and me.json() == {"user": "dana", "is_admin": False}
+    assert (await dana.post("/users", json={"name": "eve"})).status_code == 403
+
+    assert (await admin.delete(f"/tokens/{token_id}")).status_code == 200
+    revoked_at = time.monotonic()
+    while (await dana.get("/me")).status_code != 401:
+        assert time.monotonic() - revoked_at < 2.0, "a revoked token still works after 2 s"
+        await asyncio.sleep(0.1)
+    refused = await dana.get("/me")
+    assert "Authorization: Bearer" in refused.json()["error"] and refused.headers["www-authenticate"] == "Bearer"
+    await dana.aclose()
+
+
+async def test_the_admin_cli_creates_users_and_issues_and_revokes_tokens(
+    api: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEDPERF_URL", str(api["admin"].base_url))
+    monkeypatch.setenv("MEDPERF_TOKEN", TOKENS["admin"])
+    # The CLI is synchronous; the ingress runs on this event loop, so the CLI runs in a thread.
+    assert await asyncio.to_thread(main, ["admin", "create-user", "frank", "--admin"]) == 0
+    assert "created user frank (admin)" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["admin", "issue-token", "frank", "--label", "ci"]) == 0
+    header, token = capsys.readouterr().out.strip().splitlines()
+    assert "shown once" in header and token.startswith("mpf_")
+    frank = httpx.AsyncClient(base_url=str(api["admin"].base_url), headers={"Authorization": f"Bearer {token}"})
+    assert (await frank.get("/me")).json() == {"user": "frank", "is_admin": True}
+    token_id = int(header.split()[1])
+    assert await asyncio.to_thread(main, ["admin", "revoke-token", str(token_id)]) == 0
+    assert f"revoked token {token_id}" in capsys.readouterr().out
+
+    monkeypatch.setenv("MEDPERF_TOKEN", TOKENS["stranger"])
+    assert await asyncio.to_thread(main, ["admin", "create-user", "gina"]) == 1
+    assert "admins only" in capsys.readouterr().err
+    await frank.aclose()
+
+
+async def test_entities_are_edited_by_their_owner_and_listed_with_filters(api: dict) -> None:
+    c, s = api["committee"], api["stranger"]
+    mine = (await c.post("/containers", json={"name": "lung-prep", "spec": spec("infer")})).json()["id"]
+    await s.post("/containers", json={"name": "other", "spec": spec("infer")})
+    edited = await c.patch(f"/containers/{mine}", json={"changes": {"user_metadata": {"site": "a"}}})
+    assert edited.status_code == 200, edited.text
+    refused = await s.patch(f"/containers/{mine}", json={"changes": {"user_metadata": {"site": "b"}}})
+    assert refused.status_code == 403
+    assert (await c.patch(f"/containers/{mine}", json={"changes": {}})).status_code == 422
+    assert (await c.patch(f"/containers/{mine}", json={"change": {"name": "x"}})).status_code == 422  # typo
+
+    assert [x["name"] for x in (await c.get("/me/containers")).json()] == ["lung-prep"]
+    assert [x["name"] for x in (await c.get("/containers", params={"mine": True})).json()] == ["lung-prep"]
+    assert len((await c.get("/containers", params={"owner": "stranger"})).json()) == 1
+    assert [x["name"] for x in (await s.get("/containers", params={"name_contains": "lung"})).json()] == ["lung-prep"]
+    assert len((await s.get("/containers", params={"limit": 1})).json()) == 1
+    assert (await s.get("/containers", params={"limit": 0})).status_code == 422
+    too_big = await s.get(f"/containers/{2**40}")
+    assert too_big.status_code == 422 and "entity_id" in too_big.json()["error"]
+
+    assert (await c.delete(f"/containers/{mine}")).status_code == 403  # admins only, refused at the ingress
+    assert (await api["admin"].delete(f"/containers/{mine}", params={"reason": "test"})).status_code == 200
+    assert (await c.get(f"/containers/{mine}")).status_code == 404
+
+
+async def test_asking_to_join_with_a_component_that_does_not_exist_is_404_not_retry_later(api: dict) -> None:
+    benchmark = await _benchmark(api)
+    await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
+    response = await api["committee"].post(
+        f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": 4242}
+    )
+    assert response.status_code == 404 and "4242" in response.json()["error"]
+
+
+def test_the_openapi_document_describes_every_body_and_every_endpoint_of_the_permission_table() -> None:
+    settings = Settings(nats_url="nats://127.0.0.1:1")
+    document = build_app(None, settings, Authenticator.from_settings(settings)).openapi()  # type: ignore[arg-type]
+    operations = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
+    assert operations == {(r.method, r.path) for r in PERMISSIONS}
+    for path, method, schema in (
+        ("/containers/{entity_id}", "patch", "EntityChanges"),
+        ("/benchmarks/{benchmark_id}/auto-approval/{kind}", "put", "AutoApproval"),
+        ("/users", "post", "NewUser"),
+        ("/benchmarks", "post", "SubmitBenchmarkBody"),
+    ):
+        body = document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith(f"/{schema}")
+    new_user = document["components"]["schemas"]["NewUser"]
+    assert set(new_user["properties"]) == {"name", "admin"}  # never actor or is_admin: those come from the token
+    filters = {p["name"] for p in document["paths"]["/benchmarks"]["get"]["parameters"]}
+    assert {"mine", "owner", "state", "is_valid", "approval_status", "name_contains", "limit", "offset"} <= filters

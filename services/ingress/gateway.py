@@ -1,0 +1,159 @@
+"""What every route shares: who is calling (checked against the permission table), how a request
+becomes a command for the owning service, and how a refusal becomes an HTTP status.
+
+Request bodies and query strings are pydantic models derived from the command models, so the
+OpenAPI document describes exactly what the services accept, and a field added to a command shows
+up in the API without anyone copying it here.
+"""
+
+from __future__ import annotations
+
+from copy import copy
+from dataclasses import dataclass
+from typing import Any
+
+import annotated_types
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from faststream.nats import NatsBroker
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from services.ingress.auth import Authenticator, AuthUnavailable, Caller
+from services.ingress.permissions import rule_for
+from shared.commands import Command, Outcome
+from shared.service import ask as ask_service
+from shared.settings import Settings
+
+STATUS = {
+    "invalid": 422,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "unavailable": 503,
+}
+# Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number can
+# only be a mistake, so it is refused here with a 422 instead of failing inside a service.
+INT32_MAX = 2**31 - 1
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no token, or an unknown one"},
+    403: {"model": ErrorBody, "description": "the caller may not do this"},
+    404: {"model": ErrorBody, "description": "no such object, or not visible to the caller"},
+    409: {"model": ErrorBody, "description": "the object's state does not allow this now"},
+    422: {"model": ErrorBody, "description": "the request is malformed; the message names the field"},
+    503: {"model": ErrorBody, "description": "the owning service did not answer; retry shortly"},
+}
+
+
+@dataclass(frozen=True)
+class Gateway:
+    broker: NatsBroker
+    settings: Settings
+    auth: Authenticator
+
+    async def send(self, command: Command) -> Outcome:
+        return await ask_service(self.broker, command, self.settings.request_timeout)
+
+
+@dataclass(frozen=True)
+class Context:
+    """One authenticated request: the caller, and a way to ask services on their behalf."""
+
+    gateway: Gateway
+    who: Caller
+
+    async def ask(self, command_type: type[Command], **fields: Any) -> Outcome:
+        try:
+            command = command_type.model_validate({**fields, "actor": self.who.name, "is_admin": self.who.is_admin})
+        except ValidationError as exc:
+            raise Refused(422, explain(exc.errors())) from exc
+        try:
+            outcome = await self.gateway.send(command)
+        except Exception as exc:  # no responder or timeout: the owning service is down
+            raise Refused(503, f"the {command.SERVICE} service did not answer; try again shortly") from exc
+        if not outcome.ok:
+            raise Refused(STATUS.get(outcome.code or "invalid", 400), outcome.reason or "refused")
+        return outcome
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="an API token issued by an admin, a bootstrap token, or a JWT from the configured OIDC issuer",
+)
+
+
+async def authorized(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Context:
+    """Authenticate, then apply the coarse part of the permission table: anonymous callers get 401
+    and non-admins get 403 on admin-only endpoints, before any service is asked."""
+    gateway: Gateway = request.app.state.gateway
+    rule = rule_for(request.method, request.scope["route"].path)
+    try:
+        who = await gateway.auth.authenticate(credentials.credentials if credentials else None)
+    except AuthUnavailable as exc:
+        raise Refused(503, f"cannot check the token now ({exc}); retry shortly") from exc
+    if who is None:
+        if rule.public:
+            return Context(gateway, Caller("anonymous", False))
+        raise Refused(401, f"missing or unknown token: {gateway.auth.how_to()}")
+    if rule.admin_only and not who.is_admin:
+        raise Refused(403, f"{rule.method} {rule.path} is for admins only")
+    return Context(gateway, who)
+
+
+def _derive(command: type[Command], exclude: tuple[str, ...], name: str, config: ConfigDict) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for field_name, info in command.model_fields.items():
+        if field_name in ("actor", "is_admin", *exclude):
+            continue
+        info = copy(info)  # the command's own field stays untouched
+        if info.annotation in (int, int | None):
+            bounds = [m for m in info.metadata if isinstance(m, annotated_types.Le | annotated_types.Lt)]
+            lower = [m for m in info.metadata if isinstance(m, annotated_types.Ge | annotated_types.Gt)]
+            info.metadata = [
+                *info.metadata,
+                *([] if bounds else [annotated_types.Le(INT32_MAX)]),
+                *([] if lower else [annotated_types.Ge(-INT32_MAX - 1)]),
+            ]
+        fields[field_name] = (info.annotation, info)
+    return create_model(name, __config__=config, __doc__=command.__doc__, **fields)
+
+
+def body_of(command: type[Command], exclude: tuple[str, ...] = (), name: str | None = None) -> type[BaseModel]:
+    """The request body for ``command``: its fields without the caller (from the token) and without
+    ``exclude`` (those come from the path). Unknown fields are refused, so typos are reported."""
+    return _derive(command, exclude, name or f"{command.__name__}Body", ConfigDict(extra="forbid"))
+
+
+def query_of(command: type[Command], exclude: tuple[str, ...] = (), name: str | None = None) -> type[BaseModel]:
+    """The query-string filters for a query command (unknown parameters are ignored, as HTTP
+    clients and caches add their own)."""
+    return _derive(command, exclude, name or f"{command.__name__}Filters", ConfigDict(extra="ignore"))
+
+
+def fields_of(model: BaseModel) -> dict[str, Any]:
+    """A validated body or filter set, ready to become command fields."""
+    return model.model_dump()
+
+
+def created(outcome: Outcome) -> dict[str, Any]:
+    return {"id": outcome.id, **(outcome.data if isinstance(outcome.data, dict) else {})}
+
+
+def explain(errors: Any) -> str:
+    parts = []
+    for error in list(errors)[:10]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{location}: {error.get('msg')}")
+    return "; ".join(parts)

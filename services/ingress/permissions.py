@@ -1,0 +1,168 @@
+"""Who may call which endpoint: the one permission table of the HTTP API.
+
+Roles are relations, not flags (as in MedPerf, inventory §1.3): a *benchmark_owner* is the committee
+that owns the benchmark named in the path, a *data_owner* owns a dataset associated with it, a
+*model_owner* owns a model associated with it, a *user* is authenticated with none of these
+relations, and an *admin* is in ``settings.admins`` (or was created as one). A cell reads: "may a
+caller holding this role do this to the objects it is related to?" For an entity endpoint the object
+is the entity in the path (a container belongs to the model owner that registered it); for an
+association endpoint a data owner acts on its dataset's association and everyone else on the model's.
+
+Who enforces what: the ingress refuses anonymous callers everywhere except where ``anonymous`` is
+allowed (401), and refuses non-admins on ``admin_only`` endpoints (403) before asking any service.
+Every other "no" depends on who owns what, which only the owning service knows: it refuses with
+``forbidden`` (403) or, where the object must stay invisible, ``not_found`` (404).
+``tests/integration/test_permissions.py`` walks every cell of this table against the real services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["anonymous", "user", "benchmark_owner", "data_owner", "model_owner", "admin"]
+ROLES: tuple[Role, ...] = ("anonymous", "user", "benchmark_owner", "data_owner", "model_owner", "admin")
+
+ANYONE: frozenset[Role] = frozenset(ROLES)
+AUTHENTICATED: frozenset[Role] = ANYONE - {"anonymous"}
+ADMIN: frozenset[Role] = frozenset({"admin"})
+PARTIES: frozenset[Role] = frozenset({"benchmark_owner", "data_owner", "model_owner", "admin"})
+COMMITTEE: frozenset[Role] = frozenset({"benchmark_owner", "admin"})
+
+ENTITY_PATHS = {"container": "containers", "model": "models", "benchmark": "benchmarks", "dataset": "datasets"}
+# The owner role of the entity each entity endpoint acts on (see the module docstring).
+ENTITY_OWNER: dict[str, Role] = {
+    "container": "model_owner",
+    "model": "model_owner",
+    "benchmark": "benchmark_owner",
+    "dataset": "data_owner",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    method: str
+    path: str
+    allowed: frozenset[Role]
+    why: str
+    admin_only: bool = False  # the ingress itself refuses non-admins, before asking a service
+
+    def __post_init__(self) -> None:
+        if self.admin_only and self.allowed != ADMIN:
+            raise ValueError(f"{self.method} {self.path}: admin_only must allow exactly the admin")
+
+    @property
+    def public(self) -> bool:
+        return "anonymous" in self.allowed
+
+
+def _entity_rules() -> list[Rule]:
+    rules = []
+    for entity, plural in ENTITY_PATHS.items():
+        owner = ENTITY_OWNER[entity]
+        rules += [
+            Rule("POST", f"/{plural}", AUTHENTICATED, f"anyone registers a {entity}, and owns it"),
+            Rule("GET", f"/{plural}", AUTHENTICATED, "MedPerf: every logged-in user lists every entity"),
+            Rule("GET", f"/me/{plural}", AUTHENTICATED, "the caller's own"),
+            Rule(
+                "GET",
+                f"/{plural}/{{entity_id}}",
+                AUTHENTICATED,
+                "approved benchmarks and every other entity are visible to all (a pending benchmark only to "
+                "its owner and admins: 404 otherwise); a dataset's statistics come back null except to its "
+                "owner, the committee of a benchmark it joined, the owner of its preparator and admins",
+            ),
+            Rule("PATCH", f"/{plural}/{{entity_id}}", frozenset({owner, "admin"}), "MedPerf: PUT by owner or admin"),
+            Rule("DELETE", f"/{plural}/{{entity_id}}", ADMIN, "MedPerf: delete is admin only", admin_only=True),
+        ]
+    return rules
+
+
+PERMISSIONS: tuple[Rule, ...] = (
+    Rule("GET", "/health", ANYONE, "load balancers and people probe it without a token"),
+    Rule("GET", "/me", AUTHENTICATED, "who the token belongs to, and whether they are an admin"),
+    *_entity_rules(),
+    Rule(
+        "GET",
+        "/benchmarks/{entity_id}/audit",
+        COMMITTEE,
+        "every decision about the benchmark and its associations; participants_info in MedPerf is "
+        "for the owner and admins only",
+    ),
+    Rule(
+        "GET",
+        "/datasets/{entity_id}/audit",
+        frozenset({"data_owner", "benchmark_owner", "admin"}),
+        "the dataset's owner, the committee of a benchmark it asked to join, admins",
+    ),
+    Rule(
+        "GET",
+        "/models/{entity_id}/audit",
+        frozenset({"model_owner", "benchmark_owner", "admin"}),
+        "the model's owner, the committee of a benchmark it asked to join, admins",
+    ),
+    Rule(
+        "POST",
+        "/benchmarks/{benchmark_id}/decision",
+        ADMIN,
+        "MedPerf: approval_status is for admins only",
+        admin_only=True,
+    ),
+    Rule(
+        "POST",
+        "/benchmarks/{benchmark_id}/associations",
+        PARTIES,
+        "the benchmark owner or the component's owner (or an admin) asks to join",
+    ),
+    Rule(
+        "GET",
+        "/benchmarks/{benchmark_id}/associations",
+        PARTIES,
+        "MedPerf: a benchmark's model list is for admins, its owner and approved data owners; its dataset "
+        "list for admins, its owner and approved model owners",
+    ),
+    Rule(
+        "POST",
+        "/benchmarks/{benchmark_id}/associations/{kind}/{component_id}/decision",
+        PARTIES,
+        "either party decides a pending request (approving needs the party that did not initiate it)",
+    ),
+    Rule(
+        "PUT",
+        "/benchmarks/{benchmark_id}/auto-approval/{kind}",
+        COMMITTEE,
+        "MedPerf: the auto-approval modes and allow lists are the benchmark owner's fields",
+    ),
+    Rule(
+        "PUT",
+        "/benchmarks/{benchmark_id}/models/{model_id}/priority",
+        COMMITTEE,
+        "MedPerf: the benchmark owner sets priorities on BenchmarkModel",
+    ),
+    Rule(
+        "GET",
+        "/benchmarks/{benchmark_id}/leaderboard",
+        AUTHENTICATED,
+        "unlike MedPerf, a model owner reads its own model's results; until the committee's sharing "
+        "policy exists (a later issue), every authenticated user reads the whole leaderboard",
+    ),
+    Rule("GET", "/me/associations", AUTHENTICATED, "associations where the caller owns the benchmark or component"),
+    Rule("POST", "/users", ADMIN, "admins create users", admin_only=True),
+    Rule("POST", "/users/{name}/tokens", ADMIN, "admins issue tokens; the token is shown once", admin_only=True),
+    Rule(
+        "DELETE",
+        "/tokens/{token_id}",
+        ADMIN,
+        "admins revoke any token; the registry decides whether a holder may revoke their own, so the "
+        "ingress does not pre-check (the cell's token belongs to someone else)",
+    ),
+)
+
+RULES: dict[tuple[str, str], Rule] = {(r.method, r.path): r for r in PERMISSIONS}
+if len(RULES) != len(PERMISSIONS):
+    raise ValueError("the permission table lists an endpoint twice")
+
+
+def rule_for(method: str, path: str) -> Rule:
+    """The rule of a route; a route without one is a programming error (build_app checks at start)."""
+    return RULES[(method.upper(), path)]

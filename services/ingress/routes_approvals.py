@@ -1,0 +1,185 @@
+"""Routes for decisions and associations (the approvals service) and the leaderboard (the aggregator)."""
+
+# No ``from __future__ import annotations``: FastAPI reads the derived body models from the
+# signatures at import time.
+
+import csv
+import io
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import PlainTextResponse
+
+from services.ingress.gateway import (
+    ERRORS,
+    INT32_MAX,
+    Context,
+    Refused,
+    authorized,
+    body_of,
+    created,
+    fields_of,
+    query_of,
+)
+from shared.commands import (
+    DecideAssociation,
+    DecideBenchmark,
+    GetEntity,
+    GetLeaderboard,
+    ListAssociations,
+    RequestAssociation,
+    SetAutoApproval,
+    SetPriority,
+)
+from shared.events import AssociationKind
+
+router = APIRouter(responses=ERRORS, tags=["associations"])
+
+BenchmarkId = Annotated[int, Path(ge=1, le=INT32_MAX, description="the benchmark's id")]
+ComponentId = Annotated[int, Path(ge=1, le=INT32_MAX, description="the dataset's or model's id")]
+ModelId = Annotated[int, Path(ge=1, le=INT32_MAX, description="the model's id")]
+Kind = Annotated[AssociationKind, Path(description="dataset or model")]
+
+BenchmarkDecision = body_of(DecideBenchmark, exclude=("benchmark_id",), name="BenchmarkDecision")
+AssociationRequest = body_of(RequestAssociation, exclude=("benchmark_id",), name="AssociationRequest")
+AssociationDecision = body_of(
+    DecideAssociation, exclude=("benchmark_id", "kind", "component_id"), name="AssociationDecision"
+)
+AutoApproval = body_of(SetAutoApproval, exclude=("benchmark_id", "kind"), name="AutoApproval")
+Priority = body_of(SetPriority, exclude=("benchmark_id", "model_id"), name="Priority")
+BenchmarkAssociationFilters = query_of(
+    ListAssociations, exclude=("benchmark_id", "involving_me"), name="BenchmarkAssociationFilters"
+)
+MyAssociationFilters = query_of(ListAssociations, exclude=("involving_me",), name="MyAssociationFilters")
+
+
+@router.post("/benchmarks/{benchmark_id}/decision", summary="approve or reject a benchmark (admins only)")
+async def decide_benchmark(
+    benchmark_id: BenchmarkId,
+    body: BenchmarkDecision,  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    outcome = await ctx.ask(DecideBenchmark, benchmark_id=benchmark_id, **fields_of(body))
+    return {"benchmark_id": benchmark_id, **(outcome.data or {})}
+
+
+@router.post(
+    "/benchmarks/{benchmark_id}/associations",
+    status_code=201,
+    summary="ask for a dataset or model to join a benchmark",
+)
+async def request_association(
+    benchmark_id: BenchmarkId,
+    body: AssociationRequest,  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    fields = fields_of(body)
+    try:
+        return created(await ctx.ask(RequestAssociation, benchmark_id=benchmark_id, **fields))
+    except Refused as refused:
+        if refused.status != 503:
+            raise
+        # The approvals service learns of benchmarks and components from events, so it cannot tell
+        # "not yet" from "never"; the registry, which owns them, can. "Retry shortly" is only
+        # true when both exist there.
+        await ctx.ask(GetEntity, entity="benchmark", id=benchmark_id)
+        await ctx.ask(GetEntity, entity=fields["kind"], id=fields["component_id"])
+        raise
+
+
+@router.post(
+    "/benchmarks/{benchmark_id}/associations/{kind}/{component_id}/decision",
+    summary="approve or reject a pending association request (the other party, or an admin)",
+)
+async def decide_association(
+    benchmark_id: BenchmarkId,
+    kind: Kind,
+    component_id: ComponentId,
+    body: AssociationDecision,  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    outcome = await ctx.ask(
+        DecideAssociation, benchmark_id=benchmark_id, kind=kind, component_id=component_id, **fields_of(body)
+    )
+    return {"association_id": outcome.id, **(outcome.data or {})}
+
+
+@router.get("/benchmarks/{benchmark_id}/associations", summary="a benchmark's associations, latest entry each")
+async def list_associations(
+    benchmark_id: BenchmarkId,
+    filters: Annotated[BenchmarkAssociationFilters, Query()],  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    return (await ctx.ask(ListAssociations, benchmark_id=benchmark_id, **fields_of(filters))).data
+
+
+@router.get("/me/associations", summary="associations where the caller owns the benchmark or the component")
+async def my_associations(
+    filters: Annotated[MyAssociationFilters, Query()],  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    return (await ctx.ask(ListAssociations, involving_me=True, **fields_of(filters))).data
+
+
+@router.put(
+    "/benchmarks/{benchmark_id}/auto-approval/{kind}",
+    summary="how requests of this kind are approved without a person deciding (benchmark owner or admin)",
+)
+async def set_auto_approval(
+    benchmark_id: BenchmarkId,
+    kind: Kind,
+    body: AutoApproval,  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    outcome = await ctx.ask(SetAutoApproval, benchmark_id=benchmark_id, kind=kind, **fields_of(body))
+    return outcome.data if outcome.data is not None else {"benchmark_id": benchmark_id, "kind": kind}
+
+
+@router.put(
+    "/benchmarks/{benchmark_id}/models/{model_id}/priority",
+    summary="executors run higher priority models first (benchmark owner or admin)",
+)
+async def set_priority(
+    benchmark_id: BenchmarkId,
+    model_id: ModelId,
+    body: Priority,  # type: ignore[valid-type]
+    ctx: Context = Depends(authorized),
+) -> Any:
+    outcome = await ctx.ask(SetPriority, benchmark_id=benchmark_id, model_id=model_id, **fields_of(body))
+    return outcome.data if outcome.data is not None else {"benchmark_id": benchmark_id, "model_id": model_id}
+
+
+@router.get(
+    "/benchmarks/{benchmark_id}/leaderboard",
+    response_model=None,
+    tags=["results"],
+    summary="models ranked by the benchmark's primary metric across datasets",
+)
+async def leaderboard(
+    benchmark_id: BenchmarkId,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+    ctx: Context = Depends(authorized),
+) -> Any:
+    board = (await ctx.ask(GetLeaderboard, benchmark_id=benchmark_id)).data
+    if format == "csv":
+        return PlainTextResponse(leaderboard_csv(board), media_type="text/csv")
+    return board
+
+
+def leaderboard_csv(board: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    primary = board["primary_metric"]
+    writer.writerow(["rank", "model", "baseline", f"mean_{primary}", *board["datasets"], "complete"])
+    for row in board["rows"]:
+        writer.writerow(
+            [
+                row["rank"],
+                row["model"],
+                row["baseline"],
+                row["metrics"][primary]["mean"],
+                *(row["per_dataset"][d] for d in board["datasets"]),
+                row["complete"],
+            ]
+        )
+    return out.getvalue()
