@@ -44,7 +44,7 @@ def spec(*tasks: str) -> dict:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def bounded(n: int, make: object) -> None:
@@ -72,7 +72,7 @@ async def registrations(api: httpx.AsyncClient, url: str, n: int) -> tuple[float
 
     start = time.perf_counter()
     await bounded(n, register)
-    while await stream_count(js, "REGISTRY") < before + n:
+    while await stream_count(js, "REGISTRY") < before + n:  # noqa: ASYNC110 - the stream is polled, nothing signals
         await asyncio.sleep(0.005)
     ours = n / (time.perf_counter() - start)
 
@@ -157,11 +157,13 @@ async def approval_latency(api: dict[str, httpx.AsyncClient], url: str, n: int) 
 
     # The "executor": a durable pull consumer with the site agent's options.
     seen: dict[int, float] = {}
+    arrivals = {dataset: asyncio.Event() for dataset in datasets}
     router = NatsRouter()
 
     @router.subscriber(**consume("site-bench", AssociationApproved))
     async def on_approved(event: AssociationApproved) -> None:
         seen[event.component_id] = time.perf_counter()
+        arrivals[event.component_id].set()
 
     broker = create_broker(url, "site-bench")
     broker.include_router(router)
@@ -173,8 +175,7 @@ async def approval_latency(api: dict[str, httpx.AsyncClient], url: str, n: int) 
             f"/benchmarks/{benchmark}/associations/dataset/{dataset}/decision", json={"approve": True}
         )
         assert response.status_code == 200, response.text
-        while dataset not in seen:
-            await asyncio.sleep(0.0005)
+        await asyncio.wait_for(arrivals[dataset].wait(), timeout=10)
         latencies.append((seen[dataset] - sent) * 1000)
     await broker.stop()
 

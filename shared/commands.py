@@ -23,8 +23,10 @@ from shared.events import (
     _finite,
 )
 
-#: An entity id as the databases store it (a 64-bit integer); larger numbers are refused up front.
-Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+#: Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number
+#: can only be a mistake, so every command refuses it before it reaches a database.
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -176,7 +178,7 @@ class ListEntities(Command):
     approval_status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None  # benchmarks only
     name_contains: str | None = Field(default=None, max_length=128)
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=2**63 - 1)
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
 # --- approvals commands -----------------------------------------------------------------------
@@ -237,7 +239,7 @@ class ListAssociations(Command):
     status: Literal["PENDING", "APPROVED", "REJECTED"] | None = None
     involving_me: bool = False
     limit: int = Field(default=100, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=2**63 - 1)
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
 class AuditTrail(Command):

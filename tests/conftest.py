@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,19 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A fresh database of its own on the test cluster, dropped afterwards: no test sees another's rows.
+    (Synchronous, through psql, so async fixtures can ask for it with getfixturevalue.)"""
+    name = f"t_{uuid.uuid4().hex}"
+    server = postgres_url.removeprefix("postgresql+asyncpg://")  # user@host:port/db
+    user, rest = server.split("@", 1)
+    host, port = rest.split("/", 1)[0].split(":")
+    psql = [shutil.which("psql") or "psql", "-h", host, "-p", port, "-U", user, "-d", "postgres", "-q", "-c"]
+    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    try:
+        yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        subprocess.run([*psql, f"DROP DATABASE {name} WITH (FORCE)"], capture_output=True)

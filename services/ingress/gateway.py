@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from services.ingress.auth import Authenticator, AuthUnavailable, Caller
 from services.ingress.permissions import rule_for
-from shared.commands import Command, Outcome
+from shared.commands import MAX_ID, Command, Outcome
 from shared.service import ask as ask_service
 from shared.settings import Settings
 
@@ -32,9 +32,8 @@ STATUS = {
     "conflict": 409,
     "unavailable": 503,
 }
-# Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number can
-# only be a mistake, so it is refused here with a 422 instead of failing inside a service.
-INT32_MAX = 2**31 - 1
+# Ids and counters are 32-bit on every database: a larger number is refused here with a 422.
+INT32_MAX = MAX_ID
 
 
 class Refused(Exception):

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictBool, StrictInt, StringConstraints, TypeAdapter, ValidationError
 
+from shared.commands import MAX_ID
 from shared.containers import ContainerSpec, HostedFile
 from shared.events import EntityState, MetricSpec, _finite
 
@@ -159,8 +160,6 @@ BENCHMARK_PARTS = frozenset(
 )
 
 
-#: Ids are 64-bit integers on every database; a larger number names nothing.
-MAX_ID = 2**63 - 1
 _ID = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 # How each editable field's new value is validated and normalised to its stored JSON form.

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -232,15 +230,7 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | No
     if request.param == "sqlite":
         yield None
         return
-    cluster = request.getfixturevalue("postgres_url")
-    name = f"approvals_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(cluster.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield f"{cluster.rsplit('/', 1)[0]}/{name}"
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    yield request.getfixturevalue("postgres_database")
 
 
 @pytest.fixture

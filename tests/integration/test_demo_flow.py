@@ -93,7 +93,7 @@ async def test_demo_flow_on_sqlite(tmp_path: Path, docker_engine: None, monkeypa
 
 @pytest.mark.postgres
 async def test_demo_flow_on_postgresql(
-    tmp_path: Path, docker_engine: None, postgres_url: str, monkeypatch, capsys
+    tmp_path: Path, docker_engine: None, postgres_database: str, monkeypatch, capsys
 ) -> None:
-    board, seen = await _run(Settings(state_dir=tmp_path, database_url=postgres_url), monkeypatch, capsys)
+    board, seen = await _run(Settings(state_dir=tmp_path, database_url=postgres_database), monkeypatch, capsys)
     _check(board, seen, tmp_path)
