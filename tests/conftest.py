@@ -93,3 +93,11 @@ def postgres_database(postgres_url: str) -> Iterator[str]:
         yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
     finally:
         subprocess.run([*psql, f"DROP DATABASE {name} WITH (FORCE)"], capture_output=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test on SQLite (the default: None) and again on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_database")

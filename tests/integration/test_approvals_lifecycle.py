@@ -224,15 +224,6 @@ async def eventually(check: Callable[[], Any], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """SQLite (the default), and a fresh database of its own on the PostgreSQL test cluster."""
-    if request.param == "sqlite":
-        yield None
-        return
-    yield request.getfixturevalue("postgres_database")
-
-
 @pytest.fixture
 async def fed(tmp_path: Path, nats_url: str, database_url: str | None) -> AsyncIterator[Federation]:
     settings = Settings(

@@ -133,15 +133,6 @@ async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """SQLite (the default), and a fresh database of its own on the PostgreSQL test cluster."""
-    if request.param == "sqlite":
-        yield None
-        return
-    yield request.getfixturevalue("postgres_database")
-
-
 @pytest.fixture
 async def registry(tmp_path: Path, nats_url: str, database_url: str | None) -> AsyncIterator[Registry]:
     host = create_service(Settings(nats_url=nats_url, state_dir=tmp_path, database_url=database_url))
