@@ -121,11 +121,6 @@ class Client:
         """A benchmark's associations (more filters: component_id, limit, offset)."""
         return self.get(f"/benchmarks/{benchmark_id}/associations", kind=kind, status=status, **filters)
 
-    def my_associations(self, **filters: Any) -> list[dict]:
-        """Associations where I own the benchmark or the component (filters: benchmark_id, kind,
-        component_id, status, limit, offset)."""
-        return self.get("/me/associations", **filters)
-
     def set_auto_approval(self, benchmark_id: int, kind: str, mode: str, allowlist: list[str] | None = None) -> dict:
         return self.put(
             f"/benchmarks/{benchmark_id}/auto-approval/{kind}", {"mode": mode, "allowlist": allowlist or []}
@@ -155,9 +150,6 @@ class Client:
         return self.delete(f"/{entity}s/{entity_id}", reason=reason)
 
     # --- people and tokens ------------------------------------------------------------------
-
-    def whoami(self) -> dict:
-        return self.get("/me")
 
     def create_user(self, name: str, admin: bool = False) -> dict:
         return self.post("/users", {"name": name, "admin": admin})

@@ -8,9 +8,7 @@ durable consumer of that event type has acknowledged it, so every wait is on a f
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from waiting import eventually
 
 from services.approvals.app import create_service
 from shared.commands import (
@@ -56,7 +55,6 @@ from shared.events import (
 from shared.service import ServiceHost, ask
 from shared.settings import Settings
 
-DEADLINE = 10.0
 PREPARATOR = 1
 TRUSTED, COMMITTEE, ALICE, BOB, CAROL, ADMIN = "trusted", "committee", "alice", "bob", "carol", "admin"
 PASSED = CompatibilityReport(passed=True, metrics={"auc": 0.9}, detail="ran on the demo data")
@@ -214,14 +212,6 @@ class Federation:
 
     async def trail(self, actor: str, entity: str, entity_id: int) -> Outcome:
         return await self.ask(AuditTrail(actor=actor, is_admin=actor == ADMIN, entity=entity, id=entity_id))  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from sqlalchemy import Integer, MetaData, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from waiting import DEADLINE, eventually
 
 from shared.broker import ensure_streams
 from shared.commands import Command, Outcome
@@ -33,7 +34,6 @@ from shared.service import ServiceHost, answers, ask
 from shared.settings import Settings
 from shared.streams import ALL_STREAMS, deadletter_subject
 
-DEADLINE = 10.0
 MAX_DELIVERIES = 3
 SUBJECT = BenchmarkApproved.subscription()
 DURABLE = "probe-benchmark-approved"
@@ -115,15 +115,6 @@ def create_probe(settings: Settings) -> Probe:
 
     host.include(router)
     return probe
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

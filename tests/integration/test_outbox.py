@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -18,6 +17,7 @@ import pytest
 from nats.js import JetStreamContext
 from sqlalchemy import Integer, MetaData, String, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from waiting import DEADLINE, eventually
 
 from shared.broker import EmbeddedNats, ensure_streams
 from shared.db import Database, UnitOfWork, messaging_tables
@@ -26,7 +26,6 @@ from shared.service import ServiceHost
 from shared.settings import Settings
 
 STREAM = "APPROVALS"
-DEADLINE = 10.0
 
 
 class Base(DeclarativeBase):
@@ -44,15 +43,6 @@ class Decision(Base):
 
 def approved(benchmark_id: int) -> BenchmarkApproved:
     return BenchmarkApproved(actor="alice", benchmark_id=benchmark_id, name=f"bench-{benchmark_id}")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def stream_count(js: JetStreamContext, stream: str = STREAM) -> int:
