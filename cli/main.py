@@ -159,3 +159,7 @@ def _asyncapi(service: str) -> dict:
 
         host = importlib.import_module(f"services.{service}.app").create_service(settings)
     return AsyncAPI(host.broker, title=f"medperf {service}", version="0.1.0").to_specification().to_jsonable()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

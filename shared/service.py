@@ -38,6 +38,11 @@ class ServiceHost:
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.db, self._tables, self.relay)
 
+    def answers(self, command_type: type[Command]) -> dict[str, Any]:
+        """Subscriber options for this service's handler of ``command_type``: one at a time on
+        SQLite (its work runs inline and serialised anyway), eight at once on PostgreSQL."""
+        return answers(command_type, workers=1 if self.db.serialize else 8)
+
     def include(self, router: NatsRouter, publishes: tuple[type[Event], ...] = ()) -> None:
         """Add the service's handlers, and document the events it publishes.
 
@@ -85,11 +90,13 @@ class ServiceHost:
             await self.db.dispose()
 
 
-def answers(command_type: type[Command]) -> dict[str, Any]:
-    """Subscriber options for a request/reply command handler; replicas share it as a queue group."""
-    # max_workers: handle several commands at once, so decoding, validation and replies overlap
-    # with another command's database work (which the database serialises where it must).
-    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands", "max_workers": 8}
+def answers(command_type: type[Command], workers: int = 1) -> dict[str, Any]:
+    """Subscriber options for a request/reply command handler; replicas share it as a queue group.
+
+    ``workers`` > 1 handles several commands at once, which pays only where handlers wait on I/O
+    (PostgreSQL): FastStream's concurrent mode halves the message rate of a handler that never
+    waits (measured 2,000 -> 900 echo replies/s)."""
+    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands", "max_workers": workers}
 
 
 async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:

@@ -9,7 +9,7 @@ from services.aggregator.store import TABLES, Base
 from shared.commands import GetLeaderboard, Outcome
 from shared.events import BenchmarkSubmitted, DatasetRegistered, ModelRegistered, ResultReported
 from shared.messaging import consume
-from shared.service import ServiceHost, answers
+from shared.service import ServiceHost
 from shared.settings import Settings
 
 
@@ -33,7 +33,7 @@ def create_service(settings: Settings) -> ServiceHost:
     async def on_result_reported(event: ResultReported) -> None:
         await handlers.record_result(event, host.uow())
 
-    @router.subscriber(**answers(GetLeaderboard))
+    @router.subscriber(**host.answers(GetLeaderboard))
     async def leaderboard(query: GetLeaderboard) -> Outcome:
         return await handlers.get_leaderboard(query, host.uow())
 

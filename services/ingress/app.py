@@ -85,7 +85,9 @@ class Ingress:
 
     async def start(self) -> None:
         await self.broker.connect()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+        # without it every response waits ~40 ms for the client's delayed ACK (23 vs 2,000 req/s).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.http_host, self.settings.http_port))
         host, port = sock.getsockname()[:2]

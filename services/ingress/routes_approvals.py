@@ -59,7 +59,16 @@ async def decide_benchmark(
     body: BenchmarkDecision,  # type: ignore[valid-type]
     ctx: Context = Depends(authorized),
 ) -> Any:
-    outcome = await ctx.ask(DecideBenchmark, benchmark_id=benchmark_id, **fields_of(body))
+    try:
+        outcome = await ctx.ask(DecideBenchmark, benchmark_id=benchmark_id, **fields_of(body))
+    except Refused as refused:
+        if refused.status != 404:
+            raise
+        # Just submitted: the registry has it, the approvals service has not heard yet.
+        await ctx.ask(GetEntity, entity="benchmark", id=benchmark_id)  # 404 if it truly does not exist
+        raise Refused(
+            503, f"benchmark {benchmark_id} was just submitted and is still on its way; retry shortly"
+        ) from refused
     return {"benchmark_id": benchmark_id, **(outcome.data or {})}
 
 

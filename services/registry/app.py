@@ -36,7 +36,7 @@ from shared.events import (
     UserCreated,
 )
 from shared.messaging import consume
-from shared.service import ServiceHost, answers
+from shared.service import ServiceHost
 from shared.settings import Settings
 
 
@@ -44,51 +44,51 @@ def create_service(settings: Settings) -> ServiceHost:
     host = ServiceHost("registry", settings, Base.metadata, TABLES)
     router = NatsRouter()
 
-    @router.subscriber(**answers(RegisterContainer))
+    @router.subscriber(**host.answers(RegisterContainer))
     async def register_container(cmd: RegisterContainer) -> Outcome:
         return await handlers.register_container(cmd, host.uow())
 
-    @router.subscriber(**answers(RegisterModel))
+    @router.subscriber(**host.answers(RegisterModel))
     async def register_model(cmd: RegisterModel) -> Outcome:
         return await handlers.register_model(cmd, host.uow())
 
-    @router.subscriber(**answers(SubmitBenchmark))
+    @router.subscriber(**host.answers(SubmitBenchmark))
     async def submit_benchmark(cmd: SubmitBenchmark) -> Outcome:
         return await handlers.submit_benchmark(cmd, host.uow())
 
-    @router.subscriber(**answers(RegisterDataset))
+    @router.subscriber(**host.answers(RegisterDataset))
     async def register_dataset(cmd: RegisterDataset) -> Outcome:
         return await handlers.register_dataset(cmd, host.uow())
 
-    @router.subscriber(**answers(EditEntity))
+    @router.subscriber(**host.answers(EditEntity))
     async def edit_entity(cmd: EditEntity) -> Outcome:
         return await handlers_edit.edit_entity(cmd, host.uow())
 
-    @router.subscriber(**answers(DeleteEntity))
+    @router.subscriber(**host.answers(DeleteEntity))
     async def delete_entity(cmd: DeleteEntity) -> Outcome:
         return await handlers_edit.delete_entity(cmd, host.uow())
 
-    @router.subscriber(**answers(CreateUser))
+    @router.subscriber(**host.answers(CreateUser))
     async def create_user(cmd: CreateUser) -> Outcome:
         return await handlers_users.create_user(cmd, host.uow())
 
-    @router.subscriber(**answers(IssueToken))
+    @router.subscriber(**host.answers(IssueToken))
     async def issue_token(cmd: IssueToken) -> Outcome:
         return await handlers_users.issue_token(cmd, host.uow())
 
-    @router.subscriber(**answers(RevokeToken))
+    @router.subscriber(**host.answers(RevokeToken))
     async def revoke_token(cmd: RevokeToken) -> Outcome:
         return await handlers_users.revoke_token(cmd, host.uow())
 
-    @router.subscriber(**answers(Authenticate))
+    @router.subscriber(**host.answers(Authenticate))
     async def authenticate(query: Authenticate) -> Outcome:
         return await handlers_users.authenticate(query, host.uow())
 
-    @router.subscriber(**answers(GetEntity))
+    @router.subscriber(**host.answers(GetEntity))
     async def get_entity(query: GetEntity) -> Outcome:
         return await handlers.get_entity(query, host.uow())
 
-    @router.subscriber(**answers(ListEntities))
+    @router.subscriber(**host.answers(ListEntities))
     async def list_entities(query: ListEntities) -> Outcome:
         return await handlers.list_entities(query, host.uow())
 
