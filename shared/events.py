@@ -298,14 +298,59 @@ class CompatibilityTested(SiteEvent):
     report: CompatibilityReport
 
 
-class JobFailed(SiteEvent):
-    type: Literal["job.failed"] = "job.failed"
-    job: str
+JobKind = Literal["run", "compatibility"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: Whose fault a failure was: only ``infrastructure`` (engine, disk, download) is retried.
+FailureKind = Literal["model", "metrics", "data", "infrastructure"]
+
+
+class JobEvent(SiteEvent):
+    """A transition of one unit of work at a site. Names what ran on what, never the data itself."""
+
+    job_id: int = Field(ge=1)
+    kind: JobKind = "run"
     benchmark_id: int
     model_id: int | None = None
     dataset_id: int | None = None
+
+
+class JobQueued(JobEvent):
+    type: Literal["job.queued"] = "job.queued"
+    reason: str = Field(description="what triggered it: an approval, a re-run, a restart")
+
+
+class JobStarted(JobEvent):
+    type: Literal["job.started"] = "job.started"
+    attempt: int = Field(ge=1)
+
+
+class JobSucceeded(JobEvent):
+    type: Literal["job.succeeded"] = "job.succeeded"
+    partial: bool = Field(default=False, description="the model failed on some cases; metrics cover the rest")
+    held: bool = Field(default=False, description="the result waits for the data owner to release it")
+
+
+class JobFailed(JobEvent):
+    type: Literal["job.failed"] = "job.failed"
+    failure: FailureKind
+    will_retry: bool = False
     reason: str
     log_tail: str = ""
+
+
+class JobCancelled(JobEvent):
+    type: Literal["job.cancelled"] = "job.cancelled"
+
+
+class SiteHeartbeat(BaseModel):
+    """A site agent's periodic "still here" with what it is doing. Not an event (no state changes):
+    published straight to ``medperf.heartbeat.<site>``, where the stream keeps the latest only."""
+
+    site: str
+    at: datetime = Field(default_factory=utcnow)
+    running: list[int] = Field(default_factory=list, description="ids of the jobs running now")
+    queued: int = 0
+    draining: bool = False
 
 
 AnyEvent = Annotated[
@@ -327,7 +372,11 @@ AnyEvent = Annotated[
     | AssociationPriorityChanged
     | ResultReported
     | CompatibilityTested
-    | JobFailed,
+    | JobQueued
+    | JobStarted
+    | JobSucceeded
+    | JobFailed
+    | JobCancelled,
     Field(discriminator="type"),
 ]
 EVENTS: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

@@ -16,11 +16,14 @@ class Stream:
     name: str
     subjects: tuple[str, ...]
     description: str
+    # -1: keep the whole history. 1: keep only the latest message per subject (a status board).
+    max_msgs_per_subject: int = -1
 
     def config(self) -> StreamConfig:
         # Limits retention with no age limit: the history is the system of record that read models
         # (leaderboards, site projections) can be rebuilt from.
         return StreamConfig(
+            max_msgs_per_subject=self.max_msgs_per_subject,
             name=self.name,
             subjects=list(self.subjects),
             description=self.description,
@@ -34,9 +37,18 @@ class Stream:
 REGISTRY = Stream("REGISTRY", ("medperf.registry.>",), "containers, models, benchmarks and datasets registered")
 APPROVALS = Stream("APPROVALS", ("medperf.approvals.>",), "benchmark approvals and association decisions")
 SITES = Stream("SITES", ("medperf.site.>",), "what site agents report: results and job outcomes")
+# Heartbeats are not state changes: each site's latest one is all anyone needs, so they skip the
+# outbox and the stream keeps one per site.
+HEARTBEATS = Stream(
+    "HEARTBEATS", ("medperf.heartbeat.>",), "the latest heartbeat of each site agent", max_msgs_per_subject=1
+)
 DEADLETTER = Stream("DEADLETTER", ("medperf.deadletter.>",), "messages a consumer could not handle, with the reason")
 
-ALL_STREAMS = (REGISTRY, APPROVALS, SITES, DEADLETTER)
+ALL_STREAMS = (REGISTRY, APPROVALS, SITES, HEARTBEATS, DEADLETTER)
+
+
+def heartbeat_subject(site: str) -> str:
+    return f"medperf.heartbeat.{site}"
 
 
 def deadletter_subject(service: str) -> str:

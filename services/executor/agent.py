@@ -3,10 +3,14 @@
 - a benchmark this site agreed to join is approved: prepare the data with the benchmark's data
   preparator, register its hashes and statistics, test the reference workflow on it, and request
   the association with that test attached;
-- its dataset association is approved: run every approved model (the reference first, then by
-  priority) and report metrics;
-- a model association is approved: run that model on every dataset here associated with the benchmark;
+- its dataset association is approved: queue a job for every approved model (the reference first,
+  then by priority);
+- a model association is approved: queue a job of that model on every dataset here associated with
+  the benchmark;
 - (committee sites) a model asks to join: test it on the benchmark's demo data.
+
+Queued jobs are run by ``services.executor.runner``, which reports results as the site's consent
+policy allows.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 from faststream.nats import NatsBroker
 from sqlalchemy import select
 
+from services.executor import domain
+from services.executor.runner import JobRunner, job_fields, release
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job, PreparedDataset
-from services.executor.workflow import PreparedData, TaskFailed, Workflow, tree_hash
+from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
 from shared.commands import Command, GetEntity, ListAssociations, Outcome, RegisterDataset, RequestAssociation
 from shared.containers import ContainerSpec, HostedFile
 from shared.db import UnitOfWork
@@ -34,9 +40,7 @@ from shared.events import (
     BenchmarkApproved,
     CompatibilityReport,
     CompatibilityTested,
-    JobFailed,
-    ResultReported,
-    utcnow,
+    JobQueued,
 )
 from shared.messaging import NotYet, PermanentFailure
 from shared.service import ask
@@ -74,7 +78,7 @@ class SiteAgent:
         self.uow = uow
         self.workflow = workflow
         self.request_timeout = request_timeout
-        self._jobs = asyncio.Lock()  # one container job at a time on this site
+        self.runner = JobRunner(site, broker, uow, self.execute, lambda: workflow.runtime)
 
     # --- event handlers -----------------------------------------------------------------------
 
@@ -112,7 +116,7 @@ class SiteAgent:
         parts = await self.benchmark(event.benchmark_id)
         for dataset in datasets:
             for model_id in [parts.reference_model_id, *[m for m in models if m != parts.reference_model_id]]:
-                await self.run_model(parts, model_id, dataset)
+                await self.enqueue(parts, model_id, dataset, reason=f"{event.kind} association approved")
 
     async def on_association_requested(self, event: AssociationRequested) -> None:
         if event.kind != "model" or event.compatibility is not None:
@@ -180,7 +184,7 @@ class SiteAgent:
             await uow.commit()
         # The compatibility test is the reference model's real run; it is kept and released only
         # if the association is approved, so the reference model never runs twice.
-        job = await self.run_model(parts, parts.reference_model_id, row, release=False)
+        job = await self.compatibility_run(parts, row)
         report = CompatibilityReport(passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail)
         outcome = await ask(
             self.broker,
@@ -219,84 +223,95 @@ class SiteAgent:
         ).data
         return rows[0]["status"] if rows and rows[0]["status"] in ("PENDING", "APPROVED") else None
 
-    async def run_model(
-        self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, release: bool = True
-    ) -> Job:
-        """Run ``model_id`` then the metrics container on ``dataset``, unless that exact run (same
-        containers, same data) already succeeded. A failure of the containers or of the data is
-        recorded and reported, not retried; infrastructure errors propagate and are retried."""
+    async def enqueue(self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, reason: str) -> None:
+        """Queue a run of ``model_id`` on ``dataset``, unless the same pinned work already ran or
+        waits; a kept compatibility run of the reference model is released instead of repeated."""
         model = await self.model_spec(model_id)
         key = _job_key(parts, model_id, model, dataset)
-        async with self._jobs:
-            async with self.uow() as uow:
-                job = await uow.session.get(Job, key)
-                if job is not None and job.status == "succeeded":
-                    if release and not job.released:
-                        self._release(uow, parts, job, dataset)
-                        await uow.commit()
-                    return job
-            # No transaction is open while containers run: other handlers and the outbox relay
-            # of this site keep using the database meanwhile.
-            prepared = PreparedData(
-                Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
-            )
-            failure: TaskFailed | None = None
-            try:
-                if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != dataset.prepared_hash:
-                    raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
-                metrics = await self.workflow.score(
-                    model, parts.metrics, prepared, self.site.work_dir / "runs" / key[:16]
-                )
-            except TaskFailed as error:
-                failure = error
-            async with self.uow() as uow:
-                # A failed job is run again when asked again; its row is reused.
-                job = await uow.session.get(Job, key) or Job(
-                    key=key,
-                    benchmark_id=parts.benchmark_id,
-                    model_id=model_id,
-                    dataset_id=dataset.dataset_id,
-                    container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
-                )
-                uow.session.add(job)
-                if failure is not None:
-                    job.status, job.detail, job.metrics = "failed", str(failure), {}
-                    uow.emit(
-                        JobFailed(
-                            actor=self.site.owner,
-                            site=self.site.name,
-                            job=f"run model {model_id}",
-                            benchmark_id=parts.benchmark_id,
-                            model_id=model_id,
-                            dataset_id=dataset.dataset_id,
-                            reason=str(failure),
-                            log_tail=failure.log_tail,
-                        )
-                    )
-                else:
-                    job.status, job.detail = "succeeded", ""
-                    # Only the metrics the benchmark declared leave the site.
-                    job.metrics = {name: metrics[name] for name in parts.metric_names if name in metrics}
-                    if release:
-                        self._release(uow, parts, job, dataset)
-                job.finished_at = utcnow()
-                await uow.commit()
-                return job
-
-    def _release(self, uow: UnitOfWork, parts: BenchmarkParts, job: Job, dataset: PreparedDataset) -> None:
-        job.released = True
-        uow.emit(
-            ResultReported(
-                actor=self.site.owner,
-                site=self.site.name,
+        async with self.uow() as uow:
+            earlier = (await uow.session.scalars(select(Job).where(Job.key == key).order_by(Job.id))).all()
+            for job in earlier:
+                if job.kind == "compatibility" and job.status == "succeeded" and job.release == "none":
+                    if self.site.release == "auto":
+                        release(uow, job, self.site.owner, self.site.name)
+                    else:
+                        job.release = "held"
+                    await uow.commit()
+                    return
+            if any(domain.blocks_new_run(job.status, job.failure) for job in earlier):
+                return
+            job = Job(
+                key=key,
+                kind="run",
                 benchmark_id=parts.benchmark_id,
-                model_id=job.model_id,
-                dataset_id=job.dataset_id,
-                metrics=job.metrics,
-                container_digests=job.container_digests,
+                model_id=model_id,
+                dataset_id=dataset.dataset_id,
+                container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
                 dataset_hash=dataset.prepared_hash,
             )
+            uow.session.add(job)
+            await uow.session.flush()
+            uow.emit(JobQueued(actor=self.site.owner, site=self.site.name, reason=reason, **job_fields(job)))
+            await uow.commit()
+        self.runner.wake()
+
+    async def compatibility_run(self, parts: BenchmarkParts, dataset: PreparedDataset) -> Job:
+        """Run the reference model on a freshly prepared dataset now, as a job of its own."""
+        model = await self.model_spec(parts.reference_model_id)
+        key = _job_key(parts, parts.reference_model_id, model, dataset)
+        async with self.uow() as uow:
+            job = await uow.session.scalar(
+                select(Job).where(Job.key == key, Job.kind == "compatibility").order_by(Job.id.desc())
+            )
+            if job is None:
+                job = Job(
+                    key=key,
+                    kind="compatibility",
+                    benchmark_id=parts.benchmark_id,
+                    model_id=parts.reference_model_id,
+                    dataset_id=dataset.dataset_id,
+                    container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
+                    dataset_hash=dataset.prepared_hash,
+                )
+                uow.session.add(job)
+                await uow.session.flush()
+                uow.emit(
+                    JobQueued(actor=self.site.owner, site=self.site.name, reason="dataset prepared", **job_fields(job))
+                )
+                await uow.commit()
+        if job.status == "queued":
+            job = await self.runner.run_now(job.id)
+        if job.status not in ("succeeded", "failed"):
+            # An infrastructure failure: this event is redelivered later, and the job tried again.
+            raise RuntimeError(f"compatibility run (job {job.id}) did not finish: {job.detail}")
+        return job
+
+    async def execute(self, job: Job, labels: dict[str, str]) -> Scores:
+        """The work of a run or compatibility job: check the data, run the model, then the metrics."""
+        async with self.uow() as uow:
+            dataset = await uow.session.scalar(
+                select(PreparedDataset).where(PreparedDataset.dataset_id == job.dataset_id)
+            )
+        if dataset is None:
+            raise TaskFailed("verify", None, f"dataset {job.dataset_id} is not prepared at this site")
+        parts = await self.benchmark(job.benchmark_id)
+        model = await self.model_spec(job.model_id)
+        prepared = PreparedData(
+            Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
         )
+        if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != job.dataset_hash:
+            raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
+        scores = await self.workflow.score(
+            model,
+            parts.metrics,
+            prepared,
+            self.site.work_dir / "runs" / f"job-{job.id}",
+            labels=labels,
+            ignore_model_errors=self.site.ignore_model_errors,
+        )
+        # Only the metrics the benchmark declared leave the site.
+        declared = {name: scores.metrics[name] for name in parts.metric_names if name in scores.metrics}
+        return Scores(declared, scores.partial)
 
     async def test_on_demo_data(self, parts: BenchmarkParts, model_id: int) -> CompatibilityReport:
         model = await self.model_spec(model_id)
@@ -307,9 +322,10 @@ class SiteAgent:
             prepared = await self.workflow.prepare(
                 parts.preparator, demo / paths["data_path"], demo / paths["labels_path"], base / "prepared"
             )
-            metrics = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
+            scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
         except TaskFailed as failure:
             return CompatibilityReport(passed=False, detail=str(failure))
+        metrics = scores.metrics
         return CompatibilityReport(passed=True, metrics={n: metrics[n] for n in parts.metric_names if n in metrics})
 
     # --- questions to other services -------------------------------------------------------------

@@ -15,7 +15,11 @@ from shared.events import (
     AssociationRequested,
     BenchmarkApproved,
     CompatibilityTested,
+    JobCancelled,
     JobFailed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
     ResultReported,
 )
 from shared.messaging import consume
@@ -40,6 +44,8 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
 
     host.on_start(connect_engine)
     agent = SiteAgent(site, host.broker, host.uow, workflow, settings.request_timeout)
+    host.on_start(agent.runner.start)
+    host.on_stop(agent.runner.stop)
     router = NatsRouter()
 
     @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT))
@@ -54,5 +60,8 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     async def on_association_requested(event: AssociationRequested) -> None:
         await agent.on_association_requested(event)
 
-    host.include(router, publishes=(ResultReported, CompatibilityTested, JobFailed))
+    host.include(
+        router,
+        publishes=(ResultReported, CompatibilityTested, JobQueued, JobStarted, JobSucceeded, JobFailed, JobCancelled),
+    )
     return host

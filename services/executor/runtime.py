@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +51,7 @@ class TaskRun:
     log_path: Path
     gpus: str | None = None
     shm_size: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class ContainerRuntime(Protocol):
     def ensure_image(self, image_digest: str) -> None: ...
 
     def run(self, task: TaskRun) -> TaskOutcome: ...
+
+    def remove_labelled(self, labels: dict[str, str]) -> int:
+        """Stop and remove every container carrying all of ``labels``; returns how many."""
+        ...
 
 
 def engine_available() -> bool:
@@ -210,7 +215,7 @@ class DockerRuntime:
         kwargs: dict[str, Any] = {
             "command": list(task.command),
             "name": container_name(task.name),
-            "labels": {TASK_LABEL: task.name},
+            "labels": {**task.labels, TASK_LABEL: task.name},
             "environment": dict(task.environment),
             "user": self.user,
             "network_mode": "none",
@@ -277,6 +282,12 @@ class DockerRuntime:
             except APIError as exc:
                 # A log driver without read support must not turn a finished task into an error.
                 handle.write(f"\n[executor] could not read container logs: {exc.explanation or exc}\n".encode())
+
+    def remove_labelled(self, labels: dict[str, str]) -> int:
+        found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        for container in found:
+            self._remove(container)
+        return len(found)
 
     @staticmethod
     def _remove(container: Container) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,15 @@ class SiteSettings(BaseSettings):
     work_dir: Path = Field(default=Path(".medperf/site"), description="prepared data, predictions, logs, cache")
     database_url: str | None = Field(default=None, description="the site's own database; default SQLite in work_dir")
     task_timeout: float = Field(default=1800.0, gt=0, description="seconds a container task may run")
+    max_jobs: int = Field(default=1, ge=1, le=64, description="jobs this site runs at once")
+    release: Literal["auto", "review"] = Field(
+        default="auto",
+        description="the data owner's consent: results leave at once (auto), or wait for "
+        "`medperf result release ID` (review)",
+    )
+    ignore_model_errors: bool = Field(
+        default=False, description="score what a failing model did predict, and mark the result partial"
+    )
 
     def database(self) -> str:
         if self.database_url:

@@ -37,19 +37,39 @@ class PreparedDataset(Base):
 
 
 class Job(Base):
-    """One run of a model and the metrics container on one dataset, and its outcome.
+    """One unit of work at this site (the rules of its life are in ``services.executor.domain``).
 
-    The key pins everything that determines the result, so the same run is never repeated and a
-    changed container or dataset is a new job."""
+    ``key`` pins everything that determines the result (benchmark, model, dataset, container
+    digests, dataset hash): the same key is not run twice unless a re-run is asked for, and a
+    changed container or dataset is a new key."""
 
     __tablename__ = "site_jobs"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # run / compatibility
     benchmark_id: Mapped[int] = mapped_column(Integer)
     model_id: Mapped[int] = mapped_column(Integer)
     dataset_id: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # succeeded / failed
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    partial: Mapped[bool] = mapped_column(default=False)
     container_digests: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    released: Mapped[bool] = mapped_column(default=False)
+    dataset_hash: Mapped[str] = mapped_column(String(64), default="")
+    release: Mapped[str] = mapped_column(String(16), default="none")  # none / held / released
     detail: Mapped[str] = mapped_column(Text, default="")
-    finished_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class SiteState(Base):
+    """One row: whether the site takes new jobs (drain mode for maintenance)."""
+
+    __tablename__ = "site_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    draining: Mapped[bool] = mapped_column(default=False)

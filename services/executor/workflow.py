@@ -52,6 +52,12 @@ class PreparedData:
         return self.path / "labels"
 
 
+@dataclass(frozen=True)
+class Scores:
+    metrics: dict[str, float]
+    partial: bool = False
+
+
 def tree_hash(*roots: Path) -> str:
     """sha256 over every file's relative path and content: renaming or moving a file changes it
     (MedPerf's folder hash ignored names)."""
@@ -114,11 +120,29 @@ class Workflow:
         return PreparedData(out, input_hash, prepared_hash, statistics)
 
     async def score(
-        self, model: ContainerSpec, metrics: ContainerSpec, data: PreparedData, run: Path
-    ) -> dict[str, float]:
+        self,
+        model: ContainerSpec,
+        metrics: ContainerSpec,
+        data: PreparedData,
+        run: Path,
+        *,
+        labels: dict[str, str] | None = None,
+        ignore_model_errors: bool = False,
+    ) -> Scores:
         """infer with ``model``, then evaluate with ``metrics``; returns the metrics only.
-        Predictions and per-case outputs stay under ``run`` on this site."""
-        await self.run_task(model, "infer", run, {"data_path": data.data, "output_path": run / "predictions"})
+        Predictions and per-case outputs stay under ``run`` on this site. With
+        ``ignore_model_errors`` (MedPerf's --ignore-model-errors), a model that fails after writing
+        some predictions is scored on those, and the scores are marked partial."""
+        partial = False
+        try:
+            await self.run_task(
+                model, "infer", run, {"data_path": data.data, "output_path": run / "predictions"}, labels=labels
+            )
+        except TaskFailed:
+            predictions = run / "predictions"
+            if not (ignore_model_errors and predictions.is_dir() and any(predictions.iterdir())):
+                raise
+            partial = True
         await self.run_task(
             metrics,
             "evaluate",
@@ -129,12 +153,20 @@ class Workflow:
                 "output_path": run / "results",
                 "local_outputs_path": run / "local_outputs",
             },
+            labels=labels,
         )
         results = _read_json(run / "results" / RESULTS_FILE, "evaluate")
         numbers = {k: float(v) for k, v in results.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        return numbers
+        return Scores(numbers, partial)
 
-    async def run_task(self, spec: ContainerSpec, task_name: str, run: Path, mounts: dict[str, Path]) -> None:
+    async def run_task(
+        self,
+        spec: ContainerSpec,
+        task_name: str,
+        run: Path,
+        mounts: dict[str, Path],
+        labels: dict[str, str] | None = None,
+    ) -> None:
         task = spec.tasks.get(task_name)  # type: ignore[call-overload]
         if task is None:
             raise TaskFailed(task_name, None, f"the container has no {task_name!r} task")
@@ -162,6 +194,7 @@ class Workflow:
                 log_path=run / "logs" / f"{task_name}.log",
                 gpus=task.gpus,
                 shm_size=task.shm_size,
+                labels=dict(labels or {}),
             ),
         )
         if not outcome.ok:

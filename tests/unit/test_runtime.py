@@ -6,13 +6,10 @@ since no registry is reachable from sites or CI.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import statistics
 import subprocess
-import tarfile
 import threading
 import time
 import uuid
@@ -22,7 +19,7 @@ from unittest.mock import MagicMock
 
 import docker
 import pytest
-from docker.errors import ImageNotFound
+from conftest import BUSYBOX_TAG as IMAGE_TAG
 from docker.models.containers import Container
 
 from services.executor.runtime import (
@@ -40,9 +37,6 @@ from services.executor.runtime import (
     read_tail,
 )
 
-IMAGE_TAG = "localhost/medperf-runtime-test:busybox"
-APPLETS = ("sh", "echo", "cat", "ls", "id", "touch", "sleep", "seq", "true")
-
 
 @pytest.fixture(scope="session")
 def client(docker_engine: None) -> Iterator[docker.DockerClient]:
@@ -52,22 +46,8 @@ def client(docker_engine: None) -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def image_digest(client: docker.DockerClient) -> str:
-    with contextlib.suppress(ImageNotFound):
-        return str(client.images.get(IMAGE_TAG).id)  # re-importing would leave a dangling image each run
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not Path(busybox).is_file():
-        pytest.fail("a static busybox binary is needed to build the test image: apt-get install busybox-static")
-    payload = io.BytesIO()
-    with tarfile.open(fileobj=payload, mode="w") as tar:
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    repository, tag = IMAGE_TAG.rsplit(":", 1)
-    client.api.import_image_from_data(payload.getvalue(), repository=repository, tag=tag)
-    return str(client.images.get(IMAGE_TAG).id)
+def image_digest(busybox_image: str) -> str:
+    return busybox_image
 
 
 @pytest.fixture

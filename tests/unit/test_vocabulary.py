@@ -30,7 +30,11 @@ from shared.events import (
     EntityEdited,
     Event,
     FieldChange,
+    JobCancelled,
     JobFailed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
     MetricSpec,
     ModelRegistered,
     ResultReported,
@@ -270,7 +274,21 @@ def one_of_each() -> list[Event]:
             partial=True,
         ),
         CompatibilityTested(**common, site="site-a", benchmark_id=3, kind="model", component_id=2, report=REPORT),
-        JobFailed(**common, site="site-a", job="infer", benchmark_id=3, model_id=2, reason="oom", log_tail="..."),
+        JobQueued(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, reason="approved"),
+        JobStarted(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, attempt=1),
+        JobSucceeded(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, held=True),
+        JobFailed(
+            **common,
+            site="site-a",
+            job_id=4,
+            benchmark_id=3,
+            model_id=2,
+            failure="infrastructure",
+            will_retry=True,
+            reason="oom",
+            log_tail="...",
+        ),
+        JobCancelled(**common, site="site-a", job_id=4, kind="compatibility", benchmark_id=3),
         EntityEdited(
             **common,
             entity="dataset",
@@ -355,7 +373,7 @@ def test_subscription_matches_the_subject(event: Event) -> None:
 
 
 def test_a_site_event_subject_carries_its_own_site() -> None:
-    a = JobFailed(actor="agent", site="site-a", job="prepare", benchmark_id=1, reason="r")
+    a = JobFailed(actor="agent", site="site-a", job_id=1, benchmark_id=1, failure="data", reason="r")
     b = a.model_copy(update={"site": "hospital-2"})
     assert b.subject == "medperf.site.hospital-2.job.failed"
     assert a.subject != b.subject

@@ -1,0 +1,88 @@
+"""What a site's data owner and IT staff do to their own agent's jobs, on the site's database.
+
+The CLI (``medperf job ...``, ``medperf result ...``, ``medperf site drain``) calls these; they
+change the job rows and queue the resulting events in the site's outbox in one transaction; the
+running agent's runner and outbox relay act on them within a second. Nothing here needs the
+network: consent is given where the data is.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from services.executor import domain
+from services.executor.runner import job_fields, release
+from services.executor.settings import SiteSettings
+from services.executor.store import Job, SiteState
+from shared.db import UnitOfWork
+from shared.events import JobQueued
+
+
+class NotPossible(Exception):
+    """The job is not in a state that allows this; the message says why."""
+
+
+async def jobs(uow: UnitOfWork, *, pending_release: bool = False) -> list[Job]:
+    async with uow:
+        query = select(Job).order_by(Job.id)
+        if pending_release:
+            query = query.where(Job.release == "held")
+        return list((await uow.session.scalars(query)).all())
+
+
+async def release_result(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Job:
+    async with uow:
+        job = await _job(uow, job_id)
+        if job.release != "held":
+            raise NotPossible(f"job {job_id} has no result waiting for release (release: {job.release})")
+        release(uow, job, site.owner, site.name)
+        await uow.commit()
+        return job
+
+
+async def cancel(uow: UnitOfWork, job_id: int) -> Job:
+    async with uow:
+        job = await _job(uow, job_id)
+        if job.status not in domain.UNFINISHED:
+            raise NotPossible(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        job.cancel_requested = True  # the runner stops it, records it and removes its containers
+        await uow.commit()
+        return job
+
+
+async def rerun(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Job:
+    """Queue the same work again (same key), e.g. after fixing the cause of a failure."""
+    async with uow:
+        old = await _job(uow, job_id)
+        if old.status in domain.UNFINISHED:
+            raise NotPossible(f"job {job_id} is still {old.status}")
+        new = Job(
+            key=old.key,
+            kind="run",
+            benchmark_id=old.benchmark_id,
+            model_id=old.model_id,
+            dataset_id=old.dataset_id,
+            container_digests=old.container_digests,
+            dataset_hash=old.dataset_hash,
+        )
+        uow.session.add(new)
+        await uow.session.flush()
+        uow.emit(JobQueued(actor=site.owner, site=site.name, reason=f"re-run of job {job_id}", **job_fields(new)))
+        await uow.commit()
+        return new
+
+
+async def set_draining(uow: UnitOfWork, draining: bool) -> None:
+    """Drain: running jobs finish, queued ones wait until the site resumes."""
+    async with uow:
+        state = await uow.session.get(SiteState, 1) or SiteState(id=1)
+        state.draining = draining
+        uow.session.add(state)
+        await uow.commit()
+
+
+async def _job(uow: UnitOfWork, job_id: int) -> Job:
+    job = await uow.session.get(Job, job_id)
+    if job is None:
+        raise NotPossible(f"no job {job_id} at this site (see `medperf job ls`)")
+    return job

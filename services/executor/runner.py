@@ -1,0 +1,303 @@
+"""The site's job runner: takes queued jobs from the site's database and runs them, at most
+``max_jobs`` at once, recording every transition in the same transaction as its event.
+
+Jobs live in the database, not in memory or in unacknowledged messages, so an agent that is killed
+loses nothing: at start, jobs it was running go back to the queue, containers it had started are
+removed, and the job runs again; its result is emitted in the transaction that marks it succeeded,
+so exactly one result leaves the site. The data owner's tools (``services.executor.operations``)
+cancel, re-run, release and drain by writing to the same database; the runner notices within
+``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from faststream.nats import NatsBroker
+from sqlalchemy import or_, select
+
+from services.executor import domain
+from services.executor.runtime import ContainerRuntime
+from services.executor.settings import SiteSettings
+from services.executor.store import Job, SiteState
+from services.executor.workflow import Scores, TaskFailed
+from shared.db import UnitOfWork
+from shared.events import (
+    JobCancelled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    ResultReported,
+    SiteHeartbeat,
+    utcnow,
+)
+from shared.streams import HEARTBEATS, heartbeat_subject
+
+log = logging.getLogger("medperf.site.jobs")
+
+JOB_LABEL = "medperf.job"
+SITE_LABEL = "medperf.site"
+
+
+def job_fields(job: Job) -> dict[str, object]:
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        "benchmark_id": job.benchmark_id,
+        "model_id": job.model_id,
+        "dataset_id": job.dataset_id,
+    }
+
+
+def result_of(job: Job, actor: str, site: str) -> ResultReported:
+    return ResultReported(
+        actor=actor,
+        site=site,
+        benchmark_id=job.benchmark_id,
+        model_id=job.model_id,
+        dataset_id=job.dataset_id,
+        metrics=job.metrics,
+        container_digests=job.container_digests,
+        dataset_hash=job.dataset_hash,
+        partial=job.partial,
+    )
+
+
+def release(uow: UnitOfWork, job: Job, actor: str, site: str) -> None:
+    """Let the job's metrics leave the site: the one place a ResultReported is emitted."""
+    job.release = "released"
+    uow.emit(result_of(job, actor, site))
+
+
+class JobRunner:
+    def __init__(
+        self,
+        site: SiteSettings,
+        broker: NatsBroker,
+        uow: Callable[[], UnitOfWork],
+        execute: Callable[[Job, dict[str, str]], Awaitable[Scores]],
+        runtime: Callable[[], ContainerRuntime | None],
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+    ) -> None:
+        self.site = site
+        self.broker = broker
+        self.uow = uow
+        self.execute = execute
+        self.runtime = runtime
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._last_heartbeat = 0.0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def labels(self, job_id: int | None = None) -> dict[str, str]:
+        labels = {SITE_LABEL: self.site.name}
+        if job_id is not None:
+            labels[JOB_LABEL] = str(job_id)
+        return labels
+
+    async def start(self) -> None:
+        await self.recover()
+        self._loop = asyncio.create_task(self._run(), name=f"jobs-{self.site.name}")
+
+    async def stop(self) -> None:
+        """Stop taking jobs and interrupt the running ones; they are queued again at the next start."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        for task in list(self.running.values()):
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def recover(self) -> None:
+        """After a crash: what was running is queued again, and its containers are removed."""
+        runtime = self.runtime()
+        if runtime is not None:
+            removed = await asyncio.to_thread(runtime.remove_labelled, self.labels())
+            if removed:
+                log.warning("%s: removed %d container(s) left by the previous run", self.site.name, removed)
+        async with self.uow() as uow:
+            for job in (await uow.session.scalars(select(Job).where(Job.status == "running"))).all():
+                job.status = domain.transition(job.status, "queued")
+                uow.emit(
+                    JobQueued(actor=self.site.owner, site=self.site.name, reason="agent restarted", **job_fields(job))
+                )
+            await uow.commit()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                await self._cancel_requested()
+                await self._start_queued()
+                await self._heartbeat()
+            except Exception:  # the database or broker hiccupped; the next round retries
+                log.exception("%s: job runner round failed", self.site.name)
+
+    async def _start_queued(self) -> None:
+        async with self.uow() as uow:
+            state = await uow.session.get(SiteState, 1)
+            free = self.site.max_jobs - len(self.running)
+            if (state is not None and state.draining) or free <= 0:
+                return
+            now = utcnow()
+            jobs = (
+                await uow.session.scalars(
+                    select(Job)
+                    .where(
+                        Job.kind == "run",  # compatibility runs are run by the handler that needs them
+                        Job.status == "queued",
+                        or_(Job.not_before.is_(None), Job.not_before <= now),
+                    )
+                    .order_by(Job.id)
+                    .limit(free)
+                )
+            ).all()
+            for job in jobs:
+                self._mark_started(uow, job)
+            await uow.commit()
+        for job in jobs:
+            self.running[job.id] = asyncio.create_task(self._attempt(job), name=f"job-{job.id}")
+
+    async def run_now(self, job_id: int) -> Job:
+        """Run a queued job in the caller's task, outside the queue and the concurrency limit
+        (a compatibility run that an association request waits for); returns it finished, or
+        queued again after an infrastructure failure."""
+        async with self.uow() as uow:
+            job = await uow.session.get(Job, job_id)
+            assert job is not None
+            self._mark_started(uow, job)
+            await uow.commit()
+        await self._attempt(job)
+        async with self.uow() as uow:
+            finished = await uow.session.get(Job, job_id)
+            assert finished is not None
+            return finished
+
+    def _mark_started(self, uow: UnitOfWork, job: Job) -> None:
+        job.status = domain.transition(job.status, "running")
+        job.attempts += 1
+        job.started_at = job.heartbeat_at = utcnow()
+        uow.emit(JobStarted(actor=self.site.owner, site=self.site.name, attempt=job.attempts, **job_fields(job)))
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            scores = await self.execute(job, self.labels(job.id))
+        except asyncio.CancelledError:
+            raise  # cancelled by the data owner (recorded by _cancel_requested) or by shutdown
+        except TaskFailed as failed:
+            await self._failed(job.id, domain.fault_of_task(failed.task), str(failed), failed.log_tail)
+        except Exception as exc:  # the engine, the disk, a download, another service: not the job's fault
+            log.warning("%s: job %d hit an infrastructure error: %s", self.site.name, job.id, exc)
+            await self._failed(job.id, "infrastructure", f"{type(exc).__name__}: {exc}", "")
+        else:
+            await self._succeeded(job.id, scores)
+        finally:
+            self.running.pop(job.id, None)
+            self.wake()
+
+    async def _succeeded(self, job_id: int, scores: Scores) -> None:
+        async with self.uow() as uow:
+            job = await uow.session.get(Job, job_id)
+            assert job is not None
+            if job.status != "running":
+                return  # cancelled while its last container finished
+            job.status = domain.transition(job.status, "succeeded")
+            job.finished_at = utcnow()
+            job.metrics, job.partial, job.detail, job.failure = scores.metrics, scores.partial, "", None
+            held = False
+            if job.kind == "run":
+                if self.site.release == "auto":
+                    release(uow, job, self.site.owner, self.site.name)
+                else:
+                    job.release, held = "held", True
+            uow.emit(
+                JobSucceeded(
+                    actor=self.site.owner, site=self.site.name, partial=job.partial, held=held, **job_fields(job)
+                )
+            )
+            await uow.commit()
+
+    async def _failed(self, job_id: int, failure: domain.FailureKind, reason: str, log_tail: str) -> None:
+        async with self.uow() as uow:
+            job = await uow.session.get(Job, job_id)
+            assert job is not None
+            if job.status != "running":
+                return
+            delay = domain.retry_after(failure, job.attempts)
+            job.failure, job.detail = failure, reason
+            if delay is None:
+                job.status = domain.transition(job.status, "failed")
+                job.finished_at = utcnow()
+            else:
+                job.status = domain.transition(job.status, "queued")
+                job.not_before = utcnow() + timedelta(seconds=delay)
+            uow.emit(
+                JobFailed(
+                    actor=self.site.owner,
+                    site=self.site.name,
+                    failure=failure,
+                    will_retry=delay is not None,
+                    reason=reason,
+                    log_tail=log_tail,
+                    **job_fields(job),
+                )
+            )
+            await uow.commit()
+
+    async def _cancel_requested(self) -> None:
+        async with self.uow() as uow:
+            jobs = (
+                await uow.session.scalars(
+                    select(Job).where(Job.cancel_requested.is_(True), Job.status.in_(domain.UNFINISHED))
+                )
+            ).all()
+            for job in jobs:
+                job.status = domain.transition(job.status, "cancelled")
+                job.finished_at = utcnow()
+                uow.emit(JobCancelled(actor=self.site.owner, site=self.site.name, **job_fields(job)))
+            await uow.commit()
+        for job in jobs:
+            task = self.running.get(job.id)
+            if task is not None:
+                task.cancel()
+            runtime = self.runtime()
+            if runtime is not None:  # the container outlives the cancelled thread that waits for it
+                await asyncio.to_thread(runtime.remove_labelled, self.labels(job.id))
+
+    async def _heartbeat(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_heartbeat < self.heartbeat_interval:
+            return
+        self._last_heartbeat = now
+        async with self.uow() as uow:
+            running = (await uow.session.scalars(select(Job).where(Job.status == "running"))).all()
+            for job in running:
+                job.heartbeat_at = utcnow()
+            queued = len((await uow.session.scalars(select(Job.id).where(Job.status == "queued"))).all())
+            state = await uow.session.get(SiteState, 1)
+            await uow.commit()
+        beat = SiteHeartbeat(
+            site=self.site.name,
+            running=sorted(j.id for j in running),
+            queued=queued,
+            draining=bool(state and state.draining),
+        )
+        with contextlib.suppress(Exception):  # a missed heartbeat is harmless; the next one follows
+            await self.broker.publish(
+                beat.model_dump_json().encode(), heartbeat_subject(self.site.name), stream=HEARTBEATS.name
+            )
