@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cli import site as site_commands
 from cli.client import ApiError, Client, save_credentials
 from cli.render import leaderboard_table
 from shared.settings import Settings
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("--label", default="", help="what the token is for, e.g. the machine it lives on")
     revoke = admin.add_parser("revoke-token", help="revoke a token by its id; it stops working within 2 s")
     revoke.add_argument("token_id", type=int)
+
+    site_commands.add_commands(commands)
 
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
     docs.add_argument("service", choices=["registry", "approvals", "aggregator", "executor"])
@@ -113,6 +116,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "admin":
         return _admin(args, Client.from_credentials())
+    if args.command in ("job", "result", "site"):
+        return site_commands.run(args)
     if args.command == "asyncapi":
         print(json.dumps(_asyncapi(args.service), indent=2))
         return 0

@@ -1,0 +1,79 @@
+"""``medperf job ...``, ``medperf result ...`` and ``medperf site ...``: what a hospital's staff do
+to their own agent, on the agent's database (configured by the same ``MEDPERF_SITE_*`` variables
+as the agent). The running agent picks the changes up within a second; nothing here needs the
+federation's network."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from services.executor import operations
+from services.executor.settings import SiteSettings
+from services.executor.store import TABLES, Base, Job
+from shared.db import Database, UnitOfWork
+
+
+def add_commands(commands: Any) -> None:
+    job = commands.add_parser("job", help="this site's jobs").add_subparsers(dest="job_command", required=True)
+    job.add_parser("ls", help="list this site's jobs")
+    for name, text in (("cancel", "cancel a queued or running job"), ("rerun", "run a finished job's work again")):
+        job.add_parser(name, help=text).add_argument("job_id", type=int)
+
+    result = commands.add_parser("result", help="results this site holds for release").add_subparsers(
+        dest="result_command", required=True
+    )
+    listing = result.add_parser("ls", help="list this site's results")
+    listing.add_argument("--pending", action="store_true", help="only those waiting for your release")
+    result.add_parser("release", help="let one result's metrics leave the site").add_argument("job_id", type=int)
+
+    site = commands.add_parser("site", help="this site's agent").add_subparsers(dest="site_command", required=True)
+    site.add_parser("drain", help="finish running jobs, start no new ones (maintenance)")
+    site.add_parser("resume", help="start taking jobs again after a drain")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args, SiteSettings()))  # type: ignore[call-arg]
+
+
+async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
+    db = Database(site.database())
+    await db.create_all(Base.metadata)
+
+    def uow() -> UnitOfWork:
+        return UnitOfWork(db, TABLES)  # the agent's outbox relay publishes what this queues
+
+    try:
+        if args.command == "job" and args.job_command == "ls":
+            _print_jobs(await operations.jobs(uow()))
+        elif args.command == "job" and args.job_command == "cancel":
+            job = await operations.cancel(uow(), args.job_id)
+            print(f"job {job.id}: cancel requested; the agent stops it and removes its containers")
+        elif args.command == "job":
+            job = await operations.rerun(uow(), site, args.job_id)
+            print(f"queued job {job.id}, a re-run of job {args.job_id}")
+        elif args.command == "result" and args.result_command == "ls":
+            jobs = await operations.jobs(uow(), pending_release=args.pending)
+            _print_jobs([j for j in jobs if j.status == "succeeded" and (j.kind == "run" or j.release != "none")])
+        elif args.command == "result":
+            job = await operations.release_result(uow(), site, args.job_id)
+            print(f"released the result of job {job.id}: {job.metrics}")
+        else:
+            await operations.set_draining(uow(), args.site_command == "drain")
+            print("draining: running jobs finish, queued ones wait" if args.site_command == "drain" else "resumed")
+    except operations.NotPossible as exc:
+        print(f"error: {exc}")
+        return 1
+    finally:
+        await db.dispose()
+    return 0
+
+
+def _print_jobs(jobs: list[Job]) -> None:
+    print(f"{'id':>5}  {'status':10} {'benchmark':>9} {'model':>6} {'dataset':>7}  {'release':9} detail")
+    for j in jobs:
+        detail = f"{j.failure}: {j.detail}" if j.failure else ", ".join(f"{k}={v:.4g}" for k, v in j.metrics.items())
+        flag = " (partial)" if j.partial else ""
+        ids = f"{j.benchmark_id:>9} {j.model_id:>6} {j.dataset_id:>7}"
+        print(f"{j.id:>5}  {j.status:10} {ids}  {j.release:9} {detail}{flag}")

@@ -1,0 +1,189 @@
+"""A small federation for site tests: busybox containers written as shell scripts, the HTTP
+calls of a committee, an admin and a model owner, and readers of the site's jobs and events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from waiting import eventually
+
+from cli.client import Client
+from services.executor import operations
+from services.executor.settings import LocalDataset, SiteSettings
+from services.executor.store import Job
+from shared.db import UnitOfWork
+
+USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler"}
+SITE = "site-a"
+
+
+def task(script: str, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None) -> dict:
+    return {
+        "command": ["sh", "-c", script],
+        "inputs": {k: {"mount_path": v} for k, v in (inputs or {}).items()},
+        "outputs": {k: {"mount_path": v} for k, v in (outputs or {}).items()},
+    }
+
+
+def preparator(image: str) -> dict:
+    return {
+        "image": "localhost/busybox",
+        "image_digest": image,
+        "tasks": {
+            "prepare": task(
+                "cp -r /in/data/. /out/data/ && cp -r /in/labels/. /out/labels/",
+                {"data_path": "/in/data", "labels_path": "/in/labels"},
+                {"output_path": "/out/data", "output_labels_path": "/out/labels"},
+            ),
+            "sanity_check": task("true"),
+            "statistics": task("echo '{\"cases\": 3}' > /out/statistics.json", outputs={"output_path": "/out"}),
+        },
+    }
+
+
+def model(image: str, script: str = "echo 1 > /out/p1") -> dict:
+    return {
+        "image": "localhost/busybox",
+        "image_digest": image,
+        "tasks": {"infer": task(script, {"data_path": "/in"}, {"output_path": "/out"})},
+    }
+
+
+def metrics(image: str) -> dict:
+    script = "if [ -f /p/p2 ]; then echo '{\"auc\": 0.9}'; else echo '{\"auc\": 0.5}'; fi > /out/results.json"
+    return {
+        "image": "localhost/busybox",
+        "image_digest": image,
+        "tasks": {"evaluate": task(script, {"predictions": "/p", "labels": "/l"}, {"output_path": "/out"})},
+    }
+
+
+@dataclass
+class Federation:
+    nats_url: str
+    clients: dict[str, Client]
+    image: str
+    site: SiteSettings
+    uow: Callable[[], UnitOfWork]  # a unit of work on the site's own database
+    benchmark_id: int = 0
+
+    async def call(self, user: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.clients[user], method), *args, **kwargs)
+
+    async def jobs(self) -> list[Job]:
+        return await operations.jobs(self.uow())
+
+    async def job_of_model(self, model_id: int) -> Job | None:
+        return next((j for j in await self.jobs() if j.model_id == model_id), None)
+
+    async def events(self, suffix: str) -> list[dict]:
+        nc = await nats.connect(self.nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("SITES")
+            messages = [await js.get_msg("SITES", s) for s in range(info.state.first_seq, info.state.last_seq + 1)]
+            return [json.loads(m.data) for m in messages if m.subject.endswith(suffix)] if info.state.messages else []
+        finally:
+            await nc.close()
+
+    async def join(self) -> None:
+        """Committee registers and submits, admin approves, the site prepares and asks to join,
+        the committee approves the dataset."""
+        committee = "committee"
+        prep = await self.call(
+            committee, "post", "/containers", {"name": "prep", "spec": preparator(self.image), "state": "OPERATION"}
+        )
+        prep_id = prep["id"]
+        ref_container = (
+            await self.call(
+                committee, "post", "/containers", {"name": "ref", "spec": model(self.image), "state": "OPERATION"}
+            )
+        )["id"]
+        ref = (
+            await self.call(
+                committee, "post", "/models", {"name": "ref", "container_id": ref_container, "state": "OPERATION"}
+            )
+        )["id"]
+        metrics_id = (
+            await self.call(
+                committee, "post", "/containers", {"name": "metrics", "spec": metrics(self.image), "state": "OPERATION"}
+            )
+        )["id"]
+        self.benchmark_id = await self.call(
+            committee,
+            "submit_benchmark",
+            name="bench",
+            data_preparator_id=prep_id,
+            reference_model_id=ref,
+            metrics_container_id=metrics_id,
+            demo_dataset={"source": "https://example.org/demo.tgz", "sha256": "ab" * 32},
+            metrics=[{"name": "auc"}],
+            primary_metric="auc",
+            state="OPERATION",
+        )
+        await self.call("admin", "decide_benchmark", self.benchmark_id, approve=True)
+
+        async def pending() -> list[dict]:
+            return await self.call(committee, "associations", self.benchmark_id, kind="dataset", status="PENDING")
+
+        await eventually(pending, "the site to prepare its data and ask to join", timeout=60)
+        dataset = (await pending())[0]["component_id"]
+        await self.call(committee, "decide_association", self.benchmark_id, "dataset", dataset, approve=True)
+
+    async def add_model(self, name: str, script: str) -> int:
+        container = (
+            await self.call(
+                "modeler",
+                "post",
+                "/containers",
+                {"name": name, "spec": model(self.image, script), "state": "OPERATION"},
+            )
+        )["id"]
+        model_id = (
+            await self.call(
+                "modeler", "post", "/models", {"name": name, "container_id": container, "state": "OPERATION"}
+            )
+        )["id"]
+        for _ in range(100):  # the approvals service learns of the model from an event
+            try:
+                # Attached here instead of by a committee site testing it on hosted demo data.
+                body = {"kind": "model", "component_id": model_id, "compatibility": {"passed": True}}
+                await self.call("modeler", "post", f"/benchmarks/{self.benchmark_id}/associations", body)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await self.call("committee", "decide_association", self.benchmark_id, "model", model_id, approve=True)
+        return model_id
+
+    async def job_reaches(self, model_id: int, *statuses: str) -> Job:
+        async def check() -> Job | None:
+            job = await self.job_of_model(model_id)
+            return job if job is not None and job.status in statuses else None
+
+        await eventually(check, f"model {model_id}'s job to become {' or '.join(statuses)}", timeout=60)
+        job = await check()
+        assert job is not None
+        return job
+
+
+def site_settings(tmp_path: Path, **options: Any) -> SiteSettings:
+    """Site ``SITE`` with one tiny local dataset for benchmark "bench"."""
+    raw = tmp_path / "raw"
+    (raw / "data").mkdir(parents=True, exist_ok=True)
+    (raw / "labels").mkdir(exist_ok=True)
+    (raw / "data" / "case1.txt").write_text("1\n")
+    (raw / "labels" / "case1.txt").write_text("0\n")
+    return SiteSettings(
+        name=SITE,
+        owner="hospital-a",
+        datasets=[LocalDataset(name="d1", benchmark="bench", data_path=raw / "data", labels_path=raw / "labels")],
+        work_dir=tmp_path / "site",
+        task_timeout=120,
+        **options,
+    )
