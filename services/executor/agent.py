@@ -78,7 +78,9 @@ class SiteAgent:
         self.uow = uow
         self.workflow = workflow
         self.request_timeout = request_timeout
-        self.runner = JobRunner(site, broker, uow, self.execute, lambda: workflow.runtime)
+        self.runner = JobRunner(
+            site, broker, uow, self.execute, lambda: workflow.runtime, heartbeat_interval=site.heartbeat_seconds
+        )
 
     # --- event handlers -----------------------------------------------------------------------
 

@@ -92,6 +92,17 @@ class Federation:
         finally:
             await nc.close()
 
+    async def heartbeat(self) -> dict | None:
+        """The site's latest heartbeat (the stream keeps one per site)."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg("HEARTBEATS", f"medperf.heartbeat.{self.site.name}")
+            return json.loads(msg.data)
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+
     async def join(self) -> None:
         """Committee registers and submits, admin approves, the site prepares and asks to join,
         the committee approves the dataset."""

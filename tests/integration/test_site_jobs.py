@@ -72,10 +72,17 @@ async def test_review_policy_holds_results_until_the_data_owner_releases_them(
 
 
 async def test_a_running_job_is_cancelled_and_its_container_removed(tmp_path: Path, busybox_image: str) -> None:
-    async with federation(tmp_path, busybox_image) as fed:
+    async with federation(tmp_path, busybox_image, heartbeat_seconds=0.2) as fed:
         await fed.join()
         model_id = await fed.add_model("slow", "sleep 300; echo 1 > /out/p1")
         job = await fed.job_reaches(model_id, "running")
+
+        async def heartbeat() -> dict | None:
+            beat = await fed.heartbeat()
+            return beat if beat and job.id in beat["running"] else None
+
+        await eventually(heartbeat, "a heartbeat that names the running job")
+        assert (await heartbeat())["draining"] is False  # type: ignore[index]
         engine = docker.from_env()
 
         def containers() -> list:
