@@ -3,14 +3,10 @@ check for a container engine (tests that need one skip, with the reason, where n
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,8 +14,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker.errors import ImageNotFound
 
+from examples.busybox import ensure_busybox_image
 from services.executor.runtime import engine_available
 from shared.broker import EmbeddedNats
 
@@ -109,31 +105,13 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("postgres_database")
 
 
-BUSYBOX_APPLETS = ("sh", "echo", "cat", "cp", "ls", "id", "touch", "sleep", "seq", "true", "mkdir")
-# The tag names the applet list, so a changed list builds a new image instead of reusing a stale one.
-BUSYBOX_TAG = "localhost/medperf-test-busybox:" + hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode()).hexdigest()[:12]
-
-
 @pytest.fixture(scope="session")
 def busybox_image(docker_engine: None) -> str:
-    """The digest of a tiny image built here from the static busybox binary (no registry is
-    reachable from sites or CI); container tests write their tasks as shell scripts."""
+    """The digest of a tiny busybox image built here; container tests write tasks as shell scripts."""
     engine = docker.from_env()
     try:
-        with contextlib.suppress(ImageNotFound):
-            return str(engine.images.get(BUSYBOX_TAG).id)  # re-importing would leave a dangling image
-        busybox = shutil.which("busybox") or "/bin/busybox"
-        if not Path(busybox).is_file():
-            pytest.fail("a static busybox binary is needed to build the test image: apt-get install busybox-static")
-        payload = io.BytesIO()
-        with tarfile.open(fileobj=payload, mode="w") as tar:
-            tar.add(busybox, arcname="bin/busybox")
-            for applet in BUSYBOX_APPLETS:
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(link)
-        repository, tag = BUSYBOX_TAG.rsplit(":", 1)
-        engine.api.import_image_from_data(payload.getvalue(), repository=repository, tag=tag)
-        return str(engine.images.get(BUSYBOX_TAG).id)
+        return ensure_busybox_image(engine)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
     finally:
         engine.close()

@@ -19,9 +19,9 @@ from unittest.mock import MagicMock
 
 import docker
 import pytest
-from conftest import BUSYBOX_TAG as IMAGE_TAG
 from docker.models.containers import Container
 
+from examples.busybox import TAG as IMAGE_TAG
 from services.executor.runtime import (
     TASK_LABEL,
     Bind,

@@ -334,6 +334,10 @@ EXPECTED_SUBJECTS = {
     "result.reported": "medperf.site.site-a.result.reported",
     "compatibility.tested": "medperf.site.site-a.compatibility.tested",
     "job.failed": "medperf.site.site-a.job.failed",
+    "job.queued": "medperf.site.site-a.job.queued",
+    "job.started": "medperf.site.site-a.job.started",
+    "job.succeeded": "medperf.site.site-a.job.succeeded",
+    "job.cancelled": "medperf.site.site-a.job.cancelled",
     "entity.edited": "medperf.registry.entity.edited",
     "entity.deleted": "medperf.registry.entity.deleted",
     "user.created": "medperf.registry.user.created",
@@ -529,7 +533,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 19
+    assert len(types) == len(set(types)) == 23
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
