@@ -58,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     revoke = admin.add_parser("revoke-token", help="revoke a token by its id; it stops working within 2 s")
     revoke.add_argument("token_id", type=int)
 
+    container = commands.add_parser("container", help="containers").add_subparsers(
+        dest="container_command", required=True
+    )
+    register = container.add_parser(
+        "register", help="register a container from a JSON spec; hosted files without a sha256 are pinned here"
+    )
+    register.add_argument("name")
+    register.add_argument("--spec", type=Path, required=True, help="the container spec (JSON)")
+    register.add_argument("--state", choices=["DEVELOPMENT", "OPERATION"], default="DEVELOPMENT")
+
     site_commands.add_commands(commands)
 
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
@@ -116,6 +126,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "admin":
         return _admin(args, Client.from_credentials())
+    if args.command == "container":
+        from cli.register import register_container
+
+        print(f"registered container {register_container(Client.from_credentials(), args.name, args.spec, args.state)}")
+        return 0
     if args.command in ("job", "result", "site"):
         return site_commands.run(args)
     if args.command == "asyncapi":

@@ -109,6 +109,11 @@ class ContainerSpec(_Strict):
     image: str = Field(min_length=1, description="image name and tag, for people; runs use image_digest")
     image_digest: str = Field(description="sha256:… image ID; the executor runs exactly this image")
     tasks: dict[TaskName, TaskSpec] = Field(min_length=1)
+    image_archive: HostedFile | None = Field(
+        default=None,
+        description="a `docker save` tarball for images no registry serves; a site loads it when the image "
+        "is missing and runs it only if it holds exactly image_digest",
+    )
     parameters: dict[str, object] = Field(default_factory=dict, description="mounted as parameters.json")
     additional_files: HostedFile | None = Field(default=None, description="tarball extracted and mounted")
 

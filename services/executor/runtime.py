@@ -83,6 +83,10 @@ class ContainerRuntime(Protocol):
 
     def run(self, task: TaskRun) -> TaskOutcome: ...
 
+    def load_image(self, archive: Path) -> None:
+        """Load a ``docker save`` tarball into the engine."""
+        ...
+
     def remove_labelled(self, labels: dict[str, str]) -> int:
         """Stop and remove every container carrying all of ``labels``; returns how many."""
         ...
@@ -282,6 +286,12 @@ class DockerRuntime:
             except APIError as exc:
                 # A log driver without read support must not turn a finished task into an error.
                 handle.write(f"\n[executor] could not read container logs: {exc.explanation or exc}\n".encode())
+
+    def load_image(self, archive: Path) -> None:
+        with archive.open("rb") as tarball:  # streamed: image archives can be many gigabytes
+            for line in self.client.api.load_image(tarball):
+                if isinstance(line, dict) and line.get("error"):
+                    raise ImageNotAvailable(f"the image archive {archive.name} could not be loaded: {line['error']}")
 
     def remove_labelled(self, labels: dict[str, str]) -> int:
         found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})

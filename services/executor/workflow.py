@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.assets import AssetCache
-from services.executor.runtime import Bind, ContainerRuntime, TaskOutcome, TaskRun
+from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec
 
 #: Files the executor reads from output directories (the rest of the container contract is in
@@ -181,7 +181,7 @@ class Workflow:
             binds.append(Bind(mounts[key], mount.mount_path, read_only=False))
         runtime = self.runtime
         assert runtime is not None, "the agent connects its container engine at start"
-        await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
+        await self._ensure_image(runtime, spec)
         outcome = await asyncio.to_thread(
             runtime.run,
             TaskRun(
@@ -199,6 +199,24 @@ class Workflow:
         )
         if not outcome.ok:
             raise TaskFailed(task_name, outcome)
+
+    async def _ensure_image(self, runtime: ContainerRuntime, spec: ContainerSpec) -> None:
+        """The image must be here; a spec with an ``image_archive`` brings its own, verified twice:
+        the archive's sha256 on download, and the loaded image's ID against ``image_digest``."""
+        try:
+            await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
+            return
+        except ImageNotAvailable:
+            if spec.image_archive is None:
+                raise
+        archive = await self.cache.fetch(spec.image_archive)
+        await asyncio.to_thread(runtime.load_image, archive)
+        try:
+            await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
+        except ImageNotAvailable as exc:
+            raise ImageNotAvailable(
+                f"the image archive {spec.image_archive.source} does not hold image {spec.image_digest}"
+            ) from exc
 
     async def _input_path(self, spec: ContainerSpec, key: str, run: Path, mounts: dict[str, Path]) -> Path:
         if key == "parameters_file":
