@@ -156,6 +156,10 @@ class Federation:
                 {"name": name, "spec": model(self.image, script), "state": "OPERATION"},
             )
         )["id"]
+        return await self.register_and_associate(name, container)
+
+    async def register_and_associate(self, name: str, container: int) -> int:
+        """Register a model on ``container``, ask to join with a passing test, and approve it."""
         model_id = (
             await self.call(
                 "modeler", "post", "/models", {"name": name, "container_id": container, "state": "OPERATION"}

@@ -12,7 +12,7 @@ from typing import Any
 
 import docker
 import pytest
-from sites import SITE, USERS, Federation, site_settings
+from sites import SITE, USERS, Federation, model, site_settings
 from waiting import eventually
 
 from cli.client import Client
@@ -147,3 +147,39 @@ async def _status(fed: Federation, job_id: int, status: str) -> bool:
 
 async def _count_results(fed: Federation, model_id: int, n: int) -> bool:
     return len([e for e in await fed.events(".result.reported") if e["model_id"] == model_id]) == n
+
+
+async def test_the_site_runs_at_most_max_jobs_at_once(tmp_path: Path, busybox_image: str) -> None:
+    async with federation(tmp_path, busybox_image, max_jobs=1) as fed:
+        await fed.join()
+        first = await fed.add_model("one", "sleep 2; echo 1 > /out/p1")
+        second = await fed.add_model("two", "sleep 2; echo 1 > /out/p1")
+        a, b = await fed.job_reaches(first, "succeeded"), await fed.job_reaches(second, "succeeded")
+        spans = sorted([(a.started_at, a.finished_at), (b.started_at, b.finished_at)])
+        assert spans[0][1] <= spans[1][0], f"two jobs overlapped with max_jobs=1: {spans}"
+
+
+async def test_an_infrastructure_failure_is_retried_later(tmp_path: Path, busybox_image: str) -> None:
+    async with federation(tmp_path, busybox_image) as fed:
+        await fed.join()
+        missing = "sha256:" + "0" * 64  # no such image on this host: the site's problem, not the model's
+        container = (
+            await fed.call(
+                "modeler",
+                "post",
+                "/containers",
+                {"name": "gone", "spec": {**model(busybox_image), "image_digest": missing}, "state": "OPERATION"},
+            )
+        )["id"]
+        model_id = await fed.register_and_associate("gone", container)
+
+        async def first_failure() -> list[dict]:
+            return [e for e in await fed.events(".job.failed") if e["model_id"] == model_id]
+
+        await eventually(first_failure, "the first attempt to fail")
+        (event,) = await first_failure()
+        assert event["failure"] == "infrastructure" and event["will_retry"] is True
+        assert "not present on this host" in event["reason"]
+        job = await fed.job_of_model(model_id)
+        assert job is not None and job.status == "queued" and job.attempts == 1
+        assert job.not_before is not None and job.not_before > job.started_at  # type: ignore[operator]
