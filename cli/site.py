@@ -71,9 +71,9 @@ async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
 
 
 def _print_jobs(jobs: list[Job]) -> None:
-    print(f"{'id':>5}  {'status':10} {'benchmark':>9} {'model':>6} {'dataset':>7}  {'release':9} detail")
+    print(f"{'id':>5}  {'kind':13} {'status':10} {'benchmark':>9} {'model':>6} {'dataset':>7}  {'release':9} detail")
     for j in jobs:
         detail = f"{j.failure}: {j.detail}" if j.failure else ", ".join(f"{k}={v:.4g}" for k, v in j.metrics.items())
         flag = " (partial)" if j.partial else ""
-        ids = f"{j.benchmark_id:>9} {j.model_id:>6} {j.dataset_id:>7}"
-        print(f"{j.id:>5}  {j.status:10} {ids}  {j.release:9} {detail}{flag}")
+        ids = f"{j.benchmark_id:>9} {j.model_id or '-':>6} {j.dataset_id or '-':>7}"
+        print(f"{j.id:>5}  {j.kind:13} {j.status:10} {ids}  {j.release:9} {detail}{flag}")

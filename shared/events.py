@@ -298,7 +298,7 @@ class CompatibilityTested(SiteEvent):
     report: CompatibilityReport
 
 
-JobKind = Literal["run", "compatibility"]
+JobKind = Literal["prepare", "compatibility", "run"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: Whose fault a failure was: only ``infrastructure`` (engine, disk, download) is retried.
 FailureKind = Literal["model", "metrics", "data", "infrastructure"]

@@ -155,7 +155,12 @@ class SiteAgent:
                 return  # already joined (this is a redelivery)
         log.info("%s: preparing %s for benchmark %s", self.site.name, local.name, parts.name)
         out = self.site.work_dir / "datasets" / f"b{benchmark_id}-{local.name}"
-        prepared = await self.workflow.prepare(parts.preparator, local.data_path, local.labels_path, out)
+        key = _key("prepare", benchmark_id, local.name, parts.preparator.image_digest)
+        try:
+            async with self.runner.inline("prepare", benchmark_id, key, reason="benchmark approved"):
+                prepared = await self.workflow.prepare(parts.preparator, local.data_path, local.labels_path, out)
+        except TaskFailed as failed:  # the data (or its preparator) is at fault: trying again cannot help
+            raise PermanentFailure(f"preparing {local.name} failed: {failed}") from failed
         dataset_id = (
             await self.command(
                 RegisterDataset(
@@ -317,14 +322,18 @@ class SiteAgent:
 
     async def test_on_demo_data(self, parts: BenchmarkParts, model_id: int) -> CompatibilityReport:
         model = await self.model_spec(model_id)
-        demo = await self.workflow.cache.extracted(parts.demo_dataset)
-        paths = json.loads((demo / "paths.json").read_text())
         base = self.site.work_dir / "demo" / parts.demo_dataset.sha256[:16]
+        key = _key("demo", parts.benchmark_id, model_id, model.image_digest, parts.demo_dataset.sha256)
         try:
-            prepared = await self.workflow.prepare(
-                parts.preparator, demo / paths["data_path"], demo / paths["labels_path"], base / "prepared"
-            )
-            scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
+            async with self.runner.inline(
+                "compatibility", parts.benchmark_id, key, reason="model asked to join", model_id=model_id
+            ):
+                demo = await self.workflow.cache.extracted(parts.demo_dataset)
+                paths = json.loads((demo / "paths.json").read_text())
+                prepared = await self.workflow.prepare(
+                    parts.preparator, demo / paths["data_path"], demo / paths["labels_path"], base / "prepared"
+                )
+                scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
         except TaskFailed as failure:
             return CompatibilityReport(passed=False, detail=str(failure))
         metrics = scores.metrics
@@ -382,12 +391,16 @@ class SiteAgent:
 
 
 def _job_key(parts: BenchmarkParts, model_id: int, model: ContainerSpec, dataset: PreparedDataset) -> str:
-    pinned = [
+    """What pins a run's result: the same key is the same work."""
+    return _key(
         parts.benchmark_id,
         model_id,
         dataset.dataset_id,
         model.image_digest,
         parts.metrics.image_digest,
         dataset.prepared_hash,
-    ]
+    )
+
+
+def _key(*pinned: object) -> str:
     return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()

@@ -54,6 +54,8 @@ async def rerun(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Job:
     """Queue the same work again (same key), e.g. after fixing the cause of a failure."""
     async with uow:
         old = await _job(uow, job_id)
+        if old.kind != "run":
+            raise NotPossible(f"job {job_id} is a {old.kind} job; it runs again when the site joins or is asked again")
         if old.status in domain.UNFINISHED:
             raise NotPossible(f"job {job_id} is still {old.status}")
         new = Job(

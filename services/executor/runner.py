@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from faststream.nats import NatsBroker
@@ -29,6 +30,7 @@ from shared.db import UnitOfWork
 from shared.events import (
     JobCancelled,
     JobFailed,
+    JobKind,
     JobQueued,
     JobStarted,
     JobSucceeded,
@@ -232,13 +234,42 @@ class JobRunner:
             )
             await uow.commit()
 
-    async def _failed(self, job_id: int, failure: domain.FailureKind, reason: str, log_tail: str) -> None:
+    @asynccontextmanager
+    async def inline(
+        self, kind: JobKind, benchmark_id: int, key: str, reason: str, **ids: int | None
+    ) -> AsyncIterator[Job]:
+        """Record work that its event handler does itself (preparing data, testing a candidate model
+        on the demo data) as a job with the same transitions and events as queued runs. A failure
+        is recorded and re-raised; the handler's event is redelivered if it was infrastructure's."""
+        async with self.uow() as uow:
+            job = Job(key=key, kind=kind, benchmark_id=benchmark_id, **ids)
+            uow.session.add(job)
+            await uow.session.flush()
+            uow.emit(JobQueued(actor=self.site.owner, site=self.site.name, reason=reason, **job_fields(job)))
+            self._mark_started(uow, job)
+            await uow.commit()
+        try:
+            yield job
+        except TaskFailed as failed:
+            await self._failed(job.id, domain.fault_of_task(failed.task), str(failed), failed.log_tail, requeue=False)
+            raise
+        except Exception as exc:
+            await self._failed(job.id, "infrastructure", f"{type(exc).__name__}: {exc}", "", requeue=False)
+            raise
+        else:
+            await self._succeeded(job.id, Scores({}))
+
+    async def _failed(
+        self, job_id: int, failure: domain.FailureKind, reason: str, log_tail: str, requeue: bool = True
+    ) -> None:
+        """Record a failure; a queued job whose failure is retryable goes back to the queue. An
+        inline job (``requeue=False``) fails for good: its event's redelivery retries it as a new job."""
         async with self.uow() as uow:
             job = await uow.session.get(Job, job_id)
             assert job is not None
             if job.status != "running":
                 return
-            delay = domain.retry_after(failure, job.attempts)
+            delay = domain.retry_after(failure, job.attempts) if requeue else None
             job.failure, job.detail = failure, reason
             if delay is None:
                 job.status = domain.transition(job.status, "failed")
@@ -251,7 +282,7 @@ class JobRunner:
                     actor=self.site.owner,
                     site=self.site.name,
                     failure=failure,
-                    will_retry=delay is not None,
+                    will_retry=delay is not None or (not requeue and failure == "infrastructure"),
                     reason=reason,
                     log_tail=log_tail,
                     **job_fields(job),

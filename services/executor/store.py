@@ -46,10 +46,10 @@ class Job(Base):
     __tablename__ = "site_jobs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(64), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # run / compatibility
+    kind: Mapped[str] = mapped_column(String(16))  # prepare / compatibility / run
     benchmark_id: Mapped[int] = mapped_column(Integer)
-    model_id: Mapped[int] = mapped_column(Integer)
-    dataset_id: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # none for prepare
+    dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # none before registration, or demo data
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -57,6 +57,12 @@ async def test_review_policy_holds_results_until_the_data_owner_releases_them(
         await asyncio.sleep(1.5)  # a relay sweep: had anything been released, it would be out by now
         assert await fed.events(".result.reported") == []
         assert (await fed.events(".job.succeeded"))[-1]["held"] is True
+        # Preparing the data and the compatibility run were jobs too, each transition an event.
+        jobs = await fed.jobs()
+        assert [(j.kind, j.status) for j in jobs][:2] == [("prepare", "succeeded"), ("compatibility", "succeeded")]
+        for earlier in jobs[:2]:
+            history = [e["type"] for e in await fed.events("") if e.get("job_id") == earlier.id]
+            assert history == ["job.queued", "job.started", "job.succeeded"]
 
         await operations.release_result(fed.uow(), fed.site, job.id)
 
