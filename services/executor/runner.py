@@ -98,6 +98,7 @@ class JobRunner:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
+        self._stopping = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -115,12 +116,18 @@ class JobRunner:
     async def stop(self) -> None:
         """Stop taking jobs and interrupt the running ones; they are queued again at the next start."""
         if self._loop is not None:
+            self._stopping = True  # as in OutboxRelay.stop: a cancel alone can be swallowed
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        for task in list(self.running.values()):
+        interrupted = list(self.running.values())
+        for task in interrupted:
             task.cancel()
-        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        await asyncio.gather(*interrupted, return_exceptions=True)
+        runtime = self.runtime()
+        if interrupted and runtime is not None:  # their containers would run on, unobserved
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(runtime.remove_labelled, self.labels())
 
     async def recover(self) -> None:
         """After a crash: what was running is queued again, and its containers are removed."""
@@ -138,7 +145,7 @@ class JobRunner:
             await uow.commit()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wakeup.wait()
