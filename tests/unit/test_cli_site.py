@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from cli.main import main
+from cli.register import ProgressBar
 from services.executor.store import TABLES, Base, Job, SiteState
 from shared.db import Database
 
@@ -87,3 +89,16 @@ def test_cancel_drain_and_rerun_say_what_they_did_or_why_not(
     assert read(site_db, select(SiteState.draining)) == [(False,)]
     assert main(["job", "cancel", "99"]) == 1
     assert "no job 99" in capsys.readouterr().out
+
+
+def test_the_download_progress_bar_shows_percent_size_and_rate() -> None:
+    out = io.StringIO()
+    bar = ProgressBar("https://example.org/w.tar", out=out)
+    bar(0, 200_000_000)
+    bar(200_000_000, 200_000_000)  # the last update is always drawn
+    bar.close()
+    lines = out.getvalue().split("\r")
+    assert lines[-1].startswith("https://example.org/w.tar  100% 200/200 MB") and lines[-1].endswith("MB/s \n")
+    unknown = io.StringIO()
+    ProgressBar("synapse:syn1", out=unknown)(5_000_000, None)
+    assert "5 MB" in unknown.getvalue() and "%" not in unknown.getvalue()
