@@ -4,6 +4,18 @@ from __future__ import annotations
 
 
 def leaderboard_table(board: dict) -> str:
+    """The shared board (or why it is held), then the caller's own results when the board has them apart."""
+    parts = []
+    if "rows" in board:
+        parts.append(_table(board, f"Leaderboard: {board['benchmark']}"))
+    elif "held" in board:
+        parts.append(f"Leaderboard: {board['benchmark']}: {board['held']}")
+    if board.get("yours"):
+        parts.append(_table(board["yours"], f"Your results in {board['benchmark']}"))
+    return "\n\n".join(parts) or f"Leaderboard: {board['benchmark']}: nothing is shared with you yet"
+
+
+def _table(board: dict, title: str) -> str:
     primary = board["primary_metric"]
     datasets = board["datasets"]
     header = ["#", "model", f"{primary} (mean)", "min", "max", *datasets]
@@ -11,21 +23,19 @@ def leaderboard_table(board: dict) -> str:
     for row in board["rows"]:
         summary = row["metrics"][primary]
         name = row["model"] + (" (baseline)" if row["baseline"] else "") + ("" if row["complete"] else " *")
+        name += " (withheld: too few sites)" if row.get("withheld") else ""
         lines.append(
             [
-                str(row["rank"]),
+                str(row["rank"] or "-"),
                 name,
                 _num(summary["mean"]),
                 _num(summary["min"]),
                 _num(summary["max"]),
-                *(_num(row["per_dataset"][d]) for d in datasets),
+                *(_num(row["per_dataset"].get(d)) for d in datasets),
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = [
-        f"Leaderboard: {board['benchmark']}  (ranked by mean {primary}, "
-        f"{'higher' if board['higher_is_better'] else 'lower'} is better)"
-    ]
+    out = [f"{title}  (ranked by mean {primary}, {'higher' if board['higher_is_better'] else 'lower'} is better)"]
     for i, line in enumerate(lines):
         out.append(
             "  ".join(

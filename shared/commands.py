@@ -20,6 +20,7 @@ from shared.events import (
     EntityKind,
     EntityState,
     MetricSpec,
+    SharingPolicy,
     _finite,
 )
 
@@ -254,5 +255,15 @@ class AuditTrail(Command):
 
 
 class GetLeaderboard(Command):
+    """The board as the asking user may see it under the benchmark's sharing policy."""
+
     SERVICE, NAME = "aggregator", "leaderboard"
     benchmark_id: Id
+
+
+class SetSharingPolicy(Command):
+    """The committee (or an admin) sets what its benchmark shares; releasing an embargo is one."""
+
+    SERVICE, NAME = "aggregator", "sharing_policy"
+    benchmark_id: Id
+    policy: SharingPolicy

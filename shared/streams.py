@@ -36,6 +36,7 @@ class Stream:
 
 REGISTRY = Stream("REGISTRY", ("medperf.registry.>",), "containers, models, benchmarks and datasets registered")
 APPROVALS = Stream("APPROVALS", ("medperf.approvals.>",), "benchmark approvals and association decisions")
+AGGREGATOR = Stream("AGGREGATOR", ("medperf.aggregator.>",), "benchmarks' sharing policies")
 SITES = Stream("SITES", ("medperf.site.>",), "what site agents report: results and job outcomes")
 # Heartbeats are not state changes: each site's latest one is all anyone needs, so they skip the
 # outbox and the stream keeps one per site.
@@ -44,7 +45,7 @@ HEARTBEATS = Stream(
 )
 DEADLETTER = Stream("DEADLETTER", ("medperf.deadletter.>",), "messages a consumer could not handle, with the reason")
 
-ALL_STREAMS = (REGISTRY, APPROVALS, SITES, HEARTBEATS, DEADLETTER)
+ALL_STREAMS = (REGISTRY, APPROVALS, AGGREGATOR, SITES, HEARTBEATS, DEADLETTER)
 
 
 def heartbeat_subject(site: str) -> str:

@@ -1,4 +1,4 @@
-"""The aggregator service: turns result events into leaderboards."""
+"""The aggregator service: turns result events into leaderboards, shared as each committee decides."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ from faststream.nats import NatsRouter
 
 from services.aggregator import handlers
 from services.aggregator.store import TABLES, Base
-from shared.commands import GetLeaderboard, Outcome
-from shared.events import BenchmarkSubmitted, DatasetRegistered, ModelRegistered, ResultReported
+from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
+from shared.events import (
+    AssociationApproved,
+    AssociationRejected,
+    BenchmarkSubmitted,
+    DatasetRegistered,
+    ModelRegistered,
+    ResultReported,
+    SharingPolicyChanged,
+)
 from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
@@ -33,9 +41,21 @@ def create_service(settings: Settings) -> ServiceHost:
     async def on_result_reported(event: ResultReported) -> None:
         await handlers.record_result(event, host.uow())
 
+    @router.subscriber(**consume(host.name, AssociationApproved))
+    async def on_association_approved(event: AssociationApproved) -> None:
+        await handlers.record_association(event, host.uow())
+
+    @router.subscriber(**consume(host.name, AssociationRejected))
+    async def on_association_rejected(event: AssociationRejected) -> None:
+        await handlers.record_association(event, host.uow())
+
     @router.subscriber(**host.answers(GetLeaderboard))
     async def leaderboard(query: GetLeaderboard) -> Outcome:
         return await handlers.get_leaderboard(query, host.uow())
 
-    host.include(router)
+    @router.subscriber(**host.answers(SetSharingPolicy))
+    async def sharing_policy(cmd: SetSharingPolicy) -> Outcome:
+        return await handlers.set_sharing_policy(cmd, host.uow())
+
+    host.include(router, publishes=(SharingPolicyChanged,))
     return host

@@ -6,11 +6,21 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from services.aggregator import domain
-from services.aggregator.store import BenchmarkInfo, DatasetInfo, ModelInfo, Result
-from shared.commands import GetLeaderboard, Outcome
+from services.aggregator import domain, policy
+from services.aggregator.store import BenchmarkInfo, DatasetInfo, ModelInfo, Participant, Result
+from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
 from shared.db import UnitOfWork
-from shared.events import BenchmarkSubmitted, DatasetRegistered, ModelRegistered, ResultReported
+from shared.events import (
+    AssociationApproved,
+    AssociationRejected,
+    BenchmarkSubmitted,
+    DatasetRegistered,
+    ModelRegistered,
+    ResultReported,
+    SharingPolicy,
+    SharingPolicyChanged,
+    utcnow,
+)
 from shared.messaging import NotYet, PermanentFailure
 
 
@@ -40,8 +50,15 @@ async def record_model(event: ModelRegistered, uow: UnitOfWork) -> None:
 async def record_dataset(event: DatasetRegistered, uow: UnitOfWork) -> None:
     async with uow:
         if await uow.claim(event):
+            cases = event.statistics.get("cases")
             uow.session.add(
-                DatasetInfo(dataset_id=event.dataset_id, name=event.name, site=event.site, owner=event.owner)
+                DatasetInfo(
+                    dataset_id=event.dataset_id,
+                    name=event.name,
+                    site=event.site,
+                    owner=event.owner,
+                    cases=int(cases) if isinstance(cases, int | float) else None,
+                )
             )
             await uow.commit()
 
@@ -71,6 +88,38 @@ async def record_result(event: ResultReported, uow: UnitOfWork) -> None:
         await uow.commit()
 
 
+async def record_association(event: AssociationApproved | AssociationRejected, uow: UnitOfWork) -> None:
+    """Approved components make their owners participants; a revoked one (rejected later) no longer."""
+    async with uow:
+        if not await uow.claim(event):
+            return
+        key = (event.benchmark_id, event.kind, event.component_id)
+        row = await uow.session.get(Participant, key)
+        if isinstance(event, AssociationApproved) and row is None:
+            uow.session.add(
+                Participant(benchmark_id=event.benchmark_id, kind=event.kind, component_id=event.component_id)
+            )
+        elif isinstance(event, AssociationRejected) and row is not None:
+            await uow.session.delete(row)
+        await uow.commit()
+
+
+async def set_sharing_policy(cmd: SetSharingPolicy, uow: UnitOfWork) -> Outcome:
+    async with uow:
+        benchmark = await uow.session.get(BenchmarkInfo, cmd.benchmark_id)
+        if benchmark is None:
+            return Outcome.refused("not_found", f"no benchmark {cmd.benchmark_id} is known to the aggregator")
+        if not (cmd.is_admin or cmd.actor == benchmark.owner):
+            return Outcome.refused(
+                "forbidden", "only the benchmark's committee (its owner) or an admin sets its policy"
+            )
+        old = SharingPolicy.model_validate(benchmark.policy)
+        benchmark.policy = cmd.policy.model_dump(mode="json")
+        uow.emit(SharingPolicyChanged(actor=cmd.actor, benchmark_id=cmd.benchmark_id, old=old, new=cmd.policy))
+        await uow.commit()
+        return Outcome.accepted(cmd.benchmark_id, {"policy": benchmark.policy})
+
+
 async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
     async with uow:
         s = uow.session
@@ -78,22 +127,42 @@ async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
         if benchmark is None:
             return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} has results here")
         results = (await s.scalars(select(Result).where(Result.benchmark_id == query.benchmark_id))).all()
+        joined = (await s.scalars(select(Participant).where(Participant.benchmark_id == query.benchmark_id))).all()
         model_ids = {r.model_id for r in results} | {benchmark.reference_model_id}
-        dataset_ids = {r.dataset_id for r in results}
-        models = {
-            m.model_id: m.name for m in (await s.scalars(select(ModelInfo).where(ModelInfo.model_id.in_(model_ids))))
-        }
+        model_ids |= {p.component_id for p in joined if p.kind == "model"}
+        dataset_ids = {r.dataset_id for r in results} | {p.component_id for p in joined if p.kind == "dataset"}
+        models = (await s.scalars(select(ModelInfo).where(ModelInfo.model_id.in_(model_ids)))).all()
         infos = (await s.scalars(select(DatasetInfo).where(DatasetInfo.dataset_id.in_(dataset_ids)))).all()
         per_site = Counter(d.site for d in infos)
         labels = {d.dataset_id: d.site if per_site[d.site] == 1 else f"{d.site}/{d.name}" for d in infos}
         labels.update({d: f"dataset {d}" for d in dataset_ids - labels.keys()})
-        board = domain.leaderboard(
-            [domain.Metric(**m) for m in benchmark.metrics],
-            benchmark.primary_metric,
-            models,
-            labels,
-            benchmark.reference_model_id,
-            [domain.Cell(r.model_id, r.dataset_id, r.metrics, r.partial) for r in results],
+        model_owners = {m.model_id: m.owner for m in models}
+        dataset_owners = {d.dataset_id: d.owner for d in infos}
+        owners = {
+            model_owners.get(p.component_id) if p.kind == "model" else dataset_owners.get(p.component_id)
+            for p in joined
+        }
+        facts = policy.Facts(
+            owner=benchmark.owner,
+            metrics=[domain.Metric(**m) for m in benchmark.metrics],
+            primary=benchmark.primary_metric,
+            reference_model_id=benchmark.reference_model_id,
+            model_names={m.model_id: m.name for m in models},
+            model_owners=model_owners,
+            dataset_labels=labels,
+            dataset_owners=dataset_owners,
+            dataset_cases={d.dataset_id: d.cases for d in infos},
+            participants=frozenset(o for o in owners if o),
+            cells=[domain.Cell(r.model_id, r.dataset_id, r.metrics, r.partial) for r in results],
         )
+        try:
+            board = policy.view(
+                facts,
+                SharingPolicy.model_validate(benchmark.policy),
+                policy.Viewer(query.actor, query.is_admin),
+                utcnow(),
+            )
+        except policy.NotShared as refusal:
+            return Outcome.refused("forbidden", str(refusal))
         board.update(benchmark_id=benchmark.benchmark_id, benchmark=benchmark.name)
         return Outcome.accepted(benchmark.benchmark_id, board)

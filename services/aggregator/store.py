@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UtcDateTime, messaging_tables
+from shared.events import SharingPolicy
 
 
 class Base(DeclarativeBase):
@@ -26,6 +27,7 @@ class BenchmarkInfo(Base):
     reference_model_id: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     primary_metric: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=lambda: SharingPolicy().model_dump(mode="json"))
 
 
 class ModelInfo(Base):
@@ -41,6 +43,16 @@ class DatasetInfo(Base):
     name: Mapped[str] = mapped_column(String(128))
     site: Mapped[str] = mapped_column(String(64))
     owner: Mapped[str] = mapped_column(String(128))
+    cases: Mapped[int | None] = mapped_column(Integer, nullable=True)  # statistics["cases"], if declared
+
+
+class Participant(Base):
+    """An approved model or dataset of a benchmark: its owner is a participant."""
+
+    __tablename__ = "aggregator_participants"
+    benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    component_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 class Result(Base):

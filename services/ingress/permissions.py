@@ -142,9 +142,16 @@ PERMISSIONS: tuple[Rule, ...] = (
     Rule(
         "GET",
         "/benchmarks/{benchmark_id}/leaderboard",
-        AUTHENTICATED,
-        "unlike MedPerf, a model owner reads its own model's results; until the committee's sharing "
-        "policy exists (a later issue), every authenticated user reads the whole leaderboard",
+        PARTIES,
+        "the committee sees all; model and data owners always see their own results (unlike MedPerf) "
+        "and, under the default sharing policy (participants), the shared board; a public policy "
+        "admits every user (403 otherwise, with who the committee shares with)",
+    ),
+    Rule(
+        "PUT",
+        "/benchmarks/{benchmark_id}/sharing-policy",
+        COMMITTEE,
+        "the committee decides what its benchmark shares, and releases embargoes",
     ),
     Rule("GET", "/me/associations", AUTHENTICATED, "associations where the caller owns the benchmark or component"),
     Rule("POST", "/users", ADMIN, "admins create users", admin_only=True),

@@ -30,8 +30,9 @@ from shared.commands import (
     RequestAssociation,
     SetAutoApproval,
     SetPriority,
+    SetSharingPolicy,
 )
-from shared.events import AssociationKind
+from shared.events import AssociationKind, SharingPolicy
 
 router = APIRouter(responses=ERRORS, tags=["associations"])
 
@@ -162,7 +163,7 @@ async def set_priority(
     "/benchmarks/{benchmark_id}/leaderboard",
     response_model=None,
     tags=["results"],
-    summary="models ranked by the benchmark's primary metric across datasets",
+    summary="models ranked by the benchmark's primary metric, as its sharing policy lets the caller see them",
 )
 async def leaderboard(
     benchmark_id: BenchmarkId,
@@ -175,9 +176,26 @@ async def leaderboard(
     return board
 
 
+@router.put(
+    "/benchmarks/{benchmark_id}/sharing-policy",
+    tags=["results"],
+    summary="set who sees the benchmark's results and how much (its committee or an admin)",
+)
+async def sharing_policy(
+    benchmark_id: BenchmarkId,
+    body: SharingPolicy,
+    ctx: Context = Depends(authorized),
+) -> Any:
+    return (await ctx.ask(SetSharingPolicy, benchmark_id=benchmark_id, policy=body)).data
+
+
 def leaderboard_csv(board: dict) -> str:
+    """The rows the caller may see: the shared board, or else their own results."""
     out = io.StringIO()
     writer = csv.writer(out)
+    board = board if "rows" in board else board.get("yours") or {}
+    if not board:
+        return ""
     primary = board["primary_metric"]
     writer.writerow(["rank", "model", "baseline", f"mean_{primary}", *board["datasets"], "complete"])
     for row in board["rows"]:
@@ -187,7 +205,7 @@ def leaderboard_csv(board: dict) -> str:
                 row["model"],
                 row["baseline"],
                 row["metrics"][primary]["mean"],
-                *(row["per_dataset"][d] for d in board["datasets"]),
+                *(row["per_dataset"].get(d) for d in board["datasets"]),
                 row["complete"],
             ]
         )

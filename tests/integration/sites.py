@@ -19,7 +19,7 @@ from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job
 from shared.db import UnitOfWork
 
-USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler"}
+USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler", "stranger": "t-stranger"}
 SITE = "site-a"
 
 

@@ -224,6 +224,14 @@ async def _populate(w: World) -> None:
         )
         assert ok(decided)["status"] == "APPROVED"
     ok(await send(w.user("admin"), "POST", "/users", json={"name": "holder"}), 201)
+    # The aggregator learns who participates from the approvals' events; the cells start once it has.
+    for owner in ("data-owner", "model-owner"):
+        for _ in range(200):
+            board = await send(w.user(owner), "GET", f"/benchmarks/{benchmark}/leaderboard")
+            if board.status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert ok(board)["scope"] == "shared"
 
 
 # --- what each cell sends -------------------------------------------------------------------------
@@ -299,6 +307,11 @@ BUILDERS[("GET", f"{BENCH}/associations")] = _fixed(lambda w: f"/benchmarks/{w.i
 BUILDERS[("GET", f"{BENCH}/leaderboard")] = _fixed(lambda w: f"/benchmarks/{w.ids['benchmark']}/leaderboard")
 BUILDERS[("PUT", f"{BENCH}/auto-approval/{{kind}}")] = _fixed(
     lambda w: f"/benchmarks/{w.ids['benchmark']}/auto-approval/dataset", json={"mode": "NEVER"}
+)
+
+
+BUILDERS[("PUT", f"{BENCH}/sharing-policy")] = _fixed(
+    lambda w: f"/benchmarks/{w.ids['benchmark']}/sharing-policy", json={"visibility": "participants"}
 )
 
 

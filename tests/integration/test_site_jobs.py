@@ -15,7 +15,7 @@ import pytest
 from sites import SITE, USERS, Federation, model, site_settings
 from waiting import eventually
 
-from cli.client import Client
+from cli.client import ApiError, Client
 from cli.stack import Stack
 from services.executor import operations
 from services.executor.runner import JOB_LABEL
@@ -189,3 +189,37 @@ async def test_an_infrastructure_failure_is_retried_later(tmp_path: Path, busybo
         job = await fed.job_of_model(model_id)
         assert job is not None and job.status == "queued" and job.attempts == 1
         assert job.not_before is not None and job.not_before > job.started_at  # type: ignore[operator]
+
+
+async def test_the_committee_decides_who_sees_the_results(tmp_path: Path, busybox_image: str) -> None:
+    async with federation(tmp_path, busybox_image) as fed:
+        await fed.join()
+        model_id = await fed.add_model("m2", "echo 1 > /out/p1; echo 2 > /out/p2")
+        await fed.job_reaches(model_id, "succeeded")
+        url = f"/benchmarks/{fed.benchmark_id}/leaderboard"
+
+        async def on_board() -> dict | None:
+            board = await fed.call("modeler", "get", url)
+            return board if board.get("yours") and board.get("rows") and len(board["rows"]) == 2 else None
+
+        await eventually(on_board, "both models' results on the modeler's board")
+        board = await on_board()
+        assert board is not None and board["scope"] == "shared"  # the default: participants see the board
+        assert [row["model"] for row in board["yours"]["rows"]] == ["m2"]
+        with pytest.raises(ApiError, match="shares its results with the owners of its models and datasets"):
+            await fed.call("stranger", "get", url)
+
+        policy = {"visibility": "public", "granularity": "aggregate", "released": False}
+        await fed.call("committee", "put", f"/benchmarks/{fed.benchmark_id}/sharing-policy", policy)
+        held = await fed.call("stranger", "get", url)
+        assert held["scope"] == "none" and "held" in held and held["yours"] is None
+        assert (await fed.call("committee", "get", url))["scope"] == "committee"
+        with pytest.raises(ApiError, match="only the benchmark's committee"):
+            await fed.call("modeler", "put", f"/benchmarks/{fed.benchmark_id}/sharing-policy", {"released": True})
+
+        await fed.call(
+            "committee", "put", f"/benchmarks/{fed.benchmark_id}/sharing-policy", {**policy, "released": True}
+        )
+        public = await fed.call("stranger", "get", url)
+        assert public["scope"] == "shared" and public["datasets"] == []
+        assert all(row["per_dataset"] == {} for row in public["rows"])

@@ -38,6 +38,8 @@ from shared.events import (
     MetricSpec,
     ModelRegistered,
     ResultReported,
+    SharingPolicy,
+    SharingPolicyChanged,
     SiteEvent,
     TokenIssued,
     TokenRevoked,
@@ -274,6 +276,9 @@ def one_of_each() -> list[Event]:
             partial=True,
         ),
         CompatibilityTested(**common, site="site-a", benchmark_id=3, kind="model", component_id=2, report=REPORT),
+        SharingPolicyChanged(
+            **common, benchmark_id=3, old=SharingPolicy(), new=SharingPolicy(visibility="public", min_sites=3)
+        ),
         JobQueued(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, reason="approved"),
         JobStarted(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, attempt=1),
         JobSucceeded(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, dataset_id=5, held=True),
@@ -335,6 +340,7 @@ EXPECTED_SUBJECTS = {
     "compatibility.tested": "medperf.site.site-a.compatibility.tested",
     "job.failed": "medperf.site.site-a.job.failed",
     "job.queued": "medperf.site.site-a.job.queued",
+    "sharing_policy.changed": "medperf.aggregator.sharing_policy.changed",
     "job.started": "medperf.site.site-a.job.started",
     "job.succeeded": "medperf.site.site-a.job.succeeded",
     "job.cancelled": "medperf.site.site-a.job.cancelled",
@@ -533,7 +539,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 23
+    assert len(types) == len(set(types)) == 24
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
@@ -551,6 +557,7 @@ COMMAND_SUBJECTS = {
     commands.DecideAssociation: "medperf.cmd.approvals.decide_association",
     commands.ListAssociations: "medperf.cmd.approvals.list_associations",
     commands.GetLeaderboard: "medperf.cmd.aggregator.leaderboard",
+    commands.SetSharingPolicy: "medperf.cmd.aggregator.sharing_policy",
     commands.EditEntity: "medperf.cmd.registry.edit",
     commands.DeleteEntity: "medperf.cmd.registry.delete",
     commands.CreateUser: "medperf.cmd.registry.create_user",
