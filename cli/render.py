@@ -18,7 +18,8 @@ def leaderboard_table(board: dict) -> str:
 def _table(board: dict, title: str) -> str:
     primary = board["primary_metric"]
     datasets = board["datasets"]
-    header = ["#", "model", f"{primary} (mean)", "min", "max", *datasets]
+    aggregate = board.get("aggregate", "mean")
+    header = ["#", "model", f"{primary} ({aggregate})", "min", "max", *datasets]
     lines = [header]
     for row in board["rows"]:
         summary = row["metrics"][primary]
@@ -28,14 +29,15 @@ def _table(board: dict, title: str) -> str:
             [
                 str(row["rank"] or "-"),
                 name,
-                _num(summary["mean"]),
+                _num(summary["value"]),
                 _num(summary["min"]),
                 _num(summary["max"]),
                 *(_num(row["per_dataset"].get(d)) for d in datasets),
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = [f"{title}  (ranked by mean {primary}, {'higher' if board['higher_is_better'] else 'lower'} is better)"]
+    better = "higher" if board["higher_is_better"] else "lower"
+    out = [f"{title}  (ranked by {aggregate} {primary} across sites, {better} is better)"]
     for i, line in enumerate(lines):
         out.append(
             "  ".join(

@@ -86,6 +86,11 @@ class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     higher_is_better: bool = True
+    aggregate: Literal["mean", "weighted_mean", "median", "min"] = Field(
+        default="mean",
+        description="how one model's values across sites combine: weighted_mean weighs each site by its "
+        "dataset's 'cases' statistic (a site that declares none counts as one case); min is the worst site",
+    )
 
 
 class BenchmarkSubmitted(Event):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Metric:
     name: str
-    higher_is_better: bool
+    higher_is_better: bool = True
+    aggregate: str = "mean"  # mean / weighted_mean / median / min (the worst site, by direction)
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,21 @@ class Cell:
     dataset_id: int
     metrics: dict[str, float]
     partial: bool
+    cases: int | None = None
+
+
+def combine(metric: Metric, values: list[float], cases: list[int | None]) -> float | None:
+    """One model's value of ``metric`` across the sites that reported it, as the benchmark declared."""
+    if not values:
+        return None
+    if metric.aggregate == "median":
+        return statistics.median(values)
+    if metric.aggregate == "min":  # the worst site: the lowest score, or the highest error
+        return min(values) if metric.higher_is_better else max(values)
+    if metric.aggregate == "weighted_mean":
+        weights = [c if c is not None and c > 0 else 1 for c in cases]
+        return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+    return statistics.fmean(values)
 
 
 def missing_metrics(declared: list[Metric], reported: dict[str, float]) -> list[str]:
@@ -32,7 +48,8 @@ def leaderboard(
     reference_model_id: int,
     cells: list[Cell],
 ) -> dict:
-    """Rank models by the mean of the primary metric over the datasets that reported.
+    """Rank models by the primary metric combined across the datasets that reported, as the
+    benchmark declared (``combine``: mean by default); mean, min, max and stdev stand beside it.
 
     Tie-break: the model with more reporting datasets ranks first, then the lower model id
     (registered earlier). A model missing a dataset is shown with ``None`` there and flagged
@@ -48,8 +65,10 @@ def leaderboard(
     for model_id, per_dataset in by_model.items():
         summary = {}
         for metric in metrics:
-            values = [c.metrics[metric.name] for c in per_dataset.values() if metric.name in c.metrics]
+            reported = [c for c in per_dataset.values() if metric.name in c.metrics]
+            values = [c.metrics[metric.name] for c in reported]
             summary[metric.name] = {
+                "value": combine(metric, values, [c.cases for c in reported]),
                 "mean": statistics.fmean(values) if values else None,
                 "min": min(values) if values else None,
                 "max": max(values) if values else None,
@@ -73,8 +92,8 @@ def leaderboard(
     sign = -1.0 if direction.get(primary, True) else 1.0
 
     def order(row: dict) -> tuple:
-        mean = row["metrics"][primary]["mean"]
-        return (mean is None, sign * mean if mean is not None else 0.0, -row["datasets_reported"], row["model_id"])
+        value = row["metrics"][primary]["value"]
+        return (value is None, sign * value if value is not None else 0.0, -row["datasets_reported"], row["model_id"])
 
     rows.sort(key=order)
     for rank, row in enumerate(rows, start=1):
@@ -82,6 +101,7 @@ def leaderboard(
     return {
         "primary_metric": primary,
         "higher_is_better": direction.get(primary, True),
+        "aggregate": next((m.aggregate for m in metrics if m.name == primary), "mean"),
         "metrics": [m.name for m in metrics],
         "datasets": [datasets[d] for d in dataset_ids],
         "rows": rows,

@@ -138,6 +138,7 @@ async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
         labels.update({d: f"dataset {d}" for d in dataset_ids - labels.keys()})
         model_owners = {m.model_id: m.owner for m in models}
         dataset_owners = {d.dataset_id: d.owner for d in infos}
+        cases = {d.dataset_id: d.cases for d in infos}
         owners = {
             model_owners.get(p.component_id) if p.kind == "model" else dataset_owners.get(p.component_id)
             for p in joined
@@ -151,9 +152,11 @@ async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
             model_owners=model_owners,
             dataset_labels=labels,
             dataset_owners=dataset_owners,
-            dataset_cases={d.dataset_id: d.cases for d in infos},
+            dataset_cases=cases,
             participants=frozenset(o for o in owners if o),
-            cells=[domain.Cell(r.model_id, r.dataset_id, r.metrics, r.partial) for r in results],
+            cells=[
+                domain.Cell(r.model_id, r.dataset_id, r.metrics, r.partial, cases.get(r.dataset_id)) for r in results
+            ],
         )
         try:
             board = policy.view(

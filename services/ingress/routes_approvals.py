@@ -197,14 +197,15 @@ def leaderboard_csv(board: dict) -> str:
     if not board:
         return ""
     primary = board["primary_metric"]
-    writer.writerow(["rank", "model", "baseline", f"mean_{primary}", *board["datasets"], "complete"])
+    aggregate = board.get("aggregate", "mean")
+    writer.writerow(["rank", "model", "baseline", f"{aggregate}_{primary}", *board["datasets"], "complete"])
     for row in board["rows"]:
         writer.writerow(
             [
                 row["rank"],
                 row["model"],
                 row["baseline"],
-                row["metrics"][primary]["mean"],
+                row["metrics"][primary]["value"],
                 *(row["per_dataset"].get(d) for d in board["datasets"]),
                 row["complete"],
             ]

@@ -57,7 +57,7 @@ def test_leaderboard_table_marks_the_baseline_and_missing_results() -> None:
                 "model": "ref",
                 "baseline": True,
                 "complete": True,
-                "metrics": {"auc": {"mean": 0.9, "min": 0.85, "max": 0.95}},
+                "metrics": {"auc": {"value": 0.9, "mean": 0.9, "min": 0.85, "max": 0.95}},
                 "per_dataset": {"site-a": 0.85, "site-b": 0.95},
             },
             {
@@ -65,7 +65,7 @@ def test_leaderboard_table_marks_the_baseline_and_missing_results() -> None:
                 "model": "new",
                 "baseline": False,
                 "complete": False,
-                "metrics": {"auc": {"mean": 0.8, "min": 0.8, "max": 0.8}},
+                "metrics": {"auc": {"value": 0.8, "mean": 0.8, "min": 0.8, "max": 0.8}},
                 "per_dataset": {"site-a": 0.8, "site-b": None},
             },
         ],

@@ -86,7 +86,7 @@ def test_missing_cells_stay_missing() -> None:
     assert gappy["per_dataset"] == {"site-a": None, "site-b": 0.6, "site-c": None}
     assert gappy["complete"] is False and gappy["datasets_reported"] == 1
     # The mean is over what was reported, never over zeros (or anything else) filled in.
-    assert gappy["metrics"]["auc"] == {"mean": 0.6, "min": 0.6, "max": 0.6, "stdev": 0.0}
+    assert gappy["metrics"]["auc"] == {"value": 0.6, "mean": 0.6, "min": 0.6, "max": 0.6, "stdev": 0.0}
 
 
 def test_datasets_are_listed_by_id_whatever_the_input_order() -> None:
@@ -107,6 +107,7 @@ def test_spread_is_computed_exactly() -> None:
     summary = row_of(board(cells), 2)["metrics"]
     for name, values in (("auc", aucs), ("brier", briers)):
         assert summary[name] == {
+            "value": statistics.fmean(values),  # the default declared aggregate is the mean
             "mean": statistics.fmean(values),
             "min": min(values),
             "max": max(values),
@@ -117,7 +118,7 @@ def test_spread_is_computed_exactly() -> None:
 
 def test_spread_of_a_metric_nobody_reported_is_empty() -> None:
     summary = row_of(board([cell(1, 10, auc=0.5)]), 1)["metrics"]
-    assert summary["brier"] == {"mean": None, "min": None, "max": None, "stdev": None}
+    assert summary["brier"] == {"value": None, "mean": None, "min": None, "max": None, "stdev": None}
 
 
 @pytest.mark.parametrize(
@@ -160,3 +161,35 @@ def test_two_datasets_with_the_same_label_both_show() -> None:
     row = row_of(result, 1)
     assert row["datasets_reported"] == 2
     assert len(row["per_dataset"]) == len(result["datasets"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "higher_is_better", "expected"),
+    [
+        ("mean", True, (0.9 + 0.6 + 0.75) / 3),
+        ("median", True, 0.75),
+        ("min", True, 0.6),  # the worst site
+        ("min", False, 0.9),  # for an error metric the worst site is the highest
+        ("weighted_mean", True, (0.9 * 100 + 0.6 * 10 + 0.75 * 1) / 111),  # no 'cases' declared: one case
+    ],
+)
+def test_sites_combine_as_the_benchmark_declares(aggregate: str, higher_is_better: bool, expected: float) -> None:
+    metric = Metric("auc", higher_is_better, aggregate)
+    cells = [
+        Cell(1, 10, {"auc": 0.9}, False, 100),
+        Cell(1, 11, {"auc": 0.6}, False, 10),
+        Cell(1, 12, {"auc": 0.75}, False),
+    ]
+    board = leaderboard([metric], "auc", {1: "m"}, {10: "a", 11: "b", 12: "c"}, 1, cells)
+    (row,) = board["rows"]
+    assert row["metrics"]["auc"]["value"] == pytest.approx(expected)
+    assert row["metrics"]["auc"]["mean"] == pytest.approx((0.9 + 0.6 + 0.75) / 3)  # the spread stays beside it
+    assert board["aggregate"] == aggregate
+
+
+def test_the_declared_aggregate_decides_the_ranking() -> None:
+    metric = Metric("auc", True, "min")
+    steady = [Cell(1, 10, {"auc": 0.80}, False), Cell(1, 11, {"auc": 0.80}, False)]
+    erratic = [Cell(2, 10, {"auc": 0.99}, False), Cell(2, 11, {"auc": 0.70}, False)]  # better mean, worse site
+    board = leaderboard([metric], "auc", {1: "steady", 2: "erratic"}, {10: "a", 11: "b"}, 1, steady + erratic)
+    assert [row["model"] for row in board["rows"]] == ["steady", "erratic"]

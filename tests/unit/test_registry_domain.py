@@ -171,7 +171,10 @@ ENTITY_FIELDS: dict[str, dict[str, Any]] = {
         "reference_model_id": 2,
         "metrics_container_id": 3,
         "demo_dataset": {"source": "https://example.org/demo.tar.gz", "sha256": "b" * 64},
-        "metrics": [{"name": "auc", "higher_is_better": True}, {"name": "brier", "higher_is_better": False}],
+        "metrics": [
+            {"name": "auc", "higher_is_better": True, "aggregate": "mean"},
+            {"name": "brier", "higher_is_better": False, "aggregate": "median"},
+        ],
         "primary_metric": "auc",
         "approval_status": "APPROVED",
         "approved_at": "2025-01-02T00:00:00+00:00",
@@ -201,7 +204,10 @@ def new_value(kind: str, field: str, current: dict[str, Any]) -> Any:
         "is_valid": not current["is_valid"],
         "user_metadata": {"note": "x"},
         "spec": {**CONTAINER_SPEC, "image": "demo:2"},
-        "metrics": [*ENTITY_FIELDS["benchmark"]["metrics"], {"name": "dice", "higher_is_better": True}],
+        "metrics": [
+            *ENTITY_FIELDS["benchmark"]["metrics"],
+            {"name": "dice", "higher_is_better": True, "aggregate": "weighted_mean"},
+        ],
         "primary_metric": "brier",
         "statistics": {"cases": 11, "mean_age": 61.5},
         "approval_status": "REJECTED",
