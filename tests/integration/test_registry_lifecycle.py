@@ -59,7 +59,10 @@ DEADLINE = 5.0
 DIGEST = "sha256:" + "0" * 64
 FILES = {"source": "https://example.org/files.tar.gz", "sha256": "a" * 64}
 DEMO = {"source": "https://example.org/demo.tar.gz", "sha256": "b" * 64}
-METRICS = [{"name": "auc", "higher_is_better": True}, {"name": "brier", "higher_is_better": False}]
+METRICS = [
+    {"name": "auc", "higher_is_better": True, "aggregate": "mean"},
+    {"name": "brier", "higher_is_better": False, "aggregate": "median"},
+]
 T = TypeVar("T")
 
 
@@ -237,7 +240,7 @@ def _new_value(field: str, current: dict[str, Any], alt: dict[str, Any]) -> Any:
         "spec": spec("infer", image="example:2"),
         "additional_files": {"source": "https://mirror.example.org/files.tar.gz", "sha256": FILES["sha256"]},
         "demo_dataset": {"source": "https://mirror.example.org/demo.tar.gz", "sha256": DEMO["sha256"]},
-        "metrics": [*METRICS, {"name": "dice", "higher_is_better": True}],
+        "metrics": [*METRICS, {"name": "dice", "higher_is_better": True, "aggregate": "weighted_mean"}],
         "primary_metric": "brier",
         "statistics": {"cases": 150, "mean_age": 61.5},
         "approval_status": "APPROVED",
