@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--spec", type=Path, required=True, help="the container spec (JSON)")
     register.add_argument("--state", choices=["DEVELOPMENT", "OPERATION"], default="DEVELOPMENT")
 
+    rebuild = commands.add_parser(
+        "rebuild-aggregator", help="rebuild the leaderboards' read model from the JetStream history alone"
+    )
+    rebuild.add_argument(
+        "--database-url", required=True, help="an empty database to fill, e.g. sqlite+aiosqlite:///rebuilt.db"
+    )
+
     site_commands.add_commands(commands)
 
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
@@ -130,6 +137,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cli.register import register_container
 
         print(f"registered container {register_container(Client.from_credentials(), args.name, args.spec, args.state)}")
+        return 0
+    if args.command == "rebuild-aggregator":
+        from services.aggregator.rebuild import rebuild
+
+        settings = Settings()
+        if not settings.nats_url:
+            print("error: rebuilding reads the federation's history: set MEDPERF_NATS_URL", file=sys.stderr)
+            return 2
+        applied = asyncio.run(rebuild(settings.nats_url, args.database_url))
+        print(f"applied {applied} events; point the aggregator's MEDPERF_DATABASE_URL at {args.database_url}")
         return 0
     if args.command in ("job", "result", "site"):
         return site_commands.run(args)

@@ -17,9 +17,14 @@ from waiting import eventually
 
 from cli.client import ApiError, Client
 from cli.stack import Stack
+from services.aggregator.handlers import get_leaderboard
+from services.aggregator.rebuild import rebuild
+from services.aggregator.store import TABLES
 from services.executor import operations
 from services.executor.runner import JOB_LABEL
 from services.ingress.auth import token_digest
+from shared.commands import GetLeaderboard
+from shared.db import Database, UnitOfWork
 from shared.settings import Settings
 
 pytestmark = pytest.mark.engine
@@ -223,3 +228,31 @@ async def test_the_committee_decides_who_sees_the_results(tmp_path: Path, busybo
         public = await fed.call("stranger", "get", url)
         assert public["scope"] == "shared" and public["datasets"] == []
         assert all(row["per_dataset"] == {} for row in public["rows"])
+
+
+async def test_the_leaderboard_rebuilt_from_the_history_equals_the_live_one(tmp_path: Path, busybox_image: str) -> None:
+    async with federation(tmp_path, busybox_image) as fed:
+        await fed.join()
+        for name in ("m2", "m3"):
+            await fed.job_reaches(await fed.add_model(name, "echo 1 > /out/p1; echo 2 > /out/p2"), "succeeded")
+        url = f"/benchmarks/{fed.benchmark_id}/leaderboard"
+        policy = {"visibility": "public", "granularity": "sites", "min_sites": 1}
+        await fed.call("committee", "put", f"/benchmarks/{fed.benchmark_id}/sharing-policy", policy)
+
+        async def live() -> dict | None:
+            board = await fed.call("committee", "get", url)
+            return board if len(board["rows"]) == 3 and board["policy"]["visibility"] == "public" else None
+
+        await eventually(live, "all three models on the live board")
+        rebuilt_db = f"sqlite+aiosqlite:///{tmp_path / 'rebuilt.db'}"
+        applied = await rebuild(fed.nats_url, rebuilt_db)
+        assert applied >= 3 + 3 + 2  # at least the registrations, three results and the approvals
+
+        db = Database(rebuilt_db)
+        try:
+            for viewer in (("committee", False), ("modeler", False), ("stranger", False), ("root", True)):
+                query = GetLeaderboard(actor=viewer[0], is_admin=viewer[1], benchmark_id=fed.benchmark_id)
+                rebuilt = (await get_leaderboard(query, UnitOfWork(db, TABLES))).data
+                assert rebuilt == await fed.call(viewer[0] if viewer[0] != "root" else "admin", "get", url)
+        finally:
+            await db.dispose()

@@ -1,0 +1,83 @@
+"""Rebuild the aggregator's read model from the JetStream history alone.
+
+The streams are the system of record; the aggregator's tables are a projection of them. Replaying
+every stream into an empty database through the same handlers the live service uses gives the
+same leaderboards (``tests/integration/test_site_jobs.py`` compares them). Streams replay in
+dependency order (what is registered before what is approved, before what is reported), so no
+handler has to wait for a fact that is still to come.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.js.errors import NotFoundError
+
+from services.aggregator import handlers
+from services.aggregator.store import TABLES, Base, BenchmarkInfo
+from shared.db import Database, UnitOfWork
+from shared.events import (
+    AssociationApproved,
+    AssociationRejected,
+    BenchmarkSubmitted,
+    DatasetRegistered,
+    Event,
+    ModelRegistered,
+    ResultReported,
+    SharingPolicyChanged,
+    parse_event,
+)
+from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
+
+log = logging.getLogger("medperf.aggregator.rebuild")
+
+ORDER = (REGISTRY, APPROVALS, AGGREGATOR, SITES)
+
+
+async def rebuild(nats_url: str, database_url: str) -> int:
+    """Replay the history into the (empty) database at ``database_url``; returns events applied."""
+    db = Database(database_url)
+    await db.create_all(Base.metadata)
+    applied = 0
+    nc = await nats.connect(nats_url, name="medperf-aggregator-rebuild")
+    try:
+        js = nc.jetstream()
+        for stream in ORDER:
+            info = await js.stream_info(stream.name)
+            for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    message = await js.get_msg(stream.name, sequence)
+                except NotFoundError:  # deleted, or trimmed by a limit
+                    continue
+                if await apply(parse_event(message.data or b""), UnitOfWork(db, TABLES)):
+                    applied += 1
+    finally:
+        await nc.close()
+        await db.dispose()
+    return applied
+
+
+async def apply(event: Event, uow: UnitOfWork) -> bool:
+    """One event from the history, through the live handler for its type; False if it is not ours."""
+    if isinstance(event, BenchmarkSubmitted):
+        await handlers.record_benchmark(event, uow)
+    elif isinstance(event, ModelRegistered):
+        await handlers.record_model(event, uow)
+    elif isinstance(event, DatasetRegistered):
+        await handlers.record_dataset(event, uow)
+    elif isinstance(event, AssociationApproved | AssociationRejected):
+        await handlers.record_association(event, uow)
+    elif isinstance(event, ResultReported):
+        await handlers.record_result(event, uow)
+    elif isinstance(event, SharingPolicyChanged):
+        # The live service changed its policy and emitted this in one transaction; replaying it
+        # sets the same policy.
+        async with uow:
+            benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
+            if benchmark is not None:
+                benchmark.policy = event.new.model_dump(mode="json")
+                await uow.commit()
+    else:
+        return False
+    return True
