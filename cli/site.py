@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from services.executor import operations
@@ -63,7 +64,7 @@ async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
             await operations.set_draining(uow(), args.site_command == "drain")
             print("draining: running jobs finish, queued ones wait" if args.site_command == "drain" else "resumed")
     except operations.NotPossible as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         await db.dispose()

@@ -66,7 +66,7 @@ def test_a_held_result_is_listed_and_released_once(site_db: Database, capsys: py
     assert json.loads(payload)["metrics"] == {"auc": 0.8}  # queued for the agent's relay
 
     assert main(["result", "release", "1"]) == 1
-    assert "no result waiting for release" in capsys.readouterr().out
+    assert "no result waiting for release" in capsys.readouterr().err
     assert main(["result", "ls", "--pending"]) == 0
     assert "held" not in capsys.readouterr().out
 
@@ -75,7 +75,7 @@ def test_cancel_drain_and_rerun_say_what_they_did_or_why_not(
     site_db: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["job", "cancel", "1"]) == 1
-    assert "only queued or running jobs can be cancelled" in capsys.readouterr().out
+    assert "only queued or running jobs can be cancelled" in capsys.readouterr().err
     assert main(["job", "cancel", "2"]) == 0
     assert read(site_db, select(Job.cancel_requested).where(Job.id == 2)) == [(True,)]
 
@@ -88,7 +88,7 @@ def test_cancel_drain_and_rerun_say_what_they_did_or_why_not(
     assert main(["site", "resume"]) == 0
     assert read(site_db, select(SiteState.draining)) == [(False,)]
     assert main(["job", "cancel", "99"]) == 1
-    assert "no job 99" in capsys.readouterr().out
+    assert "no job 99" in capsys.readouterr().err
 
 
 def test_the_download_progress_bar_shows_percent_size_and_rate() -> None:
