@@ -120,6 +120,15 @@ async def set_sharing_policy(cmd: SetSharingPolicy, uow: UnitOfWork) -> Outcome:
         return Outcome.accepted(cmd.benchmark_id, {"policy": benchmark.policy})
 
 
+async def record_policy_change(event: SharingPolicyChanged, uow: UnitOfWork) -> None:
+    """Only a replay of the history needs this: live, the policy changed with the event's commit."""
+    async with uow:
+        benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
+        if benchmark is not None:
+            benchmark.policy = event.new.model_dump(mode="json")
+            await uow.commit()
+
+
 async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
     async with uow:
         s = uow.session

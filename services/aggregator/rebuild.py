@@ -9,13 +9,14 @@ handler has to wait for a fact that is still to come.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 from nats.js.errors import NotFoundError
 
 from services.aggregator import handlers
-from services.aggregator.store import TABLES, Base, BenchmarkInfo
+from services.aggregator.store import TABLES, Base
 from shared.db import Database, UnitOfWork
 from shared.events import (
     AssociationApproved,
@@ -29,8 +30,6 @@ from shared.events import (
     parse_event,
 )
 from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
-
-log = logging.getLogger("medperf.aggregator.rebuild")
 
 ORDER = (REGISTRY, APPROVALS, AGGREGATOR, SITES)
 
@@ -58,26 +57,23 @@ async def rebuild(nats_url: str, database_url: str) -> int:
     return applied
 
 
+#: The live service's projection of each event it consumes (as wired in app.py), plus the policy
+#: changes it emits itself, which a replay must apply.
+REPLAY: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
+    BenchmarkSubmitted: handlers.record_benchmark,
+    ModelRegistered: handlers.record_model,
+    DatasetRegistered: handlers.record_dataset,
+    AssociationApproved: handlers.record_association,
+    AssociationRejected: handlers.record_association,
+    ResultReported: handlers.record_result,
+    SharingPolicyChanged: handlers.record_policy_change,
+}
+
+
 async def apply(event: Event, uow: UnitOfWork) -> bool:
     """One event from the history, through the live handler for its type; False if it is not ours."""
-    if isinstance(event, BenchmarkSubmitted):
-        await handlers.record_benchmark(event, uow)
-    elif isinstance(event, ModelRegistered):
-        await handlers.record_model(event, uow)
-    elif isinstance(event, DatasetRegistered):
-        await handlers.record_dataset(event, uow)
-    elif isinstance(event, AssociationApproved | AssociationRejected):
-        await handlers.record_association(event, uow)
-    elif isinstance(event, ResultReported):
-        await handlers.record_result(event, uow)
-    elif isinstance(event, SharingPolicyChanged):
-        # The live service changed its policy and emitted this in one transaction; replaying it
-        # sets the same policy.
-        async with uow:
-            benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
-            if benchmark is not None:
-                benchmark.policy = event.new.model_dump(mode="json")
-                await uow.commit()
-    else:
+    handler = REPLAY.get(type(event))
+    if handler is None:
         return False
+    await handler(event, uow)
     return True

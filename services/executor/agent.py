@@ -27,7 +27,7 @@ from faststream.nats import NatsBroker
 from sqlalchemy import select
 
 from services.executor import domain
-from services.executor.runner import JobRunner, job_fields, release
+from services.executor.runner import JobRunner, add_job, release
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
@@ -40,7 +40,6 @@ from shared.events import (
     BenchmarkApproved,
     CompatibilityReport,
     CompatibilityTested,
-    JobQueued,
 )
 from shared.messaging import NotYet, PermanentFailure
 from shared.service import ask
@@ -256,9 +255,7 @@ class SiteAgent:
                 container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
                 dataset_hash=dataset.prepared_hash,
             )
-            uow.session.add(job)
-            await uow.session.flush()
-            uow.emit(JobQueued(actor=self.site.owner, site=self.site.name, reason=reason, **job_fields(job)))
+            await add_job(uow, self.site, job, reason)
             await uow.commit()
         self.runner.wake()
 
@@ -280,11 +277,7 @@ class SiteAgent:
                     container_digests={"model": model.image_digest, "metrics": parts.metrics.image_digest},
                     dataset_hash=dataset.prepared_hash,
                 )
-                uow.session.add(job)
-                await uow.session.flush()
-                uow.emit(
-                    JobQueued(actor=self.site.owner, site=self.site.name, reason="dataset prepared", **job_fields(job))
-                )
+                await add_job(uow, self.site, job, "dataset prepared")
                 await uow.commit()
         if job.status == "queued":
             job = await self.runner.run_now(job.id)

@@ -11,11 +11,10 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from services.executor import domain
-from services.executor.runner import job_fields, release
+from services.executor.runner import add_job, release
 from services.executor.settings import SiteSettings
 from services.executor.store import Job, SiteState
 from shared.db import UnitOfWork
-from shared.events import JobQueued
 
 
 class NotPossible(Exception):
@@ -67,9 +66,7 @@ async def rerun(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Job:
             container_digests=old.container_digests,
             dataset_hash=old.dataset_hash,
         )
-        uow.session.add(new)
-        await uow.session.flush()
-        uow.emit(JobQueued(actor=site.owner, site=site.name, reason=f"re-run of job {job_id}", **job_fields(new)))
+        await add_job(uow, site, new, f"re-run of job {job_id}")
         await uow.commit()
         return new
 

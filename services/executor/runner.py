@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from sqlalchemy import or_, select
@@ -29,6 +30,7 @@ from services.executor.workflow import Scores, TaskFailed
 from shared.db import UnitOfWork
 from shared.events import (
     JobCancelled,
+    JobEvent,
     JobFailed,
     JobKind,
     JobQueued,
@@ -46,14 +48,29 @@ JOB_LABEL = "medperf.job"
 SITE_LABEL = "medperf.site"
 
 
-def job_fields(job: Job) -> dict[str, object]:
-    return {
-        "job_id": job.id,
-        "kind": job.kind,
-        "benchmark_id": job.benchmark_id,
-        "model_id": job.model_id,
-        "dataset_id": job.dataset_id,
-    }
+E = TypeVar("E", bound=JobEvent)
+
+
+def job_event(event_type: type[E], site: SiteSettings, job: Job, **details: Any) -> E:
+    """An event about ``job``, told by its site."""
+    return event_type(
+        actor=site.owner,
+        site=site.name,
+        job_id=job.id,
+        kind=job.kind,
+        benchmark_id=job.benchmark_id,
+        model_id=job.model_id,
+        dataset_id=job.dataset_id,
+        **details,
+    )
+
+
+async def add_job(uow: UnitOfWork, site: SiteSettings, job: Job, reason: str) -> Job:
+    """Queue ``job``: its row and its JobQueued event, in the caller's transaction."""
+    uow.session.add(job)
+    await uow.session.flush()  # assigns the id the event names
+    uow.emit(job_event(JobQueued, site, job, reason=reason))
+    return job
 
 
 def result_of(job: Job, actor: str, site: str) -> ResultReported:
@@ -139,9 +156,7 @@ class JobRunner:
         async with self.uow() as uow:
             for job in (await uow.session.scalars(select(Job).where(Job.status == "running"))).all():
                 job.status = domain.transition(job.status, "queued")
-                uow.emit(
-                    JobQueued(actor=self.site.owner, site=self.site.name, reason="agent restarted", **job_fields(job))
-                )
+                uow.emit(job_event(JobQueued, self.site, job, reason="agent restarted"))
             await uow.commit()
 
     async def _run(self) -> None:
@@ -201,7 +216,7 @@ class JobRunner:
         job.status = domain.transition(job.status, "running")
         job.attempts += 1
         job.started_at = job.heartbeat_at = utcnow()
-        uow.emit(JobStarted(actor=self.site.owner, site=self.site.name, attempt=job.attempts, **job_fields(job)))
+        uow.emit(job_event(JobStarted, self.site, job, attempt=job.attempts))
 
     async def _attempt(self, job: Job) -> None:
         try:
@@ -234,11 +249,7 @@ class JobRunner:
                     release(uow, job, self.site.owner, self.site.name)
                 else:
                     job.release, held = "held", True
-            uow.emit(
-                JobSucceeded(
-                    actor=self.site.owner, site=self.site.name, partial=job.partial, held=held, **job_fields(job)
-                )
-            )
+            uow.emit(job_event(JobSucceeded, self.site, job, partial=job.partial, held=held))
             await uow.commit()
 
     @asynccontextmanager
@@ -249,10 +260,7 @@ class JobRunner:
         on the demo data) as a job with the same transitions and events as queued runs. A failure
         is recorded and re-raised; the handler's event is redelivered if it was infrastructure's."""
         async with self.uow() as uow:
-            job = Job(key=key, kind=kind, benchmark_id=benchmark_id, **ids)
-            uow.session.add(job)
-            await uow.session.flush()
-            uow.emit(JobQueued(actor=self.site.owner, site=self.site.name, reason=reason, **job_fields(job)))
+            job = await add_job(uow, self.site, Job(key=key, kind=kind, benchmark_id=benchmark_id, **ids), reason)
             self._mark_started(uow, job)
             await uow.commit()
         try:
@@ -284,15 +292,10 @@ class JobRunner:
             else:
                 job.status = domain.transition(job.status, "queued")
                 job.not_before = utcnow() + timedelta(seconds=delay)
+            will_retry = delay is not None or (not requeue and failure == "infrastructure")
             uow.emit(
-                JobFailed(
-                    actor=self.site.owner,
-                    site=self.site.name,
-                    failure=failure,
-                    will_retry=delay is not None or (not requeue and failure == "infrastructure"),
-                    reason=reason,
-                    log_tail=log_tail,
-                    **job_fields(job),
+                job_event(
+                    JobFailed, self.site, job, failure=failure, will_retry=will_retry, reason=reason, log_tail=log_tail
                 )
             )
             await uow.commit()
@@ -307,7 +310,7 @@ class JobRunner:
             for job in jobs:
                 job.status = domain.transition(job.status, "cancelled")
                 job.finished_at = utcnow()
-                uow.emit(JobCancelled(actor=self.site.owner, site=self.site.name, **job_fields(job)))
+                uow.emit(job_event(JobCancelled, self.site, job))
             await uow.commit()
         for job in jobs:
             task = self.running.get(job.id)
