@@ -161,8 +161,9 @@ class Client:
     def revoke_token(self, token_id: int) -> Any:
         return self.delete(f"/tokens/{token_id}")
 
-    def leaderboard(self, benchmark_id: int) -> dict:
-        return self.get(f"/benchmarks/{benchmark_id}/leaderboard")
+    def leaderboard(self, benchmark_id: int, limit: int = 100, offset: int = 0) -> dict:
+        """One page of the board, in rank order (``total_rows`` says how many there are)."""
+        return self.get(f"/benchmarks/{benchmark_id}/leaderboard", limit=limit, offset=offset)
 
     def leaderboard_csv(self, benchmark_id: int) -> str:
         return self.get(f"/benchmarks/{benchmark_id}/leaderboard", format="csv")

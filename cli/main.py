@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     board = commands.add_parser("leaderboard", help="print a benchmark's leaderboard")
     board.add_argument("benchmark_id", type=int)
-    board.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    board.add_argument("--format", choices=["table", "json", "csv"], default="table", help="csv: every row")
+    board.add_argument("--limit", type=int, default=100, help="rows per page (at most 100)")
+    board.add_argument("--offset", type=int, default=0, help="rows to skip, in rank order")
 
     auth = commands.add_parser("auth", help="store credentials").add_subparsers(dest="auth", required=True)
     login = auth.add_parser("login", help="store the federation's URL and your API token")
@@ -118,9 +120,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.format == "csv":
             print(client.leaderboard_csv(args.benchmark_id), end="")
         elif args.format == "json":
-            print(json.dumps(client.leaderboard(args.benchmark_id), indent=2))
+            print(json.dumps(client.leaderboard(args.benchmark_id, args.limit, args.offset), indent=2))
         else:
-            print(leaderboard_table(client.leaderboard(args.benchmark_id)))
+            print(leaderboard_table(client.leaderboard(args.benchmark_id, args.limit, args.offset)))
         return 0
     if args.command == "auth":
         token = args.token or getpass.getpass("token: ")

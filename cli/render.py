@@ -19,25 +19,25 @@ def _table(board: dict, title: str) -> str:
     primary = board["primary_metric"]
     datasets = board["datasets"]
     aggregate = board.get("aggregate", "mean")
+    by_rank = board.get("ranking") == "mean_rank"
     header = ["#", "model", f"{primary} ({aggregate})", "min", "max", *datasets]
+    if by_rank:
+        header.insert(2, "mean rank")
     lines = [header]
     for row in board["rows"]:
         summary = row["metrics"][primary]
         name = row["model"] + (" (baseline)" if row["baseline"] else "") + ("" if row["complete"] else " *")
+        name += " (partial)" if row.get("partial") else ""
+        name += " (stale)" if row.get("stale") else ""
         name += " (withheld: too few sites)" if row.get("withheld") else ""
-        lines.append(
-            [
-                str(row["rank"] or "-"),
-                name,
-                _num(summary["value"]),
-                _num(summary["min"]),
-                _num(summary["max"]),
-                *(_num(row["per_dataset"].get(d)) for d in datasets),
-            ]
-        )
+        values = [_num(summary["value"]), _num(summary["min"]), _num(summary["max"])]
+        if by_rank:
+            values.insert(0, "-" if row.get("mean_rank") is None else f"{row['mean_rank']:.2f}")
+        lines.append([str(row["rank"] or "-"), name, *values, *(_num(row["per_dataset"].get(d)) for d in datasets)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     better = "higher" if board["higher_is_better"] else "lower"
-    out = [f"{title}  (ranked by {aggregate} {primary} across sites, {better} is better)"]
+    how = f"mean rank across sites by {primary}" if by_rank else f"{aggregate} {primary} across sites"
+    out = [f"{title}  (ranked by {how}, {better} is better)"]
     for i, line in enumerate(lines):
         out.append(
             "  ".join(
@@ -48,6 +48,13 @@ def _table(board: dict, title: str) -> str:
             out.append("  ".join("-" * w for w in widths))
     if any(not r["complete"] for r in board["rows"]):
         out.append("* missing results from some datasets; shown as '-' and not filled in")
+    if any(r.get("stale") for r in board["rows"]):
+        out.append("(stale): scored by a metrics container the benchmark no longer uses, until the site scores again")
+    shown_to = board.get("offset", 0) + len(board["rows"])
+    if shown_to < board.get("total_rows", shown_to):
+        out.append(
+            f"rows {board.get('offset', 0) + 1}-{shown_to} of {board['total_rows']}: --offset {shown_to} for more"
+        )
     return "\n".join(out)
 
 

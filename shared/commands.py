@@ -28,6 +28,8 @@ from shared.events import (
 #: can only be a mistake, so every command refuses it before it reaches a database.
 MAX_ID = 2**31 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+#: Rows in one answer of a leaderboard query: 100 rows by 200 sites stay well under NATS's 1 MB.
+MAX_LEADERBOARD_ROWS = 100
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -259,6 +261,9 @@ class GetLeaderboard(Command):
 
     SERVICE, NAME = "aggregator", "leaderboard"
     benchmark_id: Id
+    # A page of rows: a thousand models by two hundred sites is too much for one answer.
+    limit: int = Field(default=MAX_LEADERBOARD_ROWS, ge=1, le=MAX_LEADERBOARD_ROWS)
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
 class SetSharingPolicy(Command):

@@ -245,6 +245,17 @@ class UnitOfWork:
         result = await self.session.execute(insert_(self._tables.inbox).values(**values).on_conflict_do_nothing())
         return bool(result.rowcount)
 
+    async def mark_handled(self, events: list[Event]) -> None:
+        """Record many events as handled at once, for handlers whose effect is idempotent anyway
+        (a redelivery rewrites the same values), so no per-event check is needed."""
+        dialect = self.session.bind.dialect.name
+        insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[dialect]
+        now = utcnow()
+        await self.session.execute(
+            insert_(self._tables.inbox).on_conflict_do_nothing(),
+            [{"event_id": str(e.event_id), "event_type": e.type, "handled_at": now} for e in events],
+        )
+
     async def commit(self) -> None:
         events = self._events
         if events:

@@ -326,6 +326,11 @@ class SharingPolicy(BaseModel):
     min_cases: int = Field(
         default=0, ge=0, description="datasets with fewer cases (statistics 'cases') are left out of per-site views"
     )
+    ranking: Literal["primary", "mean_rank"] = Field(
+        default="primary",
+        description="primary: by the primary metric combined across sites as declared; mean_rank: by each "
+        "model's mean rank across the sites (ties: more sites, then the better primary value, then the older model)",
+    )
     released: bool = Field(default=True, description="false: held (embargo) until the committee releases")
     embargo_until: datetime | None = Field(default=None, description="held until this time, then shown at once")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import AckPolicy
 from faststream._internal.middlewares import BaseMiddleware
@@ -27,6 +27,7 @@ from shared.events import DeadLetter, Event
 from shared.streams import ALL_STREAMS, deadletter_subject
 
 log = logging.getLogger("medperf.messaging")
+E = TypeVar("E", bound=Event)
 
 MAX_PAYLOAD_KEPT = 64 * 1024
 
@@ -48,13 +49,17 @@ def _stream_of(subject: str) -> JStream:
     raise ValueError(f"no stream captures {subject!r}")
 
 
-def consume(consumer: str, event_type: type[Event], *, ack_wait: float = 60.0) -> dict[str, Any]:
+def consume(
+    consumer: str, event_type: type[Event], *, ack_wait: float = 60.0, batch_size: int | None = None
+) -> dict[str, Any]:
     """Subscriber options for ``consumer``'s durable, explicitly acknowledged consumer of ``event_type``.
 
     ``consumer`` is the service (or ``site-<name>`` for an agent); the durable name adds the type.
+    With ``batch_size`` the handler takes a list of raw payloads (``decode_batch``) and returns
+    the refusals by position; a batch is then one transaction instead of one per message.
     """
     subject = event_type.subscription()
-    return {
+    options: dict[str, Any] = {
         "subject": subject,
         "stream": _stream_of(subject),
         "durable": f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}",
@@ -62,6 +67,29 @@ def consume(consumer: str, event_type: type[Event], *, ack_wait: float = 60.0) -
         "config": ConsumerConfig(ack_wait=ack_wait, max_ack_pending=256),
         "ack_policy": AckPolicy.MANUAL,
     }
+    if batch_size is not None:
+        # A short fetch timeout: FastStream fills a batch until it expires, and a lone result
+        # should not wait for company.
+        options["pull_sub"] = PullSub(batch_size=batch_size, timeout=0.05, batch=True)
+        options["config"] = ConsumerConfig(ack_wait=ack_wait, max_ack_pending=4 * batch_size)
+        options["decoder"] = _payloads
+    return options
+
+
+async def _payloads(msg: Any) -> list[bytes]:
+    return [raw.data for raw in msg.raw_message]
+
+
+def decode_batch(event_type: type[E], payloads: list[bytes]) -> tuple[list[tuple[int, E]], dict[int, Exception]]:
+    """The events that decode, by position, and the errors of those that do not."""
+    decoded: list[tuple[int, E]] = []
+    malformed: dict[int, Exception] = {}
+    for index, payload in enumerate(payloads):
+        try:
+            decoded.append((index, event_type.model_validate_json(payload)))
+        except ValidationError as exc:
+            malformed[index] = exc
+    return decoded, malformed
 
 
 class DeadLetters:
@@ -97,6 +125,35 @@ class DeadLetters:
             "dead-lettered %s from %s after %d deliveries: %s", raw.subject, letter.consumer, deliveries, reason
         )
 
+    async def settle(self, raw: Any, error: BaseException | None) -> None:
+        """Acknowledge, retry later, or park one JetStream message, by how its handling ended."""
+        deliveries = raw.metadata.num_delivered
+        if error is None:
+            await raw.ack()
+        elif isinstance(error, (*MALFORMED, PermanentFailure)):
+            await self.park(raw, f"rejected: {_describe(error)}", deliveries)
+            await raw.term()
+        elif deliveries >= self.max_deliveries:
+            await self.park(raw, f"failed {deliveries} times; last error: {_describe(error)}", deliveries)
+            await raw.term()
+        else:
+            level = logging.INFO if isinstance(error, NotYet) else logging.WARNING
+            log.log(level, "handler failed on %s (delivery %d), will retry: %s", raw.subject, deliveries, error)
+            await raw.nak(delay=min(0.5 * 2.0 ** (deliveries - 1), 30.0))
+
+    async def overdue(self, raw: Any) -> bool:
+        """Park a message whose earlier deliveries never came back (the process died, or the ack
+        wait ran out) more often than allowed."""
+        deliveries = raw.metadata.num_delivered
+        if deliveries <= self.max_deliveries:
+            return False
+        await self.park(raw, f"gave up after {deliveries - 1} deliveries without an answer", deliveries)
+        await raw.term()
+        return True
+
+
+MALFORMED = (ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+
 
 class _DeadLetterScope(BaseMiddleware):
     def __init__(self, msg: Any, /, *, context: Any, policy: DeadLetters) -> None:
@@ -105,31 +162,32 @@ class _DeadLetterScope(BaseMiddleware):
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
         raw = msg.raw_message
+        if isinstance(raw, list):
+            return await self._consume_batch(call_next, msg, raw)
         if not _is_jetstream(raw):
             return await _answer_command(call_next, msg)
-        deliveries = raw.metadata.num_delivered
-        if deliveries > self.policy.max_deliveries:
-            # Earlier attempts never came back (the process died or the ack wait ran out).
-            await self.policy.park(raw, f"gave up after {deliveries - 1} deliveries without an answer", deliveries)
-            await msg.reject()
+        if await self.policy.overdue(raw):
             return None
         try:
             result = await call_next(msg)
-        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError, PermanentFailure) as exc:
-            await self.policy.park(raw, f"rejected: {_describe(exc)}", deliveries)
-            await msg.reject()
-            return None
         except Exception as exc:
-            if deliveries >= self.policy.max_deliveries:
-                await self.policy.park(raw, f"failed {deliveries} times; last error: {_describe(exc)}", deliveries)
-                await msg.reject()
-            else:
-                level = logging.INFO if isinstance(exc, NotYet) else logging.WARNING
-                log.log(level, "handler failed on %s (delivery %d), will retry: %s", raw.subject, deliveries, exc)
-                await msg.nack(delay=min(0.5 * 2.0 ** (deliveries - 1), 30.0))
+            await self.policy.settle(raw, exc)
             return None
-        await msg.ack()
+        await self.policy.settle(raw, None)
         return result
+
+    async def _consume_batch(self, call_next: Any, msg: Any, batch: list[Any]) -> None:
+        """The handler returns its refusals by position; everything else in the batch committed."""
+        kept = [raw for raw in batch if not await self.policy.overdue(raw)]
+        if not kept:
+            return
+        msg.raw_message = kept  # the decoder reads the payloads from here
+        try:
+            refused: dict[int, BaseException] = await call_next(msg) or {}
+        except Exception as exc:  # nothing committed: each message is retried (or parked) alone
+            refused = dict.fromkeys(range(len(kept)), exc)
+        for index, raw in enumerate(kept):
+            await self.policy.settle(raw, refused.get(index))
 
 
 async def _answer_command(call_next: Any, msg: Any) -> Any:

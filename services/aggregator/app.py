@@ -2,56 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from faststream.nats import NatsRouter
 
 from services.aggregator import handlers
+from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
 from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
-from shared.events import (
-    AssociationApproved,
-    AssociationRejected,
-    BenchmarkSubmitted,
-    DatasetRegistered,
-    ModelRegistered,
-    ResultReported,
-    SharingPolicyChanged,
-)
+from shared.db import UnitOfWork
+from shared.events import Event, ResultReported, SharingPolicyChanged
 from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
+
+#: Results arrive by the thousand: pulled up to 256 at a time, and committed a batch per transaction.
+RESULT_BATCH = 256
 
 
 def create_service(settings: Settings) -> ServiceHost:
     host = ServiceHost("aggregator", settings, Base.metadata, TABLES)
     router = NatsRouter()
+    boards = Boards()
 
-    @router.subscriber(**consume(host.name, BenchmarkSubmitted))
-    async def on_benchmark_submitted(event: BenchmarkSubmitted) -> None:
-        await handlers.record_benchmark(event, host.uow())
+    @router.subscriber(**consume(host.name, ResultReported, batch_size=RESULT_BATCH))
+    async def on_results_reported(payloads: list[bytes]) -> dict[int, Exception]:
+        return await handlers.record_results(payloads, host.uow())
 
-    @router.subscriber(**consume(host.name, ModelRegistered))
-    async def on_model_registered(event: ModelRegistered) -> None:
-        await handlers.record_model(event, host.uow())
-
-    @router.subscriber(**consume(host.name, DatasetRegistered))
-    async def on_dataset_registered(event: DatasetRegistered) -> None:
-        await handlers.record_dataset(event, host.uow())
-
-    @router.subscriber(**consume(host.name, ResultReported))
-    async def on_result_reported(event: ResultReported) -> None:
-        await handlers.record_result(event, host.uow())
-
-    @router.subscriber(**consume(host.name, AssociationApproved))
-    async def on_association_approved(event: AssociationApproved) -> None:
-        await handlers.record_association(event, host.uow())
-
-    @router.subscriber(**consume(host.name, AssociationRejected))
-    async def on_association_rejected(event: AssociationRejected) -> None:
-        await handlers.record_association(event, host.uow())
+    for event_type, project in handlers.PROJECTIONS.items():
+        if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers
+            router.subscriber(**consume(host.name, event_type))(_subscriber(event_type, project, host))
 
     @router.subscriber(**host.answers(GetLeaderboard))
     async def leaderboard(query: GetLeaderboard) -> Outcome:
-        return await handlers.get_leaderboard(query, host.uow())
+        return await handlers.get_leaderboard(query, host.uow(), boards)
 
     @router.subscriber(**host.answers(SetSharingPolicy))
     async def sharing_policy(cmd: SetSharingPolicy) -> Outcome:
@@ -59,3 +44,15 @@ def create_service(settings: Settings) -> ServiceHost:
 
     host.include(router, publishes=(SharingPolicyChanged,))
     return host
+
+
+def _subscriber(
+    event_type: type[Event], project: Callable[[Any, UnitOfWork], Awaitable[None]], host: ServiceHost
+) -> Callable[[Any], Awaitable[None]]:
+    async def on_event(event: Any) -> None:
+        await project(event, host.uow())
+
+    # FastStream decodes each message into the handler's annotated type.
+    on_event.__annotations__ = {"event": event_type, "return": None}
+    on_event.__name__ = on_event.__qualname__ = f"on_{event_type.model_fields['type'].default.replace('.', '_')}"
+    return on_event

@@ -1,9 +1,29 @@
-"""Leaderboard arithmetic, free of I/O: from results to a ranked table."""
+"""Leaderboard arithmetic, free of I/O: from results to a ranked table, kept current cell by cell.
+
+Ranking (the committee chooses, in its sharing policy):
+
+- ``primary``: by the primary metric combined across the datasets that reported it, as the
+  benchmark declared (``combine``: mean by default).
+- ``mean_rank``: each dataset ranks the models that reported on it by the primary metric (tied
+  values share the mean of their places); a model's score is the mean of its ranks, lower first.
+  A site with an easy or hard case mix then weighs no more than any other.
+
+Tie-break, in this order: the better score; more datasets reported; under ``mean_rank``, the better
+combined primary value; the lower model id (registered earlier). A model with no value of the
+primary metric ranks last. A model missing a dataset is shown with ``None`` there and flagged
+``complete: false``; it is never filled in. Results scored by another metrics container than the
+benchmark's current one are flagged ``stale`` until the site scores them again.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Ranking = Literal["primary", "mean_rank"]
 
 
 @dataclass(frozen=True)
@@ -13,13 +33,14 @@ class Metric:
     aggregate: str = "mean"  # mean / weighted_mean / median / min (the worst site, by direction)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cell:
     model_id: int
     dataset_id: int
     metrics: dict[str, float]
     partial: bool
     cases: int | None = None
+    stale: bool = False  # scored by a metrics container the benchmark no longer uses
 
 
 def combine(metric: Metric, values: list[float], cases: list[int | None]) -> float | None:
@@ -32,12 +53,226 @@ def combine(metric: Metric, values: list[float], cases: list[int | None]) -> flo
         return min(values) if metric.higher_is_better else max(values)
     if metric.aggregate == "weighted_mean":
         weights = [c if c is not None and c > 0 else 1 for c in cases]
-        return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
-    return statistics.fmean(values)
+        return math.fsum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+    return math.fsum(values) / len(values)
 
 
 def missing_metrics(declared: list[Metric], reported: dict[str, float]) -> list[str]:
     return sorted({m.name for m in declared} - set(reported))
+
+
+def spread(metric: Metric, reported: list[Cell]) -> dict[str, float | None]:
+    """The combined value with the mean, min, max and sample standard deviation beside it."""
+    values = [c.metrics[metric.name] for c in reported]
+    if not values:
+        return dict.fromkeys(("value", "mean", "min", "max", "stdev"))
+    mean = math.fsum(values) / len(values)
+    # Two-pass sum of squares: as exact as statistics.stdev for these sizes, ten times faster.
+    stdev = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {
+        "value": combine(metric, values, [c.cases for c in reported]),
+        "mean": mean,
+        "min": min(values),
+        "max": max(values),
+        "stdev": stdev,
+    }
+
+
+#: Which datasets a view counts: None for all, else a set of dataset ids.
+DatasetFilter = frozenset[int] | None
+
+
+@dataclass
+class Standings:
+    """One benchmark's latest result per (model, dataset), and each model's summary per view.
+
+    ``put`` replaces a cell and marks its model dirty; a summary is recomputed only for dirty
+    models, so a board stays current at the cost of the results that changed, not of all results.
+    """
+
+    metrics: list[Metric]
+    primary: str
+    reference_model_id: int
+    cells: dict[int, dict[int, Cell]] = field(default_factory=dict)  # model -> dataset -> cell
+    _summaries: dict[DatasetFilter, dict[int, dict]] = field(default_factory=dict)
+    _dirty: dict[DatasetFilter, set[int]] = field(default_factory=dict)
+    _mean_ranks: dict[DatasetFilter, tuple[int, dict[int, float]]] = field(default_factory=dict)
+    _rankings: dict[tuple, tuple[int, list[tuple[dict, int | None]]]] = field(default_factory=dict)
+    _pages: dict[tuple, tuple[int, dict]] = field(default_factory=dict)
+    reported_datasets: set[int] = field(default_factory=set)
+    version: int = 0
+
+    #: Views kept current at once; an older one (e.g. of a dataset set since grown) is dropped.
+    MAX_VIEWS = 8
+
+    @classmethod
+    def of(cls, metrics: list[Metric], primary: str, reference_model_id: int, cells: Iterable[Cell]) -> Standings:
+        standings = cls(metrics, primary, reference_model_id)
+        for cell in cells:
+            standings.put(cell)
+        return standings
+
+    def put(self, cell: Cell) -> None:
+        self.cells.setdefault(cell.model_id, {})[cell.dataset_id] = cell
+        self.reported_datasets.add(cell.dataset_id)
+        for dirty in self._dirty.values():
+            dirty.add(cell.model_id)
+        self.version += 1
+
+    def all_cells(self) -> list[Cell]:
+        return [c for per_dataset in self.cells.values() for c in per_dataset.values()]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return next((m.higher_is_better for m in self.metrics if m.name == self.primary), True)
+
+    def summaries(self, datasets: DatasetFilter = None) -> dict[int, dict]:
+        """model id -> its summary over the datasets the filter admits (models with none left out)."""
+        if datasets not in self._summaries:
+            if len(self._summaries) >= self.MAX_VIEWS:
+                oldest = next(iter(self._summaries))
+                del self._summaries[oldest], self._dirty[oldest]
+            self._summaries[datasets], self._dirty[datasets] = {}, set(self.cells)
+        summaries, dirty = self._summaries[datasets], self._dirty[datasets]
+        for model_id in dirty:
+            reported = [c for d, c in self.cells.get(model_id, {}).items() if datasets is None or d in datasets]
+            if reported:
+                summaries[model_id] = self._summarise(model_id, reported)
+            else:
+                summaries.pop(model_id, None)
+        dirty.clear()
+        return summaries
+
+    def _summarise(self, model_id: int, reported: list[Cell]) -> dict:
+        return {
+            "model_id": model_id,
+            "metrics": {m.name: spread(m, [c for c in reported if m.name in c.metrics]) for m in self.metrics},
+            "datasets_reported": len(reported),
+            "partial": any(c.partial for c in reported),
+            "stale": any(c.stale for c in reported),
+        }
+
+    def mean_ranks(self, datasets: DatasetFilter = None) -> dict[int, float]:
+        cached = self._mean_ranks.get(datasets)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        by_dataset: dict[int, list[tuple[float, int]]] = {}
+        for model_id, per_dataset in self.cells.items():
+            for dataset_id, cell in per_dataset.items():
+                if (datasets is None or dataset_id in datasets) and self.primary in cell.metrics:
+                    by_dataset.setdefault(dataset_id, []).append((cell.metrics[self.primary], model_id))
+        sign = -1.0 if self.higher_is_better else 1.0
+        ranks: dict[int, list[float]] = {}
+        for entries in by_dataset.values():
+            entries.sort(key=lambda e: sign * e[0])
+            place = 0
+            while place < len(entries):  # equal values share the mean of the places they span
+                end = place
+                while end + 1 < len(entries) and entries[end + 1][0] == entries[place][0]:
+                    end += 1
+                for _, model_id in entries[place : end + 1]:
+                    ranks.setdefault(model_id, []).append((place + end) / 2 + 1)
+                place = end + 1
+        means = {model_id: math.fsum(r) / len(r) for model_id, r in ranks.items()}
+        self._mean_ranks[datasets] = (self.version, means)
+        return means
+
+    def ranked(self, datasets: DatasetFilter = None, ranking: Ranking = "primary", min_sites: int = 1) -> list[dict]:
+        """Summaries in rank order (shared: copy before changing one), and each model's rank;
+        models below ``min_sites`` reporting datasets come last, unranked, and leave no gap."""
+        key = (datasets, ranking, min_sites)
+        cached = self._rankings.get(key)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        summaries = self.summaries(datasets)
+        sign = -1.0 if self.higher_is_better else 1.0
+        mean_ranks = self.mean_ranks(datasets) if ranking == "mean_rank" else {}
+
+        def order(row: dict) -> tuple:
+            value = row["metrics"].get(self.primary, {}).get("value")
+            by_value = (value is None, sign * value if value is not None else 0.0)
+            by_datasets = -row["datasets_reported"]
+            if ranking == "mean_rank":
+                mean_rank = mean_ranks.get(row["model_id"])
+                return (mean_rank is None, mean_rank or 0.0, by_datasets, *by_value, row["model_id"])
+            return (*by_value, by_datasets, row["model_id"])
+
+        eligible = sorted((s for s in summaries.values() if s["datasets_reported"] >= min_sites), key=order)
+        withheld = sorted((s for s in summaries.values() if s["datasets_reported"] < min_sites), key=order)
+        ranks: list[tuple[dict, int | None]] = [(row, rank) for rank, row in enumerate(eligible, start=1)]
+        ranks += [(row, None) for row in withheld]
+        if len(self._rankings) >= self.MAX_VIEWS:
+            del self._rankings[next(iter(self._rankings))]
+        self._rankings[key] = (self.version, ranks)
+        return ranks
+
+
+def board(
+    standings: Standings,
+    models: dict[int, str],
+    datasets: dict[int, str],
+    *,
+    ranking: Ranking = "primary",
+    min_sites: int = 1,
+    limit: int | None = None,
+    offset: int = 0,
+    per_dataset: bool = True,
+) -> dict:
+    """The leaderboard over the datasets in ``datasets`` (id -> column label), one page of rows.
+
+    Per-dataset values are filled in for the page only: a board of a thousand models by two hundred
+    sites costs the rows shown, not the whole matrix. A page is kept until the standings change,
+    so a board that many people look at is computed once: treat what it returns as read-only.
+    Models below ``min_sites`` reporting datasets are withheld: unranked, their values blank.
+    """
+    labels = _unique_labels(datasets)
+    # Names belong to the standings' loading (a rename loads afresh), so they are not in the key.
+    key = (tuple(labels.items()), ranking, min_sites, limit, offset, per_dataset)
+    cached = standings._pages.get(key)
+    if cached is not None and cached[0] == standings.version:
+        return dict(cached[1])
+    dataset_ids = sorted(labels)
+    columns = [(d, labels[d]) for d in dataset_ids]
+    admitted = frozenset(dataset_ids)
+    ranked = standings.ranked(admitted, ranking, min_sites)
+    mean_ranks = standings.mean_ranks(admitted) if ranking == "mean_rank" else {}
+    primary = standings.primary
+    page = []
+    for summary, rank in ranked[offset : None if limit is None else offset + limit]:
+        row = {**summary, "rank": rank}
+        page.append(row)
+        model_id = row["model_id"]
+        if ranking == "mean_rank":
+            row["mean_rank"] = mean_ranks.get(model_id)
+        row["model"] = models.get(model_id, f"model {model_id}")
+        row["baseline"] = model_id == standings.reference_model_id
+        cells = standings.cells.get(model_id, {})
+        row["per_dataset"] = (
+            {label: (cell.metrics.get(primary) if (cell := cells.get(d)) else None) for d, label in columns}
+            if per_dataset
+            else {}
+        )
+        row["complete"] = row["datasets_reported"] == len(dataset_ids)
+        if rank is None:
+            row["withheld"] = f"fewer than {min_sites} sites have reported"
+            row["metrics"] = {name: dict.fromkeys(summary, None) for name, summary in row["metrics"].items()}
+            row["per_dataset"] = {}
+            row.pop("mean_rank", None)
+    shown = {
+        "primary_metric": primary,
+        "higher_is_better": standings.higher_is_better,
+        "aggregate": next((m.aggregate for m in standings.metrics if m.name == primary), "mean"),
+        "ranking": ranking,
+        "metrics": [m.name for m in standings.metrics],
+        "datasets": [label for _, label in columns] if per_dataset else [],
+        "rows": page,
+        "total_rows": len(ranked),
+        "offset": offset,
+    }
+    if len(standings._pages) >= 4 * standings.MAX_VIEWS:
+        del standings._pages[next(iter(standings._pages))]
+    standings._pages[key] = (standings.version, shown)
+    return dict(shown)
 
 
 def leaderboard(
@@ -47,65 +282,11 @@ def leaderboard(
     datasets: dict[int, str],
     reference_model_id: int,
     cells: list[Cell],
+    ranking: Ranking = "primary",
 ) -> dict:
-    """Rank models by the primary metric combined across the datasets that reported, as the
-    benchmark declared (``combine``: mean by default); mean, min, max and stdev stand beside it.
-
-    Tie-break: the model with more reporting datasets ranks first, then the lower model id
-    (registered earlier). A model missing a dataset is shown with ``None`` there and flagged
-    ``complete: false``; it is never filled in.
-    """
-    datasets = _unique_labels(datasets)
-    direction = {m.name: m.higher_is_better for m in metrics}
-    by_model: dict[int, dict[int, Cell]] = {}
-    for cell in cells:
-        by_model.setdefault(cell.model_id, {})[cell.dataset_id] = cell
-    dataset_ids = sorted(datasets)
-    rows = []
-    for model_id, per_dataset in by_model.items():
-        summary = {}
-        for metric in metrics:
-            reported = [c for c in per_dataset.values() if metric.name in c.metrics]
-            values = [c.metrics[metric.name] for c in reported]
-            summary[metric.name] = {
-                "value": combine(metric, values, [c.cases for c in reported]),
-                "mean": statistics.fmean(values) if values else None,
-                "min": min(values) if values else None,
-                "max": max(values) if values else None,
-                "stdev": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
-            }
-        rows.append(
-            {
-                "model_id": model_id,
-                "model": models.get(model_id, f"model {model_id}"),
-                "baseline": model_id == reference_model_id,
-                "per_dataset": {
-                    datasets[d]: (per_dataset[d].metrics.get(primary) if d in per_dataset else None)
-                    for d in dataset_ids
-                },
-                "metrics": summary,
-                "datasets_reported": len(per_dataset),
-                "complete": len(per_dataset) == len(dataset_ids),
-                "partial": any(c.partial for c in per_dataset.values()),
-            }
-        )
-    sign = -1.0 if direction.get(primary, True) else 1.0
-
-    def order(row: dict) -> tuple:
-        value = row["metrics"][primary]["value"]
-        return (value is None, sign * value if value is not None else 0.0, -row["datasets_reported"], row["model_id"])
-
-    rows.sort(key=order)
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    return {
-        "primary_metric": primary,
-        "higher_is_better": direction.get(primary, True),
-        "aggregate": next((m.aggregate for m in metrics if m.name == primary), "mean"),
-        "metrics": [m.name for m in metrics],
-        "datasets": [datasets[d] for d in dataset_ids],
-        "rows": rows,
-    }
+    """The whole board of ``cells``, computed from scratch."""
+    standings = Standings.of(metrics, primary, reference_model_id, (c for c in cells if c.dataset_id in datasets))
+    return board(standings, models, datasets, ranking=ranking)
 
 
 def _unique_labels(datasets: dict[int, str]) -> dict[int, str]:

@@ -2,31 +2,66 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.aggregator import domain, policy
-from services.aggregator.store import BenchmarkInfo, DatasetInfo, ModelInfo, Participant, Result
+from services.aggregator.boards import Boards
+from services.aggregator.store import (
+    BenchmarkInfo,
+    Clock,
+    ContainerInfo,
+    DatasetInfo,
+    ModelInfo,
+    Participant,
+    Result,
+)
 from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
 from shared.db import UnitOfWork
 from shared.events import (
     AssociationApproved,
     AssociationRejected,
     BenchmarkSubmitted,
+    ContainerRegistered,
     DatasetRegistered,
+    EntityEdited,
+    Event,
     ModelRegistered,
     ResultReported,
     SharingPolicy,
     SharingPolicyChanged,
     utcnow,
 )
-from shared.messaging import NotYet, PermanentFailure
+from shared.messaging import NotYet, PermanentFailure, decode_batch
+
+
+async def advance_clock(uow: UnitOfWork, *, meta: bool = False) -> int:
+    """Advance the clock once per transaction (holding its row lock until the commit); ``meta``:
+    this transaction changes more than results, so in-memory boards must load afresh."""
+    tick = uow.session.info.get("tick")
+    if tick is None:
+        advance = update(Clock).where(Clock.id == 1).values(tick=Clock.tick + 1).returning(Clock.tick)
+        tick = await uow.session.scalar(advance)
+        if tick is None:  # the first change this database sees
+            tick = 1
+            uow.session.add(Clock(id=1, tick=tick, meta_tick=tick))
+            await uow.session.flush()
+        uow.session.info["tick"] = tick
+    if meta and not uow.session.info.get("meta"):
+        await uow.session.execute(update(Clock).where(Clock.id == 1).values(meta_tick=tick))
+        uow.session.info["meta"] = True
+    return tick
 
 
 async def record_benchmark(event: BenchmarkSubmitted, uow: UnitOfWork) -> None:
     async with uow:
         if await uow.claim(event):
+            await advance_clock(uow, meta=True)
             uow.session.add(
                 BenchmarkInfo(
                     benchmark_id=event.benchmark_id,
@@ -35,14 +70,24 @@ async def record_benchmark(event: BenchmarkSubmitted, uow: UnitOfWork) -> None:
                     reference_model_id=event.reference_model_id,
                     metrics=[m.model_dump() for m in event.metrics],
                     primary_metric=event.primary_metric,
+                    metrics_container_id=event.metrics_container_id,
                 )
             )
+            await uow.commit()
+
+
+async def record_container(event: ContainerRegistered, uow: UnitOfWork) -> None:
+    async with uow:
+        if await uow.claim(event):
+            await advance_clock(uow, meta=True)
+            uow.session.add(ContainerInfo(container_id=event.container_id, image_digest=event.spec.image_digest))
             await uow.commit()
 
 
 async def record_model(event: ModelRegistered, uow: UnitOfWork) -> None:
     async with uow:
         if await uow.claim(event):
+            await advance_clock(uow, meta=True)
             uow.session.add(ModelInfo(model_id=event.model_id, name=event.name, owner=event.owner))
             await uow.commit()
 
@@ -50,41 +95,129 @@ async def record_model(event: ModelRegistered, uow: UnitOfWork) -> None:
 async def record_dataset(event: DatasetRegistered, uow: UnitOfWork) -> None:
     async with uow:
         if await uow.claim(event):
-            cases = event.statistics.get("cases")
+            await advance_clock(uow, meta=True)
             uow.session.add(
                 DatasetInfo(
                     dataset_id=event.dataset_id,
                     name=event.name,
                     site=event.site,
                     owner=event.owner,
-                    cases=int(cases) if isinstance(cases, int | float) else None,
+                    cases=_cases(event.statistics),
                 )
             )
             await uow.commit()
 
 
-async def record_result(event: ResultReported, uow: UnitOfWork) -> None:
+def _cases(statistics: dict) -> int | None:
+    cases = statistics.get("cases")
+    return int(cases) if isinstance(cases, int | float) else None
+
+
+#: The edited fields a board shows, per entity: (table, column, how the new value is stored).
+FOLLOWED_EDITS: dict[str, dict[str, tuple[type, str, Callable[[Any], Any]]]] = {
+    "benchmark": {
+        "name": (BenchmarkInfo, "name", str),
+        "reference_model_id": (BenchmarkInfo, "reference_model_id", int),
+        "metrics_container_id": (BenchmarkInfo, "metrics_container_id", int),
+        "metrics": (BenchmarkInfo, "metrics", list),
+        "primary_metric": (BenchmarkInfo, "primary_metric", str),
+    },
+    "container": {"spec": (ContainerInfo, "image_digest", lambda spec: spec["image_digest"])},
+    "model": {"name": (ModelInfo, "name", str)},
+    "dataset": {"name": (DatasetInfo, "name", str), "statistics": (DatasetInfo, "cases", _cases)},
+}
+
+
+async def record_edit(event: EntityEdited, uow: UnitOfWork) -> None:
+    """Follow the edits that change what a board shows: names, declared metrics, and the metrics
+    container (results scored by the old one turn stale)."""
+    followed = FOLLOWED_EDITS.get(event.entity, {})
     async with uow:
         if not await uow.claim(event):
             return
-        benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
+        for name, change in event.changes.items():
+            if name not in followed:
+                continue
+            table, column, convert = followed[name]
+            row = await uow.session.get(table, event.entity_id)
+            if row is not None:
+                setattr(row, column, convert(change.new))
+                await advance_clock(uow, meta=True)
+        await uow.commit()
+
+
+async def record_results(payloads: list[bytes], uow: UnitOfWork) -> dict[int, Exception]:
+    """A batch of results in one transaction; returns the refusals by position."""
+    decoded, refused = decode_batch(ResultReported, payloads)
+    async with uow:
+        rejected = await apply_results([event for _, event in decoded], uow)
+        await uow.commit()
+    refused.update({decoded[i][0]: error for i, error in rejected.items()})
+    return refused
+
+
+async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[int, Exception]:
+    """Results into the read model. Each is checked first and refused whole (by position in
+    ``events``) or written whole: never half-applied."""
+    tick = await advance_clock(uow)
+    wanted = {e.benchmark_id for e in events}
+    benchmarks = {
+        b.benchmark_id: b
+        for b in await uow.session.scalars(select(BenchmarkInfo).where(BenchmarkInfo.benchmark_id.in_(wanted)))
+    }
+    refused: dict[int, Exception] = {}
+    accepted: list[ResultReported] = []
+    for index, event in enumerate(events):
+        benchmark = benchmarks.get(event.benchmark_id)
         if benchmark is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.
-            raise NotYet(f"benchmark {event.benchmark_id} not known yet")
-        declared = [domain.Metric(**m) for m in benchmark.metrics]
-        if missing := domain.missing_metrics(declared, event.metrics):
-            raise PermanentFailure(f"result lacks the benchmark's declared metric(s) {', '.join(missing)}")
-        key = (event.benchmark_id, event.model_id, event.dataset_id)
-        row = await uow.session.get(Result, key)
-        if row is not None and row.reported_at >= event.occurred_at:
-            await uow.commit()  # an older result arriving late must not replace a newer one
-            return
-        if row is None:
-            row = Result(benchmark_id=event.benchmark_id, model_id=event.model_id, dataset_id=event.dataset_id)
-            uow.session.add(row)
-        row.site, row.metrics, row.partial = event.site, dict(event.metrics), event.partial
-        row.container_digests, row.dataset_hash = dict(event.container_digests), event.dataset_hash
-        row.event_id, row.reported_at = str(event.event_id), event.occurred_at
+            refused[index] = NotYet(f"benchmark {event.benchmark_id} not known yet")
+        elif missing := domain.missing_metrics([domain.Metric(**m) for m in benchmark.metrics], event.metrics):
+            refused[index] = PermanentFailure(f"result lacks the benchmark's declared metric(s) {', '.join(missing)}")
+        else:
+            accepted.append(event)
+    if accepted:
+        # Upserting the same event twice writes the same row, so redeliveries need no inbox check.
+        await uow.mark_handled(accepted)
+        await uow.session.execute(_upsert_result(uow.session.bind.dialect.name), [_row(e, tick) for e in accepted])
+    return refused
+
+
+def _row(event: ResultReported, tick: int) -> dict[str, Any]:
+    return {
+        "benchmark_id": event.benchmark_id,
+        "model_id": event.model_id,
+        "dataset_id": event.dataset_id,
+        "site": event.site,
+        "metrics": dict(event.metrics),
+        "container_digests": dict(event.container_digests),
+        "dataset_hash": event.dataset_hash,
+        "partial": event.partial,
+        "event_id": str(event.event_id),
+        "reported_at": event.occurred_at,
+        "revision": tick,
+    }
+
+
+@functools.cache
+def _upsert_result(dialect: str) -> Any:
+    """INSERT .. ON CONFLICT DO UPDATE, built once: a newer result replaces the row, an older one
+    arriving late does not."""
+    table = Result.__table__
+    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+    key = ("benchmark_id", "model_id", "dataset_id")
+    return statement.on_conflict_do_update(
+        index_elements=[table.c[k] for k in key],
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
+        where=table.c.reported_at < statement.excluded.reported_at,
+    )
+
+
+async def record_result(event: ResultReported, uow: UnitOfWork) -> None:
+    """A result on its own (the replay; live, results arrive in batches)."""
+    async with uow:
+        if refused := await apply_results([event], uow):
+            raise refused[0]
         await uow.commit()
 
 
@@ -93,6 +226,7 @@ async def record_association(event: AssociationApproved | AssociationRejected, u
     async with uow:
         if not await uow.claim(event):
             return
+        await advance_clock(uow, meta=True)
         key = (event.benchmark_id, event.kind, event.component_id)
         row = await uow.session.get(Participant, key)
         if isinstance(event, AssociationApproved) and row is None:
@@ -113,6 +247,7 @@ async def set_sharing_policy(cmd: SetSharingPolicy, uow: UnitOfWork) -> Outcome:
             return Outcome.refused(
                 "forbidden", "only the benchmark's committee (its owner) or an admin sets its policy"
             )
+        await advance_clock(uow, meta=True)
         old = SharingPolicy.model_validate(benchmark.policy)
         benchmark.policy = cmd.policy.model_dump(mode="json")
         uow.emit(SharingPolicyChanged(actor=cmd.actor, benchmark_id=cmd.benchmark_id, old=old, new=cmd.policy))
@@ -125,56 +260,42 @@ async def record_policy_change(event: SharingPolicyChanged, uow: UnitOfWork) -> 
     async with uow:
         benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
         if benchmark is not None:
+            await advance_clock(uow, meta=True)
             benchmark.policy = event.new.model_dump(mode="json")
             await uow.commit()
 
 
-async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork) -> Outcome:
+async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork, boards: Boards) -> Outcome:
     async with uow:
-        s = uow.session
-        benchmark = await s.get(BenchmarkInfo, query.benchmark_id)
-        if benchmark is None:
-            return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} has results here")
-        results = (await s.scalars(select(Result).where(Result.benchmark_id == query.benchmark_id))).all()
-        joined = (await s.scalars(select(Participant).where(Participant.benchmark_id == query.benchmark_id))).all()
-        model_ids = {r.model_id for r in results} | {benchmark.reference_model_id}
-        model_ids |= {p.component_id for p in joined if p.kind == "model"}
-        dataset_ids = {r.dataset_id for r in results} | {p.component_id for p in joined if p.kind == "dataset"}
-        models = (await s.scalars(select(ModelInfo).where(ModelInfo.model_id.in_(model_ids)))).all()
-        infos = (await s.scalars(select(DatasetInfo).where(DatasetInfo.dataset_id.in_(dataset_ids)))).all()
-        per_site = Counter(d.site for d in infos)
-        labels = {d.dataset_id: d.site if per_site[d.site] == 1 else f"{d.site}/{d.name}" for d in infos}
-        labels.update({d: f"dataset {d}" for d in dataset_ids - labels.keys()})
-        model_owners = {m.model_id: m.owner for m in models}
-        dataset_owners = {d.dataset_id: d.owner for d in infos}
-        cases = {d.dataset_id: d.cases for d in infos}
-        owners = {
-            model_owners.get(p.component_id) if p.kind == "model" else dataset_owners.get(p.component_id)
-            for p in joined
-        }
-        facts = policy.Facts(
-            owner=benchmark.owner,
-            metrics=[domain.Metric(**m) for m in benchmark.metrics],
-            primary=benchmark.primary_metric,
-            reference_model_id=benchmark.reference_model_id,
-            model_names={m.model_id: m.name for m in models},
-            model_owners=model_owners,
-            dataset_labels=labels,
-            dataset_owners=dataset_owners,
-            dataset_cases=cases,
-            participants=frozenset(o for o in owners if o),
-            cells=[
-                domain.Cell(r.model_id, r.dataset_id, r.metrics, r.partial, cases.get(r.dataset_id)) for r in results
-            ],
+        loaded = await boards.get(uow.session, query.benchmark_id)
+    if loaded is None:
+        return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} has results here")
+    try:
+        board = policy.view(
+            loaded.facts,
+            loaded.policy,
+            policy.Viewer(query.actor, query.is_admin),
+            utcnow(),
+            policy.Page(query.limit, query.offset),
         )
-        try:
-            board = policy.view(
-                facts,
-                SharingPolicy.model_validate(benchmark.policy),
-                policy.Viewer(query.actor, query.is_admin),
-                utcnow(),
-            )
-        except policy.NotShared as refusal:
-            return Outcome.refused("forbidden", str(refusal))
-        board.update(benchmark_id=benchmark.benchmark_id, benchmark=benchmark.name)
-        return Outcome.accepted(benchmark.benchmark_id, board)
+    except policy.NotShared as refusal:
+        return Outcome.refused("forbidden", str(refusal))
+    board.update(benchmark_id=query.benchmark_id, benchmark=loaded.name)
+    if loaded.metrics_digest is not None:
+        board["metrics_container_digest"] = loaded.metrics_digest
+    return Outcome.accepted(query.benchmark_id, board)
+
+
+#: How each event the aggregator reads becomes part of its read model; the live service subscribes
+#: these (results in batches), and a rebuild replays the history through the same functions.
+PROJECTIONS: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
+    BenchmarkSubmitted: record_benchmark,
+    ContainerRegistered: record_container,
+    ModelRegistered: record_model,
+    DatasetRegistered: record_dataset,
+    EntityEdited: record_edit,
+    AssociationApproved: record_association,
+    AssociationRejected: record_association,
+    ResultReported: record_result,
+    SharingPolicyChanged: record_policy_change,  # emitted here; only a replay needs to apply it
+}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from services.aggregator.domain import Cell, Metric, leaderboard
+from services.aggregator.domain import Standings, board
 from shared.events import SharingPolicy
 
 Scope = Literal["committee", "shared", "own", "none"]
@@ -34,38 +34,42 @@ class Facts:
     """What the aggregator knows of one benchmark, for the policy to decide on."""
 
     owner: str
-    metrics: list[Metric]
-    primary: str
-    reference_model_id: int
+    standings: Standings
     model_names: dict[int, str]
     model_owners: dict[int, str]
     dataset_labels: dict[int, str]
     dataset_owners: dict[int, str]
     dataset_cases: dict[int, int | None]
     participants: frozenset[str]  # owners of approved models and datasets
-    cells: list[Cell]
 
 
-def view(facts: Facts, policy: SharingPolicy, viewer: Viewer, now: datetime) -> dict:
+@dataclass(frozen=True)
+class Page:
+    limit: int | None = None
+    offset: int = 0
+
+
+def view(facts: Facts, policy: SharingPolicy, viewer: Viewer, now: datetime, page: Page = Page()) -> dict:
     """The board ``viewer`` may see, with ``scope`` saying why, and ``yours`` for their own results."""
     if viewer.is_admin or viewer.name == facts.owner:
-        return {"scope": "committee", **_board(facts, facts.cells, facts.dataset_labels), "policy": policy.model_dump()}
-    own = [
-        c
-        for c in facts.cells
-        if facts.model_owners.get(c.model_id) == viewer.name or facts.dataset_owners.get(c.dataset_id) == viewer.name
-    ]
-    yours = _board(facts, own, facts.dataset_labels) if own else None
+        labels = _reported(facts, facts.dataset_labels)
+        shown = board(facts.standings, facts.model_names, labels, ranking=policy.ranking, **vars(page))
+        return {"scope": "committee", **shown, "policy": policy.model_dump()}
+    yours = _yours(facts, viewer, policy)
     admitted = policy.visibility == "public" or (
         policy.visibility == "participants" and viewer.name in facts.participants
     )
     if admitted and policy.embargoed(now):
         until = f" until {policy.embargo_until.isoformat()}" if policy.embargo_until else ""
-        return {"scope": "own" if own else "none", "held": f"results are held{until} by the committee", "yours": yours}
+        return {
+            "scope": "own" if yours else "none",
+            "held": f"results are held{until} by the committee",
+            "yours": yours,
+        }
     if admitted:
-        return {"scope": "shared", **shared_board(facts, policy), "yours": yours}
-    if own or viewer.name in facts.participants:
-        return {"scope": "own" if own else "none", "yours": yours}
+        return {"scope": "shared", **shared_board(facts, policy, page), "yours": yours}
+    if yours or viewer.name in facts.participants:
+        return {"scope": "own" if yours else "none", "yours": yours}
     raise NotShared(policy.visibility)
 
 
@@ -75,34 +79,47 @@ class NotShared(Exception):
         super().__init__(f"this benchmark's committee shares its results with {who.get(visibility, visibility)}")
 
 
-def shared_board(facts: Facts, policy: SharingPolicy) -> dict:
+def _yours(facts: Facts, viewer: Viewer, policy: SharingPolicy) -> dict | None:
+    """The viewer's own models' results, and every result from the viewer's own datasets."""
+    models = [m for m, owner in facts.model_owners.items() if owner == viewer.name]
+    mine = [d for d, owner in facts.dataset_owners.items() if owner == viewer.name]
+    cells = facts.standings.cells
+    own = [cell for m in models for cell in cells.get(m, {}).values()]
+    own += [
+        per_dataset[d]
+        for m, per_dataset in cells.items()
+        if facts.model_owners.get(m) != viewer.name
+        for d in mine
+        if d in per_dataset
+    ]
+    if not own:
+        return None
+    standings = Standings.of(facts.standings.metrics, facts.standings.primary, facts.standings.reference_model_id, own)
+    return board(
+        standings, facts.model_names, _reported(facts, facts.dataset_labels, standings), ranking=policy.ranking
+    )
+
+
+def shared_board(facts: Facts, policy: SharingPolicy, page: Page = Page()) -> dict:
     """The board as the policy shapes it for everyone it admits."""
     large_enough = {
         d
         for d in facts.dataset_labels
         if policy.min_cases == 0 or (facts.dataset_cases.get(d) or 0) >= policy.min_cases
     }
-    cells = [c for c in facts.cells if c.dataset_id in large_enough]
     if policy.granularity == "matrix":
         labels = {d: facts.dataset_labels[d] for d in large_enough}
     else:  # anonymised: the order of registration, not the name, decides the letter
         labels = {d: site_letter(i) for i, d in enumerate(sorted(large_enough))}
-    board = _board(facts, cells, labels)
-    for row in board["rows"]:
-        if row["datasets_reported"] < policy.min_sites:
-            row["withheld"] = f"fewer than {policy.min_sites} sites have reported"
-            row["metrics"] = {name: dict.fromkeys(summary, None) for name, summary in row["metrics"].items()}
-            row["per_dataset"] = {}
-            row["rank"] = None
-    board["rows"].sort(key=lambda r: (r["rank"] is None, r["rank"] or 0))
-    ranked = [row for row in board["rows"] if row["rank"] is not None]
-    for rank, row in enumerate(ranked, start=1):  # withheld models leave no gaps in the ranking
-        row["rank"] = rank
-    if policy.granularity == "aggregate":
-        board["datasets"] = []
-        for row in board["rows"]:
-            row["per_dataset"] = {}
-    return board
+    return board(
+        facts.standings,
+        facts.model_names,
+        _reported(facts, labels),
+        ranking=policy.ranking,
+        min_sites=policy.min_sites,
+        per_dataset=policy.granularity != "aggregate",
+        **vars(page),
+    )
 
 
 def site_letter(index: int) -> str:
@@ -115,13 +132,7 @@ def site_letter(index: int) -> str:
     return f"Site {name}"
 
 
-def _board(facts: Facts, cells: list[Cell], labels: dict[int, str]) -> dict:
-    shown = {c.dataset_id for c in cells} & labels.keys()
-    return leaderboard(
-        facts.metrics,
-        facts.primary,
-        facts.model_names,
-        {d: labels[d] for d in shown},
-        facts.reference_model_id,
-        [c for c in cells if c.dataset_id in shown],
-    )
+def _reported(facts: Facts, labels: dict[int, str], standings: Standings | None = None) -> dict[int, str]:
+    """The labelled datasets that have at least one result: a column nobody filled is not shown."""
+    reported = (standings or facts.standings).reported_datasets
+    return {d: label for d, label in labels.items() if d in reported}

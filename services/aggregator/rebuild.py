@@ -9,9 +9,6 @@ handler has to wait for a fact that is still to come.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import nats
 from nats.js.errors import NotFoundError
 
@@ -19,14 +16,7 @@ from services.aggregator import handlers
 from services.aggregator.store import TABLES, Base
 from shared.db import Database, UnitOfWork
 from shared.events import (
-    AssociationApproved,
-    AssociationRejected,
-    BenchmarkSubmitted,
-    DatasetRegistered,
     Event,
-    ModelRegistered,
-    ResultReported,
-    SharingPolicyChanged,
     parse_event,
 )
 from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
@@ -57,22 +47,9 @@ async def rebuild(nats_url: str, database_url: str) -> int:
     return applied
 
 
-#: The live service's projection of each event it consumes (as wired in app.py), plus the policy
-#: changes it emits itself, which a replay must apply.
-REPLAY: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
-    BenchmarkSubmitted: handlers.record_benchmark,
-    ModelRegistered: handlers.record_model,
-    DatasetRegistered: handlers.record_dataset,
-    AssociationApproved: handlers.record_association,
-    AssociationRejected: handlers.record_association,
-    ResultReported: handlers.record_result,
-    SharingPolicyChanged: handlers.record_policy_change,
-}
-
-
 async def apply(event: Event, uow: UnitOfWork) -> bool:
     """One event from the history, through the live handler for its type; False if it is not ours."""
-    handler = REPLAY.get(type(event))
+    handler = handlers.PROJECTIONS.get(type(event))
     if handler is None:
         return False
     await handler(event, uow)

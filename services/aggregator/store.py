@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, MetaData, String
+from sqlalchemy import JSON, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UtcDateTime, messaging_tables
@@ -27,7 +27,28 @@ class BenchmarkInfo(Base):
     reference_model_id: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     primary_metric: Mapped[str] = mapped_column(String(64))
+    # Results scored by another metrics container than this one's current digest are stale.
+    metrics_container_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=lambda: SharingPolicy().model_dump(mode="json"))
+
+
+class Clock(Base):
+    """One row: ``tick`` advances with every transaction that changes what a board shows (results
+    carry the tick that wrote them); ``meta_tick`` is the last tick that changed anything else
+    (names, participants, policies, digests). A process's in-memory boards compare the two with
+    what they loaded: unchanged, a query reads nothing more; new results, only those are read.
+    The row is locked by each writer until its commit, so ticks become visible in order."""
+
+    __tablename__ = "aggregator_clock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tick: Mapped[int] = mapped_column(Integer)
+    meta_tick: Mapped[int] = mapped_column(Integer)
+
+
+class ContainerInfo(Base):
+    __tablename__ = "aggregator_containers"
+    container_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    image_digest: Mapped[str] = mapped_column(String(80))
 
 
 class ModelInfo(Base):
@@ -59,6 +80,7 @@ class Result(Base):
     """The latest result of one model on one dataset for one benchmark."""
 
     __tablename__ = "aggregator_results"
+    __table_args__ = (Index("aggregator_results_by_revision", "benchmark_id", "revision"),)
     benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     dataset_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -69,3 +91,4 @@ class Result(Base):
     partial: Mapped[bool] = mapped_column(default=False)
     event_id: Mapped[str] = mapped_column(String(36))
     reported_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revision: Mapped[int] = mapped_column(Integer)  # the clock's tick that wrote it

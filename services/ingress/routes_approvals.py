@@ -22,6 +22,8 @@ from services.ingress.gateway import (
     query_of,
 )
 from shared.commands import (
+    MAX_ID,
+    MAX_LEADERBOARD_ROWS,
     DecideAssociation,
     DecideBenchmark,
     GetEntity,
@@ -167,11 +169,20 @@ async def set_priority(
 )
 async def leaderboard(
     benchmark_id: BenchmarkId,
-    format: Annotated[Literal["json", "csv"], Query()] = "json",
+    format: Annotated[Literal["json", "csv"], Query(description="csv: every row, not one page")] = "json",
+    limit: Annotated[int, Query(ge=1, le=MAX_LEADERBOARD_ROWS, description="rows per page")] = MAX_LEADERBOARD_ROWS,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip, in rank order")] = 0,
     ctx: Context = Depends(authorized),
 ) -> Any:
-    board = (await ctx.ask(GetLeaderboard, benchmark_id=benchmark_id)).data
+    board = (await ctx.ask(GetLeaderboard, benchmark_id=benchmark_id, limit=limit, offset=offset)).data
     if format == "csv":
+        # A download is the whole table: ask for the following pages of the same board.
+        rows = board.get("rows")
+        while rows is not None and offset + len(rows) < board["total_rows"]:
+            more = (await ctx.ask(GetLeaderboard, benchmark_id=benchmark_id, offset=offset + len(rows))).data
+            if not more.get("rows"):
+                break
+            rows += more["rows"]
         return PlainTextResponse(leaderboard_csv(board), media_type="text/csv")
     return board
 
@@ -198,7 +209,8 @@ def leaderboard_csv(board: dict) -> str:
         return ""
     primary = board["primary_metric"]
     aggregate = board.get("aggregate", "mean")
-    writer.writerow(["rank", "model", "baseline", f"{aggregate}_{primary}", *board["datasets"], "complete"])
+    header = ["rank", "model", "baseline", f"{aggregate}_{primary}", *board["datasets"], "complete", "partial", "stale"]
+    writer.writerow(header)
     for row in board["rows"]:
         writer.writerow(
             [
@@ -208,6 +220,8 @@ def leaderboard_csv(board: dict) -> str:
                 row["metrics"][primary]["value"],
                 *(row["per_dataset"].get(d) for d in board["datasets"]),
                 row["complete"],
+                row["partial"],
+                row.get("stale", False),
             ]
         )
     return out.getvalue()

@@ -17,6 +17,7 @@ from waiting import eventually
 
 from cli.client import ApiError, Client
 from cli.stack import Stack
+from services.aggregator.boards import Boards
 from services.aggregator.handlers import get_leaderboard
 from services.aggregator.rebuild import rebuild
 from services.aggregator.store import TABLES
@@ -252,7 +253,7 @@ async def test_the_leaderboard_rebuilt_from_the_history_equals_the_live_one(tmp_
         try:
             for viewer in (("committee", False), ("modeler", False), ("stranger", False), ("root", True)):
                 query = GetLeaderboard(actor=viewer[0], is_admin=viewer[1], benchmark_id=fed.benchmark_id)
-                rebuilt = (await get_leaderboard(query, UnitOfWork(db, TABLES))).data
+                rebuilt = (await get_leaderboard(query, UnitOfWork(db, TABLES), Boards())).data
                 assert rebuilt == await fed.call(viewer[0] if viewer[0] != "root" else "admin", "get", url)
         finally:
             await db.dispose()

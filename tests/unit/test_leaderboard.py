@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 
 import pytest
 
-from services.aggregator.domain import Cell, Metric, leaderboard, missing_metrics
+from services.aggregator import domain
+from services.aggregator.domain import Cell, Metric, Standings, leaderboard, missing_metrics
 
 AUC = Metric("auc", higher_is_better=True)
 BRIER = Metric("brier", higher_is_better=False)
@@ -193,3 +195,85 @@ def test_the_declared_aggregate_decides_the_ranking() -> None:
     erratic = [Cell(2, 10, {"auc": 0.99}, False), Cell(2, 11, {"auc": 0.70}, False)]  # better mean, worse site
     board = leaderboard([metric], "auc", {1: "steady", 2: "erratic"}, {10: "a", 11: "b"}, 1, steady + erratic)
     assert [row["model"] for row in board["rows"]] == ["steady", "erratic"]
+
+
+# --- kept current cell by cell ------------------------------------------------------------------
+
+
+def test_standings_kept_current_equal_a_board_computed_from_scratch() -> None:
+    """Random results arrive one by one (some replacing earlier ones); after every step the
+    incrementally maintained board is the board computed afresh from the latest cells."""
+    rng = random.Random(5)
+    metrics = [AUC, BRIER, Metric("f1", aggregate="median"), Metric("sens", aggregate="min")]
+    live = Standings(metrics, "auc", 1)
+    latest: dict[tuple[int, int], Cell] = {}
+    for step in range(300):
+        model, dataset = rng.randint(1, 6), rng.choice(list(DATASETS))
+        values = {m.name: round(rng.random(), 2) for m in metrics if rng.random() > 0.1}
+        cell = Cell(model, dataset, values, rng.random() < 0.1, rng.choice([None, 10, 50]), stale=rng.random() < 0.1)
+        live.put(cell)
+        latest[(model, dataset)] = cell
+        if step % 7 == 0:
+            for ranking in ("primary", "mean_rank"):
+                incremental = domain.board(live, MODELS, DATASETS, ranking=ranking)
+                fresh = leaderboard(metrics, "auc", MODELS, DATASETS, 1, list(latest.values()), ranking=ranking)
+                assert incremental == fresh, f"step {step}, {ranking}"
+
+
+def test_a_cached_page_follows_new_results() -> None:
+    live = Standings([AUC], "auc", 1)
+    live.put(cell(1, 10, auc=0.5))
+    live.put(cell(2, 10, auc=0.6))
+    assert order(domain.board(live, MODELS, DATASETS)) == [2, 1]
+    live.put(cell(1, 10, auc=0.9))
+    assert order(domain.board(live, MODELS, DATASETS)) == [1, 2]
+
+
+def test_mean_rank_weighs_every_site_alike() -> None:
+    # Model 2 wins big at one easy site and loses narrowly at two others: first by mean AUC,
+    # second by mean rank.
+    cells = [
+        cell(1, 10, auc=0.61), cell(1, 20, auc=0.62), cell(1, 30, auc=0.60),
+        cell(2, 10, auc=0.99), cell(2, 20, auc=0.60), cell(2, 30, auc=0.59),
+    ]  # fmt: skip
+    assert order(leaderboard([AUC], "auc", MODELS, DATASETS, 1, cells)) == [2, 1]
+    by_rank = leaderboard([AUC], "auc", MODELS, DATASETS, 1, cells, ranking="mean_rank")
+    assert order(by_rank) == [1, 2]
+    assert row_of(by_rank, 1)["mean_rank"] == pytest.approx(4 / 3)
+    assert row_of(by_rank, 2)["mean_rank"] == pytest.approx(5 / 3)
+
+
+def test_mean_rank_ties_share_places_and_follow_the_written_tie_break() -> None:
+    cells = [
+        cell(3, 10, auc=0.8), cell(2, 10, auc=0.8), cell(4, 10, auc=0.8),  # tied for places 2-4: 3 each
+        cell(1, 10, auc=0.9),
+        cell(2, 20, auc=0.7),  # model 2 has more datasets than 3 and 4
+    ]  # fmt: skip
+    result = leaderboard([AUC], "auc", MODELS, DATASETS, 1, cells, ranking="mean_rank")
+    assert [row_of(result, m)["mean_rank"] for m in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
+    # 3 and 4: same mean rank, same datasets, same value: the older model (lower id) first.
+    assert order(result) == [1, 2, 3, 4]
+    assert [row["rank"] for row in result["rows"]] == [1, 2, 3, 4]
+
+
+def test_lower_is_better_in_mean_rank() -> None:
+    cells = [cell(1, 10, brier=0.3), cell(2, 10, brier=0.1)]
+    result = leaderboard([AUC, BRIER], "brier", MODELS, DATASETS, 1, cells, ranking="mean_rank")
+    assert order(result) == [2, 1]
+
+
+def test_stale_results_are_flagged_and_still_shown() -> None:
+    cells = [Cell(1, 10, {"auc": 0.9}, False, stale=True), Cell(2, 10, {"auc": 0.8}, False)]
+    result = leaderboard([AUC], "auc", MODELS, DATASETS, 1, cells)
+    assert [(row["model_id"], row["stale"]) for row in result["rows"]] == [(1, True), (2, False)]
+    assert row_of(result, 1)["per_dataset"]["site-a"] == 0.9
+
+
+def test_pages_keep_the_ranks_of_the_whole_board() -> None:
+    live = Standings.of([AUC], "auc", 1, [cell(m, 10, auc=m / 10) for m in (1, 2, 3, 4)])
+    first, second = (
+        domain.board(live, MODELS, DATASETS, limit=2),
+        domain.board(live, MODELS, DATASETS, limit=2, offset=2),
+    )
+    assert [(r["model_id"], r["rank"]) for r in first["rows"] + second["rows"]] == [(4, 1), (3, 2), (2, 3), (1, 4)]
+    assert first["total_rows"] == second["total_rows"] == 4

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cli.render import leaderboard_table
-from services.aggregator.domain import Cell, Metric
+from services.aggregator.domain import Cell, Metric, Standings
 from services.aggregator.policy import Facts, NotShared, Viewer, site_letter, view
 from shared.events import SharingPolicy
 
@@ -24,16 +24,13 @@ def facts() -> Facts:
     cells += [Cell(2, 10, {"auc": 0.99}, False)]  # bob's model, one site only
     return Facts(
         owner="committee",
-        metrics=[Metric("auc", True)],
-        primary="auc",
-        reference_model_id=9,
+        standings=Standings.of([Metric("auc", True)], "auc", 9, cells),
         model_names={9: "reference", 1: "alice-model", 2: "bob-model"},
         model_owners={9: "committee", 1: "alice", 2: "bob"},
         dataset_labels=dict(NAMES),
         dataset_owners={10: "h1", 11: "h2", 12: "h3"},
         dataset_cases={10: 100, 11: 5, 12: 50},
         participants=frozenset({"alice", "bob", "h1", "h2", "h3"}),
-        cells=cells,
     )
 
 

@@ -1,0 +1,264 @@
+"""Aggregator speed, against raw nats-py in the same run.
+
+1. Ingest: the aggregator (its own process, SQLite, as ``medperf serve aggregator``) is paused
+   with SIGSTOP while the bench publishes ``--models`` x ``--sites`` ResultReported events, then
+   resumed; results/s is counted from the consumer's first delivery until every result is
+   acknowledged (each one committed into the read model, the leaderboard current). Baseline:
+   a raw nats-py durable pull consumer draining the same messages (fetch 256, ack each).
+2. Leaderboard queries at that size, as the ingress asks them (NATS request/reply): the
+   committee's full board (first page), and a public viewer's aggregate board; p50/p99.
+3. Memory: the aggregator's resident set (now and peak) and its database file.
+
+Run: .venv/bin/python bench/aggregator.py [--models 1000] [--sites 200]
+Targets on a 2-core machine: >= 3,000 results/s and >= 1/3 of the raw rate; query p99 < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+from nats.js.api import ConsumerConfig
+
+from shared.broker import EmbeddedNats, ensure_streams
+from shared.commands import GetLeaderboard, SetSharingPolicy
+from shared.containers import HostedFile
+from shared.events import (
+    AssociationApproved,
+    BenchmarkSubmitted,
+    DatasetRegistered,
+    Event,
+    MetricSpec,
+    ModelRegistered,
+    ResultReported,
+    SharingPolicy,
+)
+
+COMMITTEE = "committee"
+METRICS = [
+    MetricSpec(name="auc"),
+    MetricSpec(name="f1", aggregate="median"),
+    MetricSpec(name="loss", higher_is_better=False),
+]
+DIGESTS = {"model": "sha256:" + "a" * 64, "metrics": "sha256:" + "b" * 64}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def publish_all(js: nats.js.JetStreamContext, events: list[Event], in_flight: int = 256) -> None:
+    queue = iter(events)
+
+    async def worker() -> None:
+        for event in queue:
+            await js.publish(
+                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            )
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
+def setup_events(models: int, sites: int) -> list[Event]:
+    events: list[Event] = [
+        BenchmarkSubmitted(
+            actor=COMMITTEE,
+            benchmark_id=1,
+            name="bench",
+            description="",
+            owner=COMMITTEE,
+            data_preparator_id=1,
+            reference_model_id=1,
+            metrics_container_id=2,
+            demo_dataset=HostedFile(source="https://example.org/demo.tgz", sha256="c" * 64),
+            metrics=METRICS,
+            primary_metric="auc",
+        )
+    ]
+    for m in range(1, models + 1):
+        events.append(
+            ModelRegistered(actor=f"owner{m}", model_id=m, name=f"model-{m}", owner=f"owner{m}", container_id=3)
+        )
+        events.append(
+            AssociationApproved(actor=COMMITTEE, association_id=m, benchmark_id=1, kind="model", component_id=m)
+        )
+    for d in range(1, sites + 1):
+        site = f"site-{d}"
+        events.append(
+            DatasetRegistered(
+                actor=site,
+                dataset_id=d,
+                name="data",
+                owner=site,
+                site=site,
+                data_preparator_id=1,
+                input_hash=f"i{d}",
+                prepared_hash=f"p{d}",
+                statistics={"cases": 100 + d},
+            )
+        )
+        events.append(
+            AssociationApproved(
+                actor=COMMITTEE, association_id=10_000 + d, benchmark_id=1, kind="dataset", component_id=d
+            )
+        )
+    return events
+
+
+def results(models: int, sites: int) -> list[ResultReported]:
+    rng = random.Random(7)
+    return [
+        ResultReported(
+            actor=f"site-{d}",
+            site=f"site-{d}",
+            benchmark_id=1,
+            model_id=m,
+            dataset_id=d,
+            metrics={"auc": rng.random(), "f1": rng.random(), "loss": rng.random()},
+            container_digests=DIGESTS,
+            dataset_hash=f"p{d}",
+        )
+        for m in range(1, models + 1)
+        for d in range(1, sites + 1)
+    ]
+
+
+async def drained(js: nats.js.JetStreamContext, durable: str) -> float:
+    """When the consumer has acknowledged everything on its subjects."""
+    while True:
+        info = await js.consumer_info("SITES", durable)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return time.perf_counter()
+        await asyncio.sleep(0.005)
+
+
+async def caught_up(js: nats.js.JetStreamContext, stream: str, durable: str) -> None:
+    while True:
+        try:
+            info = await js.consumer_info(stream, durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+        except nats.js.errors.NotFoundError:  # the service has not subscribed yet
+            pass
+        await asyncio.sleep(0.05)
+
+
+async def raw_drain(js: nats.js.JetStreamContext, expected: int) -> float:
+    sub = await js.pull_subscribe(
+        "medperf.site.*.result.reported", durable="bench-raw", config=ConsumerConfig(max_ack_pending=4096)
+    )
+    start = time.perf_counter()
+    seen = 0
+    while seen < expected:
+        for msg in await sub.fetch(batch=256, timeout=5):
+            await msg.ack()
+            seen += 1
+    return expected / (time.perf_counter() - start)
+
+
+async def ask(nc: nats.NATS, command: GetLeaderboard | SetSharingPolicy) -> dict:
+    reply = await nc.request(type(command).subject(), command.model_dump_json().encode(), timeout=30)
+    outcome = json.loads(reply.data)
+    assert outcome["ok"], outcome
+    return outcome["data"]
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+async def main(models: int, sites: int, queries: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="medperf-bench-aggregator-"))
+    with EmbeddedNats(workdir / "nats") as url:
+        await ensure_streams(url)
+        env = {**os.environ, "MEDPERF_NATS_URL": url, "MEDPERF_STATE_DIR": str(workdir / "state")}
+        service = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [sys.executable, "-m", "cli.main", "serve", "aggregator"], env=env, stderr=subprocess.DEVNULL
+        )
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        try:
+            await publish_all(js, setup_events(models, sites))
+            for _ in range(3000):  # the aggregator is up and knows the benchmark
+                try:
+                    await ask(nc, GetLeaderboard(actor=COMMITTEE, benchmark_id=1))
+                    break
+                except (AssertionError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.05)
+            for durable in ("aggregator-model-registered", "aggregator-dataset-registered"):
+                await caught_up(js, "REGISTRY", durable)
+            await caught_up(js, "APPROVALS", "aggregator-association-approved")
+
+            batch = results(models, sites)
+            service.send_signal(signal.SIGSTOP)
+            start = time.perf_counter()
+            await publish_all(js, batch)
+            published = len(batch) / (time.perf_counter() - start)
+            print(
+                f"published {len(batch):,} results at {published:,.0f}/s; the aggregator (pid {service.pid}) resumes",
+                flush=True,
+            )
+            resumed = time.perf_counter()
+            service.send_signal(signal.SIGCONT)
+            ours = len(batch) / (await drained(js, "aggregator-result-reported") - resumed)
+            raw = await raw_drain(js, len(batch))
+            print(f"results: {len(batch):,} ({models} models x {sites} sites)")
+            print(
+                f"ingest: {ours:,.0f} results/s into the leaderboard vs raw drain {raw:,.0f}/s: ratio {ours / raw:.2f}"
+            )
+
+            for name, actor, policy, limit in (
+                ("committee, full matrix", COMMITTEE, None, 100),
+                ("committee, full matrix", COMMITTEE, None, 20),
+                (
+                    "public viewer, aggregate",
+                    "stranger",
+                    SharingPolicy(visibility="public", granularity="aggregate"),
+                    100,
+                ),
+                ("public viewer, per site", "stranger", SharingPolicy(visibility="public", granularity="sites"), 100),
+            ):
+                if policy is not None:
+                    await ask(nc, SetSharingPolicy(actor=COMMITTEE, benchmark_id=1, policy=policy))
+                query = GetLeaderboard(actor=actor, benchmark_id=1, limit=limit)
+                board = await ask(nc, query)  # the first query after a change computes the page
+                took = []
+                for _ in range(queries):
+                    sent = time.perf_counter()
+                    await ask(nc, query)
+                    took.append((time.perf_counter() - sent) * 1000)
+                rows = len(board.get("rows", []))
+                print(
+                    f"query ({name}; a page of {rows} rows of {board.get('total_rows', rows)}): "
+                    f"p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms, max {max(took):.1f} ms"
+                )
+            now, peak = rss_kib(service.pid)
+            db = workdir / "state" / "aggregator.db"
+            size = db.stat().st_size / 2**20
+            print(f"memory: aggregator RSS {now / 1024:.0f} MiB (peak {peak / 1024:.0f} MiB); database {size:.0f} MiB")
+        finally:
+            await nc.close()
+            service.send_signal(signal.SIGCONT)
+            service.terminate()
+            service.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=1000)
+    parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    asyncio.run(main(args.models, args.sites, args.queries))
