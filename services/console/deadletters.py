@@ -32,8 +32,10 @@ async def list_letters(query: ListDeadLetters, js: JetStreamContext) -> Outcome:
     if not query.is_admin:
         return Outcome.refused("forbidden", ADMINS_ONLY)
     info = await js.stream_info(DEADLETTER.name)
-    letters = []
-    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+    letters: list[dict[str, Any]] = []
+    if info.state.messages == 0:  # an empty stream reports sequence 0, which cannot be read
+        return Outcome.accepted(data=letters)
+    for sequence in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
         if len(letters) >= query.limit:
             break
         letter = await _letter(js, sequence)
