@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,19 @@ class Client:
             if response.headers.get("content-type", "").startswith("application/json")
             else response.text
         )
+
+    def stream_lines(self, path: str, **params: Any) -> Iterator[str]:
+        """The lines of a long-lived response (server-sent events), as they arrive."""
+        query = {k: v for k, v in params.items() if v is not None}
+        with self._http.stream("GET", path, params=query, timeout=httpx.Timeout(30.0, read=None)) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    message = response.json().get("error", response.text)
+                except ValueError:
+                    message = response.text
+                raise ApiError(response.status_code, message)
+            yield from response.iter_lines()
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cli import console as console_commands
 from cli import site as site_commands
 from cli.client import ApiError, Client, save_credentials
 from cli.render import leaderboard_table
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "services",
         nargs="*",
-        default=["registry", "approvals", "aggregator", "ingress"],
-        choices=["registry", "approvals", "aggregator", "ingress"],
+        default=["registry", "approvals", "aggregator", "console", "ingress"],
+        choices=["registry", "approvals", "aggregator", "console", "ingress"],
     )
 
     commands.add_parser("agent", help="run a site's executor agent (configured by MEDPERF_SITE_* variables)")
@@ -78,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     site_commands.add_commands(commands)
+    console_commands.add_commands(commands)
 
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
-    docs.add_argument("service", choices=["registry", "approvals", "aggregator", "executor"])
+    docs.add_argument("service", choices=["registry", "approvals", "aggregator", "console", "executor"])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -150,6 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         applied = asyncio.run(rebuild(settings.nats_url, args.database_url))
         print(f"applied {applied} events; point the aggregator's MEDPERF_DATABASE_URL at {args.database_url}")
         return 0
+    if args.command == "console":
+        return console_commands.run(args, Client.from_credentials())
     if args.command in ("job", "result", "site"):
         return site_commands.run(args)
     if args.command == "asyncapi":

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from services.aggregator.app import create_service as create_aggregator
 from services.approvals.app import create_service as create_approvals
+from services.console.app import create_service as create_console
 from services.executor.app import create_agent
 from services.executor.runtime import ContainerRuntime
 from services.executor.settings import SiteSettings
@@ -20,13 +21,18 @@ from shared.settings import Settings
 
 log = logging.getLogger("medperf.stack")
 
-CENTRAL = {"registry": create_registry, "approvals": create_approvals, "aggregator": create_aggregator}
+CENTRAL = {
+    "registry": create_registry,
+    "approvals": create_approvals,
+    "aggregator": create_aggregator,
+    "console": create_console,
+}
 
 
 @dataclass
 class Stack:
     settings: Settings
-    services: tuple[str, ...] = ("registry", "approvals", "aggregator", "ingress")
+    services: tuple[str, ...] = ("registry", "approvals", "aggregator", "console", "ingress")
     sites: list[SiteSettings] = field(default_factory=list)
     runtime: ContainerRuntime | None = None
     hosts: dict[str, ServiceHost] = field(default_factory=dict)

@@ -401,6 +401,7 @@ class SiteHeartbeat(BaseModel):
     running: list[int] = Field(default_factory=list, description="ids of the jobs running now")
     queued: int = 0
     draining: bool = False
+    every: float | None = Field(default=None, description="seconds until the next one; the console's silence rule")
 
 
 AnyEvent = Annotated[

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamSource
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,8 @@ class Stream:
     description: str
     # -1: keep the whole history. 1: keep only the latest message per subject (a status board).
     max_msgs_per_subject: int = -1
+    # A stream with sources copies theirs (keeping each message's subject) instead of capturing subjects.
+    sources: tuple[str, ...] = ()
 
     def config(self) -> StreamConfig:
         # Limits retention with no age limit: the history is the system of record that read models
@@ -25,7 +27,8 @@ class Stream:
         return StreamConfig(
             max_msgs_per_subject=self.max_msgs_per_subject,
             name=self.name,
-            subjects=list(self.subjects),
+            subjects=list(self.subjects) or None,
+            sources=[StreamSource(name=source) for source in self.sources] or None,
             description=self.description,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -45,7 +48,16 @@ HEARTBEATS = Stream(
 )
 DEADLETTER = Stream("DEADLETTER", ("medperf.deadletter.>",), "messages a consumer could not handle, with the reason")
 
-ALL_STREAMS = (REGISTRY, APPROVALS, AGGREGATOR, SITES, HEARTBEATS, DEADLETTER)
+# The console's live feed: every event of the four event streams in one sequence, so "start from
+# sequence N" means one thing and a browser can resume where it left off. Nothing publishes to it.
+FEED = Stream(
+    "FEED",
+    (),
+    "every event of REGISTRY, APPROVALS, AGGREGATOR and SITES, in arrival order (for the console)",
+    sources=(REGISTRY.name, APPROVALS.name, AGGREGATOR.name, SITES.name),
+)
+
+ALL_STREAMS = (REGISTRY, APPROVALS, AGGREGATOR, SITES, HEARTBEATS, DEADLETTER, FEED)
 
 
 def heartbeat_subject(site: str) -> str:

@@ -337,6 +337,7 @@ class JobRunner:
             running=sorted(j.id for j in running),
             queued=queued,
             draining=bool(state and state.draining),
+            every=self.heartbeat_interval,
         )
         with contextlib.suppress(Exception):  # a missed heartbeat is harmless; the next one follows
             await self.broker.publish(

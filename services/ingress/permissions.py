@@ -163,6 +163,35 @@ PERMISSIONS: tuple[Rule, ...] = (
         "admins revoke any token; the registry decides whether a holder may revoke their own, so the "
         "ingress does not pre-check (the cell's token belongs to someone else)",
     ),
+    *(
+        Rule("GET", "/console", ANYONE, "the web console's page holds no data; it asks for a token and uses the API"),
+        Rule(
+            "GET",
+            "/console/events",
+            ADMIN,
+            "the whole event stream names every user, entity and site: admins only",
+            admin_only=True,
+        ),
+        Rule(
+            "GET",
+            "/console/pending",
+            AUTHENTICATED,
+            "each caller sees what waits on decisions they can see: pending benchmarks (all for admins, their "
+            "own otherwise), associations (all for admins, those involving them otherwise), held results (all "
+            "for admins, their own sites' otherwise)",
+        ),
+        Rule("GET", "/console/sites", ADMIN, "every site's agent and its state: admins only", admin_only=True),
+        Rule("GET", "/console/jobs", ADMIN, "every site's jobs, with failure logs: admins only", admin_only=True),
+        Rule("GET", "/console/dead-letters", ADMIN, "parked messages carry any payload: admins only", admin_only=True),
+        Rule(
+            "POST",
+            "/console/dead-letters/{sequence}/retry",
+            ADMIN,
+            "republishing a message is an operator's decision",
+            admin_only=True,
+        ),
+        Rule("DELETE", "/console/dead-letters/{sequence}", ADMIN, "discarding a message for good", admin_only=True),
+    ),
 )
 
 RULES: dict[tuple[str, str], Rule] = {(r.method, r.path): r for r in PERMISSIONS}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 import pytest_asyncio
 
@@ -25,7 +26,9 @@ from cli.stack import Stack
 from services.ingress.auth import token_digest
 from services.ingress.permissions import ENTITY_PATHS, PERMISSIONS, ROLES, Role, Rule
 from shared.broker import EmbeddedNats
+from shared.events import DeadLetter, JobCancelled
 from shared.settings import Settings
+from shared.streams import deadletter_subject
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -69,6 +72,7 @@ class World:
     clients: dict[str, httpx.AsyncClient]  # by user name, and "anonymous"
     ids: dict[str, int] = field(default_factory=dict)
     serial: itertools.count = field(default_factory=lambda: itertools.count(1))
+    nats_url: str = ""
 
     def as_role(self, role: Role) -> httpx.AsyncClient:
         return self.clients["anonymous" if role == "anonymous" else ACTING_USER[role]]
@@ -160,6 +164,23 @@ class World:
         ok(await send(self.user(initiator), "POST", f"/benchmarks/{self.ids['benchmark']}/associations", json=body))
         return kind, component
 
+    async def dead_letter(self) -> int:
+        """A fresh dead letter (as a consumer would park it), its message a harmless job event."""
+        event = JobCancelled(actor="perm", site="perm-site", job_id=next(self.serial), benchmark_id=1)
+        letter = DeadLetter(
+            service="console",
+            consumer="console-jobs",
+            subject=event.subject,
+            reason="permission test",
+            deliveries=5,
+            payload=event.model_dump_json(),
+        )
+        nc = await nats.connect(self.nats_url)
+        try:
+            return (await nc.jetstream().publish(deadletter_subject("console"), letter.model_dump_json().encode())).seq
+        finally:
+            await nc.close()
+
     async def token(self) -> int:
         issued = await send(self.user("admin"), "POST", "/users/holder/tokens", json={"label": self.unique("t")})
         return ok(issued, 201)["id"]
@@ -184,7 +205,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
                 u: httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {t}"}) for u, t in tokens.items()
             }
             clients["anonymous"] = httpx.AsyncClient(base_url=url)
-            world = World(clients)
+            world = World(clients, nats_url=stack.settings.nats_url or "")
             try:
                 await _populate(world)
                 yield world
@@ -342,6 +363,23 @@ async def _decide_benchmark(w: World, role: Role) -> Request:
 @builds("POST", "/users/{name}/tokens")
 async def _issue(w: World, role: Role) -> Request:
     return "/users/holder/tokens", {"json": {"label": w.unique("label")}}
+
+
+BUILDERS[("GET", "/console")] = _fixed("/console")
+# follow=false: the history (the last few events) and the end, so the cell's request completes.
+BUILDERS[("GET", "/console/events")] = _fixed("/console/events", params={"follow": "false", "last": 5})
+for _path in ("/console/pending", "/console/sites", "/console/jobs", "/console/dead-letters"):
+    BUILDERS[("GET", _path)] = _fixed(_path)
+
+
+@builds("POST", "/console/dead-letters/{sequence}/retry")
+async def _retry_letter(w: World, role: Role) -> Request:
+    return f"/console/dead-letters/{await w.dead_letter()}/retry", {}
+
+
+@builds("DELETE", "/console/dead-letters/{sequence}")
+async def _discard_letter(w: World, role: Role) -> Request:
+    return f"/console/dead-letters/{await w.dead_letter()}", {}
 
 
 @builds("DELETE", "/tokens/{token_id}")

@@ -137,6 +137,10 @@ def test_no_input_makes_the_api_answer_with_a_server_error(federation: LiveFeder
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 30, "the OpenAPI document lost its operations"
     for operation in operations:
+        if operation.path == "/console/events":
+            # An endless server-sent stream never finishes a request that waits for its end; its
+            # parameters and refusals are tested in test_console.py.
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @settings(

@@ -567,6 +567,12 @@ COMMAND_SUBJECTS = {
     commands.SetAutoApproval: "medperf.cmd.approvals.set_auto_approval",
     commands.SetPriority: "medperf.cmd.approvals.set_priority",
     commands.AuditTrail: "medperf.cmd.approvals.audit_trail",
+    commands.ListSites: "medperf.cmd.console.sites",
+    commands.ListJobs: "medperf.cmd.console.jobs",
+    commands.ListHeldResults: "medperf.cmd.console.held_results",
+    commands.ListDeadLetters: "medperf.cmd.console.dead_letters",
+    commands.RetryDeadLetter: "medperf.cmd.console.retry_dead_letter",
+    commands.DiscardDeadLetter: "medperf.cmd.console.discard_dead_letter",
 }
 
 
