@@ -48,16 +48,30 @@ def _stream_of(subject: str) -> JStream:
     raise ValueError(f"no stream captures {subject!r}")
 
 
-def consume(consumer: str, event_type: type[Event], *, ack_wait: float = 60.0) -> dict[str, Any]:
+def durable_name(consumer: str, event_type: type[Event]) -> str:
+    """The durable consumer ``consumer`` keeps for ``event_type`` (one token: no dots)."""
+    return f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}"
+
+
+def stream_name_of(subject: str) -> str:
+    return _stream_of(subject).name
+
+
+def consume(
+    consumer: str, event_type: type[Event], *, ack_wait: float = 60.0, user: str | None = None
+) -> dict[str, Any]:
     """Subscriber options for ``consumer``'s durable, explicitly acknowledged consumer of ``event_type``.
 
     ``consumer`` is the service (or ``site-<name>`` for an agent); the durable name adds the type.
+    ``user``: the NATS user, whose own inboxes receive the pulled messages (FastStream would use
+    ``_INBOX.`` whatever the connection's prefix, which a site's credentials do not allow).
     """
     subject = event_type.subscription()
-    return {
+    inbox = {"inbox_prefix": f"_INBOX.{user}.".encode()} if user else {}
+    return inbox | {
         "subject": subject,
         "stream": _stream_of(subject),
-        "durable": f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}",
+        "durable": durable_name(consumer, event_type),
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "config": ConsumerConfig(ack_wait=ack_wait, max_ack_pending=256),
         "ack_policy": AckPolicy.MANUAL,

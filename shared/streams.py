@@ -19,7 +19,7 @@ class Stream:
     # -1: keep the whole history. 1: keep only the latest message per subject (a status board).
     max_msgs_per_subject: int = -1
 
-    def config(self) -> StreamConfig:
+    def config(self, replicas: int = 1) -> StreamConfig:
         # Limits retention with no age limit: the history is the system of record that read models
         # (leaderboards, site projections) can be rebuilt from.
         return StreamConfig(
@@ -31,6 +31,8 @@ class Stream:
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
+            # On a cluster, 3 copies survive the loss of one node (JetStream needs a majority).
+            num_replicas=replicas,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from faststream.nats import NatsRouter
+from faststream.nats import NatsMessage, NatsRouter
 
 from services.aggregator import handlers
 from services.aggregator.store import TABLES, Base
@@ -38,8 +38,9 @@ def create_service(settings: Settings) -> ServiceHost:
         await handlers.record_dataset(event, host.uow())
 
     @router.subscriber(**consume(host.name, ResultReported))
-    async def on_result_reported(event: ResultReported) -> None:
-        await handlers.record_result(event, host.uow())
+    async def on_result_reported(event: ResultReported, msg: NatsMessage) -> None:
+        # The subject is what the broker checked against the publisher's credentials; the body is not.
+        await handlers.record_result(event, host.uow(), subject=msg.raw_message.subject)
 
     @router.subscriber(**consume(host.name, AssociationApproved))
     async def on_association_approved(event: AssociationApproved) -> None:

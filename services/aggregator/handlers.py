@@ -63,10 +63,17 @@ async def record_dataset(event: DatasetRegistered, uow: UnitOfWork) -> None:
             await uow.commit()
 
 
-async def record_result(event: ResultReported, uow: UnitOfWork) -> None:
+async def record_result(event: ResultReported, uow: UnitOfWork, subject: str | None = None) -> None:
+    """``subject``: where the event was published. A site's credentials allow it only its own
+    subjects, so a body naming another site is a forgery (or a bug) and is refused, never counted."""
+    if subject is not None and (claimed := domain.site_of_subject(subject)) != event.site:
+        raise PermanentFailure(f"result names site {event.site!r} but was published on {claimed!r}'s subject {subject}")
     async with uow:
         if not await uow.claim(event):
             return
+        dataset = await uow.session.get(DatasetInfo, event.dataset_id)
+        if dataset is not None and dataset.site != event.site:
+            raise PermanentFailure(f"dataset {event.dataset_id} belongs to site {dataset.site!r}, not {event.site!r}")
         benchmark = await uow.session.get(BenchmarkInfo, event.benchmark_id)
         if benchmark is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.

@@ -15,8 +15,9 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from services.aggregator import handlers
+from services.aggregator import domain, handlers
 from services.aggregator.store import TABLES, Base
+from shared.broker import connect_options
 from shared.db import Database, UnitOfWork
 from shared.events import (
     AssociationApproved,
@@ -34,12 +35,12 @@ from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
 ORDER = (REGISTRY, APPROVALS, AGGREGATOR, SITES)
 
 
-async def rebuild(nats_url: str, database_url: str) -> int:
+async def rebuild(nats_url: str, database_url: str, *, user: str | None = None, password: str | None = None) -> int:
     """Replay the history into the (empty) database at ``database_url``; returns events applied."""
     db = Database(database_url)
     await db.create_all(Base.metadata)
     applied = 0
-    nc = await nats.connect(nats_url, name="medperf-aggregator-rebuild")
+    nc = await nats.connect(name="medperf-aggregator-rebuild", **connect_options(nats_url, user, password))
     try:
         js = nc.jetstream()
         for stream in ORDER:
@@ -49,7 +50,10 @@ async def rebuild(nats_url: str, database_url: str) -> int:
                     message = await js.get_msg(stream.name, sequence)
                 except NotFoundError:  # deleted, or trimmed by a limit
                     continue
-                if await apply(parse_event(message.data or b""), UnitOfWork(db, TABLES)):
+                event = parse_event(message.data or b"")
+                if isinstance(event, ResultReported) and domain.site_of_subject(message.subject) != event.site:
+                    continue  # refused live for the same reason (handlers.record_result)
+                if await apply(event, UnitOfWork(db, TABLES)):
                     applied += 1
     finally:
         await nc.close()
