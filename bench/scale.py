@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -328,4 +329,6 @@ if __name__ == "__main__":
     parser.add_argument("--models", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
+    # A SIGTERM (e.g. from `timeout`) unwinds through the finally blocks, which stop the services.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     asyncio.run(main(args.sites, args.models, args.json))
