@@ -1,3 +1,5 @@
+# The central services' image: registry, approvals, aggregator and ingress (compose.yaml picks one
+# with `medperf serve <service>`). Built from this checkout; nothing else is fetched but PyPI wheels.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./

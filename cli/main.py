@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cli import console as console_commands
+from cli import nats as nats_commands
 from cli import site as site_commands
 from cli.client import ApiError, Client, save_credentials
 from cli.render import leaderboard_table
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     site_commands.add_commands(commands)
     console_commands.add_commands(commands)
+    nats_commands.add_commands(commands)
 
     docs = commands.add_parser("asyncapi", help="print the AsyncAPI document of a service, generated from its code")
     docs.add_argument("service", choices=["registry", "approvals", "aggregator", "console", "executor"])
@@ -149,13 +151,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not settings.nats_url:
             print("error: rebuilding reads the federation's history: set MEDPERF_NATS_URL", file=sys.stderr)
             return 2
-        applied = asyncio.run(rebuild(settings.nats_url, args.database_url))
+        applied = asyncio.run(
+            rebuild(settings.nats_url, args.database_url, user=settings.nats_user, password=settings.nats_password)
+        )
         print(f"applied {applied} events; point the aggregator's MEDPERF_DATABASE_URL at {args.database_url}")
         return 0
     if args.command == "console":
         return console_commands.run(args, Client.from_credentials())
     if args.command in ("job", "result", "site"):
         return site_commands.run(args)
+    if args.command == "nats":
+        return nats_commands.run(args)
     if args.command == "asyncapi":
         print(json.dumps(_asyncapi(args.service), indent=2))
         return 0

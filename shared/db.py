@@ -83,6 +83,10 @@ class Database:
 
     async def create_all(self, metadata: MetaData) -> None:
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas of a service start together on one database; without the lock two
+                # CREATE TABLEs of the same table race and one fails on PostgreSQL's catalog.
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7263)")
             await conn.run_sync(metadata.create_all)
 
     @contextlib.asynccontextmanager

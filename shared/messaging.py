@@ -49,20 +49,37 @@ def _stream_of(subject: str) -> JStream:
     raise ValueError(f"no stream captures {subject!r}")
 
 
+def durable_name(consumer: str, event_type: type[Event]) -> str:
+    """The durable consumer ``consumer`` keeps for ``event_type`` (one token: no dots)."""
+    return f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}"
+
+
+def stream_name_of(subject: str) -> str:
+    return _stream_of(subject).name
+
+
 def consume(
-    consumer: str, event_type: type[Event], *, ack_wait: float = 60.0, batch_size: int | None = None
+    consumer: str,
+    event_type: type[Event],
+    *,
+    ack_wait: float = 60.0,
+    batch_size: int | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
     """Subscriber options for ``consumer``'s durable, explicitly acknowledged consumer of ``event_type``.
 
     ``consumer`` is the service (or ``site-<name>`` for an agent); the durable name adds the type.
-    With ``batch_size`` the handler takes a list of raw payloads (``decode_batch``) and returns
-    the refusals by position; a batch is then one transaction instead of one per message.
+    With ``batch_size`` the handler takes a list of (subject, payload) pairs (``decode_batch``) and
+    returns the refusals by position; a batch is then one transaction instead of one per message.
+    ``user``: the NATS user, whose own inboxes receive the pulled messages (FastStream would use
+    ``_INBOX.`` whatever the connection's prefix, which a site's credentials do not allow).
     """
     subject = event_type.subscription()
-    options: dict[str, Any] = {
+    options: dict[str, Any] = {"inbox_prefix": f"_INBOX.{user}.".encode()} if user else {}
+    options |= {
         "subject": subject,
         "stream": _stream_of(subject),
-        "durable": f"{consumer}-{event_type.model_fields['type'].default.replace('.', '-')}",
+        "durable": durable_name(consumer, event_type),
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "config": ConsumerConfig(ack_wait=ack_wait, max_ack_pending=256),
         "ack_policy": AckPolicy.MANUAL,
@@ -76,17 +93,21 @@ def consume(
     return options
 
 
-async def _payloads(msg: Any) -> list[bytes]:
-    return [raw.data for raw in msg.raw_message]
+async def _payloads(msg: Any) -> list[tuple[str, bytes]]:
+    # The subject travels with each payload: it is what the broker checked against the
+    # publisher's credentials, where the body is only what the publisher wrote.
+    return [(raw.subject, raw.data) for raw in msg.raw_message]
 
 
-def decode_batch(event_type: type[E], payloads: list[bytes]) -> tuple[list[tuple[int, E]], dict[int, Exception]]:
-    """The events that decode, by position, and the errors of those that do not."""
-    decoded: list[tuple[int, E]] = []
+def decode_batch(
+    event_type: type[E], deliveries: list[tuple[str, bytes]]
+) -> tuple[list[tuple[int, str, E]], dict[int, Exception]]:
+    """The events that decode (position, subject, event), and the errors of those that do not."""
+    decoded: list[tuple[int, str, E]] = []
     malformed: dict[int, Exception] = {}
-    for index, payload in enumerate(payloads):
+    for index, (subject, payload) in enumerate(deliveries):
         try:
-            decoded.append((index, event_type.model_validate_json(payload)))
+            decoded.append((index, subject, event_type.model_validate_json(payload)))
         except ValidationError as exc:
             malformed[index] = exc
     return decoded, malformed

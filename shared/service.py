@@ -22,14 +22,30 @@ log = logging.getLogger("medperf.service")
 class ServiceHost:
     """Wires one service: ``start`` declares streams and tables, then starts consuming and relaying."""
 
-    def __init__(self, name: str, settings: Settings, metadata: MetaData, tables: MessagingTables) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        metadata: MetaData,
+        tables: MessagingTables,
+        *,
+        declare_streams: bool = True,
+    ) -> None:
         if not settings.nats_url:
             raise ValueError("ServiceHost needs settings.nats_url; the launcher starts an embedded server first")
         self.name = name
         self.settings = settings
         self.metadata = metadata
         self.db = Database(settings.database_url_for(name))
-        self.broker: NatsBroker = create_broker(settings.nats_url, name, settings.max_deliveries)
+        # A site agent with its own credentials may not manage streams; the central services declare them.
+        self.declare_streams = declare_streams
+        self.broker: NatsBroker = create_broker(
+            settings.nats_url,
+            name,
+            settings.max_deliveries,
+            user=settings.nats_user,
+            password=settings.nats_password,
+        )
         self.relay = OutboxRelay(self.db, tables, self.broker)
         self._tables = tables
         self._on_start: list[Callable[[], Awaitable[None]]] = []
@@ -65,7 +81,9 @@ class ServiceHost:
 
     async def start(self) -> None:
         assert self.settings.nats_url
-        await ensure_streams(self.settings.nats_url)
+        if self.declare_streams:
+            s = self.settings
+            await ensure_streams(s.nats_url, s.nats_replicas, user=s.nats_user, password=s.nats_password)
         await self.db.create_all(self.metadata)
         await self.broker.start()
         self.relay.start()

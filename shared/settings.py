@@ -12,7 +12,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDPERF_", extra="ignore")
 
     nats_url: str | None = Field(
-        default=None, description="NATS server URL; empty means: start an embedded nats-server with JetStream"
+        default=None,
+        description="NATS server URL, or several separated by commas (every node of a cluster, so a client "
+        "fails over); empty means: start an embedded nats-server with JetStream",
+    )
+    nats_user: str | None = Field(default=None, description="this process's NATS user (see `medperf nats`)")
+    nats_password: str | None = Field(default=None, description="the NATS user's password")
+    nats_replicas: int = Field(
+        default=1, ge=1, le=5, description="copies JetStream keeps of each stream: 3 on a three-node cluster"
     )
     database_url: str | None = Field(
         default=None,

@@ -21,7 +21,7 @@ class Stream:
     # A stream with sources copies theirs (keeping each message's subject) instead of capturing subjects.
     sources: tuple[str, ...] = ()
 
-    def config(self) -> StreamConfig:
+    def config(self, replicas: int = 1) -> StreamConfig:
         # Limits retention with no age limit: the history is the system of record that read models
         # (leaderboards, site projections) can be rebuilt from.
         return StreamConfig(
@@ -34,6 +34,8 @@ class Stream:
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
+            # On a cluster, 3 copies survive the loss of one node (JetStream needs a majority).
+            num_replicas=replicas,
         )
 
 

@@ -27,8 +27,8 @@ def create_service(settings: Settings) -> ServiceHost:
     boards = Boards()
 
     @router.subscriber(**consume(host.name, ResultReported, batch_size=RESULT_BATCH))
-    async def on_results_reported(payloads: list[bytes]) -> dict[int, Exception]:
-        return await handlers.record_results(payloads, host.uow())
+    async def on_results_reported(deliveries: list[tuple[str, bytes]]) -> dict[int, Exception]:
+        return await handlers.record_results(deliveries, host.uow())
 
     for event_type, project in handlers.PROJECTIONS.items():
         if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers

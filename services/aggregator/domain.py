@@ -296,3 +296,9 @@ def _unique_labels(datasets: dict[int, str]) -> dict[int, str]:
     for label in datasets.values():
         counts[label] = counts.get(label, 0) + 1
     return {d: label if counts[label] == 1 else f"{label} #{d}" for d, label in datasets.items()}
+
+
+def site_of_subject(subject: str) -> str | None:
+    """The site token of ``medperf.site.<site>.…``; None for any other subject."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["medperf", "site"] else None

@@ -146,13 +146,24 @@ async def record_edit(event: EntityEdited, uow: UnitOfWork) -> None:
         await uow.commit()
 
 
-async def record_results(payloads: list[bytes], uow: UnitOfWork) -> dict[int, Exception]:
-    """A batch of results in one transaction; returns the refusals by position."""
-    decoded, refused = decode_batch(ResultReported, payloads)
+async def record_results(deliveries: list[tuple[str, bytes]], uow: UnitOfWork) -> dict[int, Exception]:
+    """A batch of (subject, payload) results in one transaction; returns the refusals by position.
+
+    A site's credentials allow it only its own subjects, so a body naming another site than its
+    subject is a forgery (or a bug) and is refused, never counted."""
+    decoded, refused = decode_batch(ResultReported, deliveries)
+    genuine: list[tuple[int, ResultReported]] = []
+    for index, subject, event in decoded:
+        if (claimed := domain.site_of_subject(subject)) != event.site:
+            refused[index] = PermanentFailure(
+                f"result names site {event.site!r} but was published on {claimed!r}'s subject {subject}"
+            )
+        else:
+            genuine.append((index, event))
     async with uow:
-        rejected = await apply_results([event for _, event in decoded], uow)
+        rejected = await apply_results([event for _, event in genuine], uow)
         await uow.commit()
-    refused.update({decoded[i][0]: error for i, error in rejected.items()})
+    refused.update({genuine[i][0]: error for i, error in rejected.items()})
     return refused
 
 
@@ -165,11 +176,25 @@ async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[i
         b.benchmark_id: b
         for b in await uow.session.scalars(select(BenchmarkInfo).where(BenchmarkInfo.benchmark_id.in_(wanted)))
     }
+    sites = dict(
+        (
+            await uow.session.execute(
+                select(DatasetInfo.dataset_id, DatasetInfo.site).where(
+                    DatasetInfo.dataset_id.in_({e.dataset_id for e in events})
+                )
+            )
+        ).all()
+    )
     refused: dict[int, Exception] = {}
     accepted: list[ResultReported] = []
     for index, event in enumerate(events):
         benchmark = benchmarks.get(event.benchmark_id)
-        if benchmark is None:
+        site = sites.get(event.dataset_id, event.site)
+        if site != event.site:
+            refused[index] = PermanentFailure(
+                f"dataset {event.dataset_id} belongs to site {site!r}, not {event.site!r}"
+            )
+        elif benchmark is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.
             refused[index] = NotYet(f"benchmark {event.benchmark_id} not known yet")
         elif missing := domain.missing_metrics([domain.Metric(**m) for m in benchmark.metrics], event.metrics):

@@ -12,24 +12,23 @@ from __future__ import annotations
 import nats
 from nats.js.errors import NotFoundError
 
-from services.aggregator import handlers
+from services.aggregator import domain, handlers
 from services.aggregator.store import TABLES, Base
+from shared.broker import connect_options
 from shared.db import Database, UnitOfWork
-from shared.events import (
-    Event,
-    parse_event,
-)
+from shared.events import Event, ResultReported, parse_event
+from shared.messaging import PermanentFailure
 from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
 
 ORDER = (REGISTRY, APPROVALS, AGGREGATOR, SITES)
 
 
-async def rebuild(nats_url: str, database_url: str) -> int:
+async def rebuild(nats_url: str, database_url: str, *, user: str | None = None, password: str | None = None) -> int:
     """Replay the history into the (empty) database at ``database_url``; returns events applied."""
     db = Database(database_url)
     await db.create_all(Base.metadata)
     applied = 0
-    nc = await nats.connect(nats_url, name="medperf-aggregator-rebuild")
+    nc = await nats.connect(name="medperf-aggregator-rebuild", **connect_options(nats_url, user, password))
     try:
         js = nc.jetstream()
         for stream in ORDER:
@@ -39,7 +38,10 @@ async def rebuild(nats_url: str, database_url: str) -> int:
                     message = await js.get_msg(stream.name, sequence)
                 except NotFoundError:  # deleted, or trimmed by a limit
                     continue
-                if await apply(parse_event(message.data or b""), UnitOfWork(db, TABLES)):
+                event = parse_event(message.data or b"")
+                if isinstance(event, ResultReported) and domain.site_of_subject(message.subject) != event.site:
+                    continue  # refused live for the same reason (handlers.record_results)
+                if await apply(event, UnitOfWork(db, TABLES)):
                     applied += 1
     finally:
         await nc.close()
@@ -52,5 +54,8 @@ async def apply(event: Event, uow: UnitOfWork) -> bool:
     handler = handlers.PROJECTIONS.get(type(event))
     if handler is None:
         return False
-    await handler(event, uow)
+    try:
+        await handler(event, uow)
+    except PermanentFailure:  # refused live too (dead-lettered), so it is no part of the boards
+        return False
     return True

@@ -33,7 +33,11 @@ JOB_ACK_WAIT = 3600.0
 def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRuntime | None = None) -> ServiceHost:
     # The site's database is its own, never the federation's.
     site_settings = settings.model_copy(update={"database_url": site.database()})
-    host = ServiceHost(f"site-{site.name}", site_settings, Base.metadata, TABLES)
+    # With credentials of its own the agent joins a federation whose streams exist; a site's user
+    # may not create or change streams (shared/nats_config.py).
+    host = ServiceHost(
+        f"site-{site.name}", site_settings, Base.metadata, TABLES, declare_streams=not settings.nats_user
+    )
     workflow = Workflow(
         runtime, AssetCache(site.work_dir / "cache", config_dir=settings.state_dir), site.work_dir, site.task_timeout
     )
@@ -48,15 +52,15 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     host.on_stop(agent.runner.stop)
     router = NatsRouter()
 
-    @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT))
+    @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
     async def on_benchmark_approved(event: BenchmarkApproved) -> None:
         await agent.on_benchmark_approved(event)
 
-    @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=JOB_ACK_WAIT))
+    @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
     async def on_association_approved(event: AssociationApproved) -> None:
         await agent.on_association_approved(event)
 
-    @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=JOB_ACK_WAIT))
+    @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
     async def on_association_requested(event: AssociationRequested) -> None:
         await agent.on_association_requested(event)
 

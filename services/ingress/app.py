@@ -73,7 +73,9 @@ class Ingress:
     def __init__(self, settings: Settings) -> None:
         assert settings.nats_url
         self.settings = settings
-        self.broker = create_broker(settings.nats_url, "ingress")
+        self.broker = create_broker(
+            settings.nats_url, "ingress", user=settings.nats_user, password=settings.nats_password
+        )
 
         async def ask(command: Command) -> Outcome:
             return await ask_service(self.broker, command, settings.request_timeout)

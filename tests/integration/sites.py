@@ -103,9 +103,9 @@ class Federation:
         finally:
             await nc.close()
 
-    async def join(self) -> None:
-        """Committee registers and submits, admin approves, the site prepares and asks to join,
-        the committee approves the dataset."""
+    async def join(self, sites: int = 1) -> None:
+        """Committee registers and submits, admin approves, the site (each of ``sites``) prepares and
+        asks to join, the committee approves the dataset(s)."""
         committee = "committee"
         prep = await self.call(
             committee, "post", "/containers", {"name": "prep", "spec": preparator(self.image), "state": "OPERATION"}
@@ -143,9 +143,14 @@ class Federation:
         async def pending() -> list[dict]:
             return await self.call(committee, "associations", self.benchmark_id, kind="dataset", status="PENDING")
 
-        await eventually(pending, "the site to prepare its data and ask to join", timeout=60)
-        dataset = (await pending())[0]["component_id"]
-        await self.call(committee, "decide_association", self.benchmark_id, "dataset", dataset, approve=True)
+        async def all_pending() -> bool:
+            return len(await pending()) >= sites
+
+        await eventually(all_pending, f"{sites} site(s) to prepare their data and ask to join", timeout=60)
+        for request in await pending():
+            await self.call(
+                committee, "decide_association", self.benchmark_id, "dataset", request["component_id"], approve=True
+            )
 
     async def add_model(self, name: str, script: str) -> int:
         container = (
