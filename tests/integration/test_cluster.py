@@ -83,6 +83,8 @@ async def site_events(url: str, password: str) -> list[tuple[str, dict]]:
         js = nc.jetstream()
         found = []
         for stream in ALL_STREAMS:
+            if stream.sources:  # a copy of other streams (the console's FEED): each event is there again
+                continue
             info = await js.stream_info(stream.name)
             if info.state.messages:
                 for sequence in range(info.state.first_seq, info.state.last_seq + 1):

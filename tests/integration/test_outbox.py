@@ -276,6 +276,7 @@ async def test_timestamps_come_back_timezone_aware(tmp_path: Path) -> None:
                 dataset_hash="h",
                 event_id="e",
                 reported_at=written,
+                revision=1,
             )
         )
         await session.commit()
