@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.executor import operations
-from services.executor.settings import SiteSettings
-from services.executor.store import TABLES, Base, Job
-from shared.db import Database, UnitOfWork
+if TYPE_CHECKING:
+    from services.executor.settings import SiteSettings
+    from services.executor.store import Job
 
 
 def add_commands(commands: Any) -> None:
@@ -35,10 +34,18 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: every `medperf` command builds this parser, and the agent's
+    # modules (Docker SDK, the runner) would add a second to each one's start.
+    from services.executor.settings import SiteSettings
+
     return asyncio.run(_run(args, SiteSettings()))  # type: ignore[call-arg]
 
 
 async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
+    from services.executor import operations
+    from services.executor.store import TABLES, Base
+    from shared.db import Database, UnitOfWork
+
     db = Database(site.database())
     await db.create_all(Base.metadata)
 
