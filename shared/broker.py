@@ -16,7 +16,7 @@ import nats
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js.errors import BadRequestError
 
-from shared.messaging import DeadLetters, QuietFetchTimeouts
+from shared.messaging import DeadLetters
 from shared.streams import ALL_STREAMS
 
 log = logging.getLogger("medperf.broker")
@@ -127,7 +127,6 @@ def create_broker(
 ) -> NatsBroker:
     dead_letters = DeadLetters(service, max_deliveries)
     logger = logging.getLogger(f"medperf.{service}")
-    logger.addFilter(QuietFetchTimeouts())
     options = connect_options(url, user, password)
     if user:  # FastStream takes the credentials as a security object (its user= argument is deprecated)
         options["security"] = NatsUserPassword(options.pop("user"), options.pop("password"))

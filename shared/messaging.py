@@ -17,9 +17,11 @@ import json
 import logging
 from typing import Any, TypeVar
 
+import nats.errors
 from faststream import AckPolicy
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from shared.commands import Outcome
@@ -223,14 +225,29 @@ async def _answer_command(call_next: Any, msg: Any) -> Any:
         return Outcome.refused("unavailable", "the service failed while handling this request; see its log")
 
 
-class QuietFetchTimeouts(logging.Filter):
-    """nats-py can raise a bare ``asyncio.TimeoutError`` from an idle pull ``fetch`` that FastStream
-    0.7.8 does not suppress (it catches only ``nats.errors.TimeoutError``); FastStream's supervisor
-    restarts the fetch loop, so the traceback it logs is noise, not a failure."""
+def _fetch_timeouts_as_nats_errors() -> None:
+    """nats-py's ``fetch`` can raise a bare ``asyncio.TimeoutError`` when its deadline runs out
+    (where it documents ``nats.errors.TimeoutError``, a subclass), and FastStream 0.7.8's pull
+    loops catch only the subclass. The escape restarts the loop, and the batch loop then drops the
+    messages it had already pulled: unacknowledged, they came back only after the ack wait (60 s).
+    Translating the error at its source keeps both loops on their normal path."""
+    original = JetStreamContext.PullSubscription.fetch
+    if getattr(original, "translates_timeouts", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, TimeoutError) and "raised an exception, retrying" in record.getMessage())
+    async def fetch(self: JetStreamContext.PullSubscription, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+
+    fetch.translates_timeouts = True  # type: ignore[attr-defined]
+    JetStreamContext.PullSubscription.fetch = fetch  # type: ignore[method-assign]
+
+
+_fetch_timeouts_as_nats_errors()
 
 
 def _is_jetstream(raw: Any) -> bool:

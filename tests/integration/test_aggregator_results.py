@@ -6,6 +6,7 @@ stale."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -244,3 +245,22 @@ async def _count(aggregator: ServiceHost, n: int) -> bool:
         return len(cells(await board(aggregator))) == n
     except AssertionError:
         return False
+
+
+async def test_results_that_trickle_in_are_all_applied_without_waiting_for_redelivery(
+    aggregator: ServiceHost, js: JetStreamContext
+) -> None:
+    """A lone result waits for no batch to fill, and none is dropped by the pull loop between
+    fetches (they would only come back after the 60 s ack wait)."""
+    await setup(js)
+    for i in range(120):
+        await publish(js, result(1 + i % 2, 10 + i % 3, i / 1000))
+        await asyncio.sleep(0.005)
+
+    async def settled() -> bool:
+        info = await js.consumer_info("SITES", "aggregator-result-reported")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled, "every trickled result acknowledged", timeout=20)
+    assert (await js.consumer_info("SITES", "aggregator-result-reported")).num_redelivered == 0
+    assert len(cells(await board(aggregator))) == 6
