@@ -37,11 +37,14 @@ SITE_CONSUMES: tuple[type[Event], ...] = (BenchmarkApproved, AssociationApproved
 SITE_ASKS: tuple[type[Command], ...] = (GetEntity, RegisterDataset, ListAssociations, RequestAssociation)
 
 #: The central services and the event subjects each may publish (the streams each one owns).
-CENTRAL = ("registry", "approvals", "aggregator", "ingress")
+CENTRAL = ("registry", "approvals", "aggregator", "console", "ingress")
 OWNED_SUBJECTS = {
     "registry": "medperf.registry.>",
     "approvals": "medperf.approvals.>",
     "aggregator": "medperf.aggregator.>",
+    # An admin retrying a dead letter has the console republish it on its original subject, which
+    # may be any stream's: the console is trusted like the admins who steer it.
+    "console": "medperf.>",
 }
 
 Role = Literal["site", "service", "operator"]

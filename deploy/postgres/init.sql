@@ -2,3 +2,4 @@
 CREATE DATABASE registry;
 CREATE DATABASE approvals;
 CREATE DATABASE aggregator;
+CREATE DATABASE console;
