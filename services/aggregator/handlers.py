@@ -199,12 +199,12 @@ async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[i
             # Handled before (a redelivery, or a replay re-signed under the same id): no effect.
             continue
         seen.add(str(event.event_id))
-        if (distrust := trust.verdict(event, keys.get(event.key_id or ""))) is not None:
-            refused[index] = distrust
-        elif site != event.site:
+        if site != event.site:  # whatever its signature: a site's key vouches for its own datasets only
             refused[index] = PermanentFailure(
                 f"dataset {event.dataset_id} belongs to site {site!r}, not {event.site!r}"
             )
+        elif (distrust := trust.verdict(event, keys.get(event.key_id or ""))) is not None:
+            refused[index] = distrust
         elif benchmark is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.
             refused[index] = NotYet(f"benchmark {event.benchmark_id} not known yet")
