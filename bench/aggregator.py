@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -42,7 +43,9 @@ from shared.events import (
     ModelRegistered,
     ResultReported,
     SharingPolicy,
+    SiteKeyRegistered,
 )
+from shared.signing import SiteKey
 
 COMMITTEE = "committee"
 METRICS = [
@@ -113,21 +116,33 @@ def setup_events(models: int, sites: int) -> list[Event]:
                 actor=COMMITTEE, association_id=10_000 + d, benchmark_id=1, kind="dataset", component_id=d
             )
         )
+        key = site_key(d)
+        events.append(
+            SiteKeyRegistered(actor=site, site=site, key_id=key.key_id, public_key=key.public_key, owner=site)
+        )
     return events
+
+
+@functools.cache
+def site_key(dataset: int) -> SiteKey:
+    """Each simulated site signs its results, as an agent does: verification is part of the cost."""
+    return SiteKey.generate()
 
 
 def results(models: int, sites: int) -> list[ResultReported]:
     rng = random.Random(7)
     return [
-        ResultReported(
-            actor=f"site-{d}",
-            site=f"site-{d}",
-            benchmark_id=1,
-            model_id=m,
-            dataset_id=d,
-            metrics={"auc": rng.random(), "f1": rng.random(), "loss": rng.random()},
-            container_digests=DIGESTS,
-            dataset_hash=f"p{d}",
+        site_key(d).sign_result(
+            ResultReported(
+                actor=f"site-{d}",
+                site=f"site-{d}",
+                benchmark_id=1,
+                model_id=m,
+                dataset_id=d,
+                metrics={"auc": rng.random(), "f1": rng.random(), "loss": rng.random()},
+                container_digests=DIGESTS,
+                dataset_hash=f"p{d}",
+            )
         )
         for m in range(1, models + 1)
         for d in range(1, sites + 1)

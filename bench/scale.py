@@ -44,10 +44,12 @@ from shared.commands import (
     RegisterContainer,
     RegisterDataset,
     RegisterModel,
+    RegisterSiteKey,
     RequestAssociation,
     SubmitBenchmark,
 )
 from shared.events import AssociationApproved, ResultReported
+from shared.signing import SiteKey
 from shared.streams import ALL_STREAMS
 
 SERVICES = ("registry", "approvals", "aggregator")
@@ -115,9 +117,13 @@ class SimulatedSites:
         self.dataset_ids = dataset_ids
         self.started: dict[int, list[float]] = defaultdict(list)
         self.tasks: list[asyncio.Task[None]] = []
+        # Each site signs its results and registers its key, as an agent does at start.
+        self.keys = {site: SiteKey.generate() for site in self.sites}
 
     async def start(self) -> None:
         for site, dataset_id in zip(self.sites, self.dataset_ids, strict=True):
+            key = RegisterSiteKey(actor=f"owner-{site}", site=site, public_key=self.keys[site].public_key)
+            await ask(self.nc, key)
             durable = f"site-{site}-association-approved"
             sub = await self.js.pull_subscribe(
                 AssociationApproved.subscription(),
@@ -137,15 +143,17 @@ class SimulatedSites:
                 event = AssociationApproved.model_validate_json(message.data)
                 if event.kind == "model":
                     self.started[event.component_id].append(time.monotonic())
-                    result = ResultReported(
-                        site=site,
-                        actor=f"owner-{site}",
-                        benchmark_id=event.benchmark_id,
-                        model_id=event.component_id,
-                        dataset_id=dataset_id,
-                        metrics={"auc": random.random()},
-                        container_digests={"model": DIGEST, "metrics": DIGEST},
-                        dataset_hash="cd" * 32,
+                    result = self.keys[site].sign_result(
+                        ResultReported(
+                            site=site,
+                            actor=f"owner-{site}",
+                            benchmark_id=event.benchmark_id,
+                            model_id=event.component_id,
+                            dataset_id=dataset_id,
+                            metrics={"auc": random.random()},
+                            container_digests={"model": DIGEST, "metrics": DIGEST},
+                            dataset_hash="cd" * 32,
+                        )
                     )
                     await self.js.publish(
                         result.subject, result.model_dump_json().encode(), headers={"Nats-Msg-Id": str(result.event_id)}

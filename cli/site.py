@@ -31,6 +31,17 @@ def add_commands(commands: Any) -> None:
     site = commands.add_parser("site", help="this site's agent").add_subparsers(dest="site_command", required=True)
     site.add_parser("drain", help="finish running jobs, start no new ones (maintenance)")
     site.add_parser("resume", help="start taking jobs again after a drain")
+    key = site.add_parser("key", help="the key this site signs its results with").add_subparsers(
+        dest="key_command", required=True
+    )
+    key.add_parser("show", help="this site's key id and public key (created if missing); and the registry's view")
+    key.add_parser("register", help="register this site's public key with the site (the agent does it at start)")
+    revoke = key.add_parser("revoke", help="stop trusting a key of this site (lost, leaked, replaced)")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--reason", default="")
+    revoke.add_argument(
+        "--compromised-since", help="ISO time the key may have leaked: results it signed since are refused too"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +49,48 @@ def run(args: argparse.Namespace) -> int:
     # modules (Docker SDK, the runner) would add a second to each one's start.
     from services.executor.settings import SiteSettings
 
+    if args.command == "site" and args.site_command == "key":
+        return _key(args, SiteSettings())  # type: ignore[call-arg]
     return asyncio.run(_run(args, SiteSettings()))  # type: ignore[call-arg]
+
+
+def _key(args: argparse.Namespace, site: SiteSettings) -> int:
+    """The private key stays in the work directory; only the public key and its id are shown or sent.
+    Registering and revoking go through the federation's API, as the logged-in user."""
+    import httpx
+
+    from cli.client import ApiError, Client
+    from shared.signing import SiteKey
+
+    key = SiteKey.load_or_create(site.key_path)
+    if args.key_command == "show":
+        print(f"site:       {site.name}\nkey id:     {key.key_id}")
+        print(f"public key: {key.public_key}\nfile:       {site.key_path}")
+        try:
+            registered = Client.from_credentials().get(f"/sites/{site.name}/keys")
+        except (ApiError, httpx.HTTPError) as exc:  # not logged in, or unreachable: the local part stands
+            print(f"(the registry's view is unavailable: {exc})")
+            return 0
+        for row in registered:
+            state = f"revoked {row['revoked_at']} by {row['revoked_by']}" if row["revoked_at"] else "active"
+            mark = "*" if row["key_id"] == key.key_id else " "
+            print(f"{mark} {row['key_id']}  registered {row['registered_at']} by {row['owner']}  {state}")
+        return 0
+    client = Client.from_credentials()
+    try:
+        if args.key_command == "register":
+            client.post(f"/sites/{site.name}/keys", {"public_key": key.public_key})
+            print(f"registered key {key.key_id} for site {site.name}")
+        else:
+            body = {"reason": args.reason, "compromised_since": args.compromised_since}
+            revoked = client.post(f"/sites/{site.name}/keys/{args.key_id}/revocation", body)
+            print(f"revoked key {args.key_id}; results it signed from {revoked['effective_from']} on are refused")
+            if args.key_id == key.key_id:
+                print(f"this agent's own key: remove {site.key_path} and restart the agent to sign with a new one")
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _run(args: argparse.Namespace, site: SiteSettings) -> int:

@@ -8,6 +8,7 @@ Both travel over core NATS request/reply on ``medperf.cmd.<service>.<name>``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -149,6 +150,37 @@ class RevokeToken(Command):
     token_id: Id
 
 
+SiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class RegisterSiteKey(Command):
+    """The site's owner (or an admin) registers the public key its agent signs results with.
+    A site's owner is whoever registered its datasets or its first key. Registering the same key
+    again is accepted (an agent does it at every start)."""
+
+    SERVICE, NAME = "registry", "register_site_key"
+    site: SiteName
+    public_key: str = Field(min_length=1, max_length=64, description="raw Ed25519 public key, base64")
+
+
+class RevokeSiteKey(Command):
+    """The site's owner or an admin stops trusting a key; ``compromised_since`` also refuses results
+    signed from that earlier time on (a leaked key)."""
+
+    SERVICE, NAME = "registry", "revoke_site_key"
+    site: SiteName
+    key_id: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=500)
+    compromised_since: datetime | None = None
+
+
+class ListSiteKeys(Command):
+    """A site's keys, active and revoked; public keys are public."""
+
+    SERVICE, NAME = "registry", "site_keys"
+    site: SiteName
+
+
 # --- registry queries -------------------------------------------------------------------------
 
 
@@ -264,6 +296,16 @@ class GetLeaderboard(Command):
     # A page of rows: a thousand models by two hundred sites is too much for one answer.
     limit: int = Field(default=MAX_LEADERBOARD_ROWS, ge=1, le=MAX_LEADERBOARD_ROWS)
     offset: int = Field(default=0, ge=0, le=MAX_ID)
+
+
+class GetProvenance(Command):
+    """Where one model's results on a benchmark came from: per site, the dataset, container digests,
+    dataset hash, signing key and time, and who approved each association and when. The committee
+    and admins see every cell, the model's owner its model's, a data owner its own datasets'."""
+
+    SERVICE, NAME = "aggregator", "provenance"
+    benchmark_id: Id
+    model_id: Id
 
 
 class SetSharingPolicy(Command):

@@ -176,6 +176,30 @@ class TokenRevoked(Event):
     token_id: int
 
 
+class SiteKeyRegistered(Event):
+    """A site's public signing key, registered by the site's owner (or an admin). Results signed
+    with it are accepted until it is revoked."""
+
+    OWNER = "registry"
+    type: Literal["site_key.registered"] = "site_key.registered"
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    key_id: str
+    public_key: str = Field(description="raw Ed25519 public key, base64")
+    owner: str = Field(description="the site's owner, who registered it")
+
+
+class SiteKeyRevoked(Event):
+    """A site's key stopped being trusted. Results signed (``occurred_at``) from ``effective_from``
+    on are refused; those signed before stay, and their provenance shows the revocation."""
+
+    OWNER = "registry"
+    type: Literal["site_key.revoked"] = "site_key.revoked"
+    site: str
+    key_id: str
+    effective_from: datetime = Field(description="the revocation time, or earlier when the key leaked before")
+    reason: str = ""
+
+
 # --- approvals --------------------------------------------------------------------------------
 
 
@@ -289,6 +313,14 @@ class ResultReported(SiteEvent):
     container_digests: dict[str, str] = Field(description="role -> image digest that produced the result")
     dataset_hash: str
     partial: bool = False
+    key_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the site's signing key (SiteKeyRegistered); the aggregator requires it",
+    )
+    signature: str | None = Field(
+        default=None, max_length=128, description="Ed25519 over shared.signing.canonical_result, base64"
+    )
 
     _check_finite = field_validator("metrics")(_finite)
 
@@ -414,6 +446,8 @@ AnyEvent = Annotated[
     | UserCreated
     | TokenIssued
     | TokenRevoked
+    | SiteKeyRegistered
+    | SiteKeyRevoked
     | BenchmarkApproved
     | BenchmarkRejected
     | AssociationRequested

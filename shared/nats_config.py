@@ -26,7 +26,7 @@ from typing import Literal
 
 import bcrypt
 
-from shared.commands import Command, GetEntity, ListAssociations, RegisterDataset, RequestAssociation
+from shared.commands import Command, GetEntity, ListAssociations, RegisterDataset, RegisterSiteKey, RequestAssociation
 from shared.events import AssociationApproved, AssociationRequested, BenchmarkApproved, Event
 from shared.messaging import durable_name, stream_name_of
 from shared.streams import deadletter_subject, heartbeat_subject
@@ -34,7 +34,13 @@ from shared.streams import deadletter_subject, heartbeat_subject
 #: What a site agent consumes and asks; services/executor/app.py wires exactly these (a unit test
 #: compares), so the permissions cannot drift from the code.
 SITE_CONSUMES: tuple[type[Event], ...] = (BenchmarkApproved, AssociationApproved, AssociationRequested)
-SITE_ASKS: tuple[type[Command], ...] = (GetEntity, RegisterDataset, ListAssociations, RequestAssociation)
+SITE_ASKS: tuple[type[Command], ...] = (
+    GetEntity,
+    RegisterDataset,
+    ListAssociations,
+    RequestAssociation,
+    RegisterSiteKey,
+)
 
 #: The central services and the event subjects each may publish (the streams each one owns).
 CENTRAL = ("registry", "approvals", "aggregator", "console", "ingress")

@@ -7,10 +7,10 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from services.aggregator import handlers
+from services.aggregator import handlers, provenance
 from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
-from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
+from shared.commands import GetLeaderboard, GetProvenance, Outcome, SetSharingPolicy
 from shared.db import UnitOfWork
 from shared.events import Event, ResultReported, SharingPolicyChanged
 from shared.messaging import consume
@@ -37,6 +37,10 @@ def create_service(settings: Settings) -> ServiceHost:
     @router.subscriber(**host.answers(GetLeaderboard))
     async def leaderboard(query: GetLeaderboard) -> Outcome:
         return await handlers.get_leaderboard(query, host.uow(), boards)
+
+    @router.subscriber(**host.answers(GetProvenance))
+    async def get_provenance(query: GetProvenance) -> Outcome:
+        return await provenance.get_provenance(query, host.uow())
 
     @router.subscriber(**host.answers(SetSharingPolicy))
     async def sharing_policy(cmd: SetSharingPolicy) -> Outcome:

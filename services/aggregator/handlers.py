@@ -10,9 +10,10 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.aggregator import domain, policy
+from services.aggregator import domain, policy, trust
 from services.aggregator.boards import Boards
 from services.aggregator.store import (
+    TABLES,
     BenchmarkInfo,
     Clock,
     ContainerInfo,
@@ -35,6 +36,8 @@ from shared.events import (
     ResultReported,
     SharingPolicy,
     SharingPolicyChanged,
+    SiteKeyRegistered,
+    SiteKeyRevoked,
     utcnow,
 )
 from shared.messaging import NotYet, PermanentFailure, decode_batch
@@ -185,15 +188,23 @@ async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[i
             )
         ).all()
     )
+    keys = await trust.known_keys(uow, (e.key_id for e in events))
+    seen = await _handled(uow, events)
     refused: dict[int, Exception] = {}
     accepted: list[ResultReported] = []
     for index, event in enumerate(events):
         benchmark = benchmarks.get(event.benchmark_id)
         site = sites.get(event.dataset_id, event.site)
-        if site != event.site:
+        if str(event.event_id) in seen:
+            # Handled before (a redelivery, or a replay re-signed under the same id): no effect.
+            continue
+        seen.add(str(event.event_id))
+        if site != event.site:  # whatever its signature: a site's key vouches for its own datasets only
             refused[index] = PermanentFailure(
                 f"dataset {event.dataset_id} belongs to site {site!r}, not {event.site!r}"
             )
+        elif (distrust := trust.verdict(event, keys.get(event.key_id or ""))) is not None:
+            refused[index] = distrust
         elif benchmark is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.
             refused[index] = NotYet(f"benchmark {event.benchmark_id} not known yet")
@@ -202,10 +213,16 @@ async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[i
         else:
             accepted.append(event)
     if accepted:
-        # Upserting the same event twice writes the same row, so redeliveries need no inbox check.
         await uow.mark_handled(accepted)
         await uow.session.execute(_upsert_result(uow.session.bind.dialect.name), [_row(e, tick) for e in accepted])
     return refused
+
+
+async def _handled(uow: UnitOfWork, events: list[ResultReported]) -> set[str]:
+    """The batch's event ids this database has applied before (one query per batch)."""
+    inbox = TABLES.inbox
+    ids = {str(e.event_id) for e in events}
+    return set(await uow.session.scalars(select(inbox.c.event_id).where(inbox.c.event_id.in_(ids))))
 
 
 def _row(event: ResultReported, tick: int) -> dict[str, Any]:
@@ -219,6 +236,7 @@ def _row(event: ResultReported, tick: int) -> dict[str, Any]:
         "dataset_hash": event.dataset_hash,
         "partial": event.partial,
         "event_id": str(event.event_id),
+        "key_id": event.key_id,
         "reported_at": event.occurred_at,
         "revision": tick,
     }
@@ -254,13 +272,29 @@ async def record_association(event: AssociationApproved | AssociationRejected, u
         await advance_clock(uow, meta=True)
         key = (event.benchmark_id, event.kind, event.component_id)
         row = await uow.session.get(Participant, key)
-        if isinstance(event, AssociationApproved) and row is None:
-            uow.session.add(
-                Participant(benchmark_id=event.benchmark_id, kind=event.kind, component_id=event.component_id)
-            )
+        if isinstance(event, AssociationApproved):
+            if row is None:
+                row = Participant(benchmark_id=event.benchmark_id, kind=event.kind, component_id=event.component_id)
+                uow.session.add(row)
+            row.approved_by, row.approved_at = event.actor, event.occurred_at
         elif isinstance(event, AssociationRejected) and row is not None:
             await uow.session.delete(row)
         await uow.commit()
+
+
+async def record_site_key(event: SiteKeyRegistered, uow: UnitOfWork) -> None:
+    async with uow:
+        if await uow.claim(event):
+            await trust.register(event, uow)
+            await uow.commit()
+
+
+async def record_site_key_revoked(event: SiteKeyRevoked, uow: UnitOfWork) -> None:
+    async with uow:
+        if await uow.claim(event):
+            if await trust.revoke(event, uow):
+                await advance_clock(uow, meta=True)  # results left the boards: reload them
+            await uow.commit()
 
 
 async def set_sharing_policy(cmd: SetSharingPolicy, uow: UnitOfWork) -> Outcome:
@@ -323,4 +357,6 @@ PROJECTIONS: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
     AssociationRejected: record_association,
     ResultReported: record_result,
     SharingPolicyChanged: record_policy_change,  # emitted here; only a replay needs to apply it
+    SiteKeyRegistered: record_site_key,
+    SiteKeyRevoked: record_site_key_revoked,
 }

@@ -74,6 +74,23 @@ class Participant(Base):
     benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     component_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Provenance: who approved the association, and when (AssociationApproved's actor and time).
+    approved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class SiteKeyInfo(Base):
+    """A site's public signing key as the registry announced it; results are verified against it."""
+
+    __tablename__ = "aggregator_site_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Results signed from ``effective_from`` on are refused; those before it stay, flagged.
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    effective_from: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_reason: Mapped[str] = mapped_column(String(500), default="")
 
 
 class Result(Base):
@@ -90,5 +107,6 @@ class Result(Base):
     dataset_hash: Mapped[str] = mapped_column(String(128))
     partial: Mapped[bool] = mapped_column(default=False)
     event_id: Mapped[str] = mapped_column(String(36))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the site key that signed it
     reported_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revision: Mapped[int] = mapped_column(Integer)  # the clock's tick that wrote it

@@ -31,7 +31,14 @@ from services.executor.runner import JobRunner, add_job, release
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
-from shared.commands import Command, GetEntity, ListAssociations, Outcome, RegisterDataset, RequestAssociation
+from shared.commands import (
+    Command,
+    GetEntity,
+    ListAssociations,
+    Outcome,
+    RegisterDataset,
+    RequestAssociation,
+)
 from shared.containers import ContainerSpec, HostedFile
 from shared.db import UnitOfWork
 from shared.events import (
@@ -239,7 +246,7 @@ class SiteAgent:
             for job in earlier:
                 if job.kind == "compatibility" and job.status == "succeeded" and job.release == "none":
                     if self.site.release == "auto":
-                        release(uow, job, self.site.owner, self.site.name)
+                        release(uow, job, self.site, self.runner.key)
                     else:
                         job.release = "held"
                     await uow.commit()

@@ -6,6 +6,7 @@ from faststream.nats import NatsRouter
 
 from services.executor.agent import SiteAgent
 from services.executor.assets import AssetCache
+from services.executor.keys import KeyRegistration
 from services.executor.runtime import ContainerRuntime, DockerRuntime
 from services.executor.settings import SiteSettings
 from services.executor.store import TABLES, Base
@@ -48,8 +49,15 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
 
     host.on_start(connect_engine)
     agent = SiteAgent(site, host.broker, host.uow, workflow, settings.request_timeout)
+    keys = KeyRegistration(site, host.broker, settings.request_timeout)
+
+    async def load_key() -> None:  # before the runner starts: releasing a result signs it
+        agent.runner.key = await keys.start()
+
+    host.on_start(load_key)
     host.on_start(agent.runner.start)
     host.on_stop(agent.runner.stop)
+    host.on_stop(keys.stop)
     router = NatsRouter()
 
     @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))

@@ -40,6 +40,7 @@ from shared.events import (
     SiteHeartbeat,
     utcnow,
 )
+from shared.signing import SiteKey
 from shared.streams import HEARTBEATS, heartbeat_subject
 
 log = logging.getLogger("medperf.site.jobs")
@@ -73,10 +74,11 @@ async def add_job(uow: UnitOfWork, site: SiteSettings, job: Job, reason: str) ->
     return job
 
 
-def result_of(job: Job, actor: str, site: str) -> ResultReported:
-    return ResultReported(
-        actor=actor,
-        site=site,
+def result_of(job: Job, site: SiteSettings, key: SiteKey) -> ResultReported:
+    """The job's result, signed with the site's key (the aggregator counts no unsigned result)."""
+    unsigned = ResultReported(
+        actor=site.owner,
+        site=site.name,
         benchmark_id=job.benchmark_id,
         model_id=job.model_id,
         dataset_id=job.dataset_id,
@@ -85,12 +87,13 @@ def result_of(job: Job, actor: str, site: str) -> ResultReported:
         dataset_hash=job.dataset_hash,
         partial=job.partial,
     )
+    return key.sign_result(unsigned)
 
 
-def release(uow: UnitOfWork, job: Job, actor: str, site: str) -> None:
+def release(uow: UnitOfWork, job: Job, site: SiteSettings, key: SiteKey) -> None:
     """Let the job's metrics leave the site: the one place a ResultReported is emitted."""
     job.release = "released"
-    uow.emit(result_of(job, actor, site))
+    uow.emit(result_of(job, site, key))
 
 
 class JobRunner:
@@ -109,6 +112,7 @@ class JobRunner:
         self.uow = uow
         self.execute = execute
         self.runtime = runtime
+        self._key: SiteKey | None = None  # loaded at start (SiteAgent.load_key), not to build the app
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.running: dict[int, asyncio.Task[None]] = {}
@@ -119,6 +123,16 @@ class JobRunner:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    @property
+    def key(self) -> SiteKey:
+        if self._key is None:
+            raise RuntimeError("the site's signing key is loaded when the agent starts")
+        return self._key
+
+    @key.setter
+    def key(self, key: SiteKey) -> None:
+        self._key = key
 
     def labels(self, job_id: int | None = None) -> dict[str, str]:
         labels = {SITE_LABEL: self.site.name}
@@ -246,7 +260,7 @@ class JobRunner:
             held = False
             if job.kind == "run":
                 if self.site.release == "auto":
-                    release(uow, job, self.site.owner, self.site.name)
+                    release(uow, job, self.site, self.key)
                 else:
                     job.release, held = "held", True
             uow.emit(job_event(JobSucceeded, self.site, job, partial=job.partial, held=held))

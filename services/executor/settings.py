@@ -43,6 +43,11 @@ class SiteSettings(BaseSettings):
         default=False, description="score what a failing model did predict, and mark the result partial"
     )
 
+    @property
+    def key_path(self) -> Path:
+        """The site's Ed25519 signing key (mode 0600): created at the agent's first start, never sent."""
+        return self.work_dir / "signing.key"
+
     def database(self) -> str:
         if self.database_url:
             return self.database_url

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from faststream.nats import NatsBroker
 
-from services.ingress import routes_approvals, routes_console, routes_entities, routes_users
+from services.ingress import routes_approvals, routes_console, routes_entities, routes_provenance, routes_users
 from services.ingress.auth import Authenticator
 from services.ingress.gateway import Gateway, Refused, explain
 from services.ingress.permissions import RULES
@@ -50,7 +50,13 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    routers = (routes_users.router, routes_entities.router, routes_approvals.router, routes_console.router)
+    routers = (
+        routes_users.router,
+        routes_entities.router,
+        routes_approvals.router,
+        routes_provenance.router,
+        routes_console.router,
+    )
     for router in routers:
         # No prefix: ``authorized`` looks rules up by the route's own path template.
         app.include_router(router)

@@ -153,6 +153,26 @@ PERMISSIONS: tuple[Rule, ...] = (
         COMMITTEE,
         "the committee decides what its benchmark shares, and releases embargoes",
     ),
+    Rule(
+        "GET",
+        "/benchmarks/{benchmark_id}/models/{model_id}/provenance",
+        PARTIES,
+        "where results came from: the committee, admins and the model's owner see every site's cell, a data "
+        "owner its own datasets' (as each always sees its own results on the board); others 403",
+    ),
+    Rule("GET", "/sites/{site}/keys", AUTHENTICATED, "public keys are public: anyone may check a signature"),
+    Rule(
+        "POST",
+        "/sites/{site}/keys",
+        frozenset({"data_owner", "admin"}),
+        "the site's owner (owner of its datasets, or of its first key) registers the keys its agent signs with",
+    ),
+    Rule(
+        "POST",
+        "/sites/{site}/keys/{key_id}/revocation",
+        frozenset({"data_owner", "admin"}),
+        "the site's owner or an admin stops trusting a key (lost, leaked, replaced)",
+    ),
     Rule("GET", "/me/associations", AUTHENTICATED, "associations where the caller owns the benchmark or component"),
     Rule("POST", "/users", ADMIN, "admins create users", admin_only=True),
     Rule("POST", "/users/{name}/tokens", ADMIN, "admins issue tokens; the token is shown once", admin_only=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
-from services.registry import handlers, handlers_edit, handlers_users
+from services.registry import handlers, handlers_edit, handlers_keys, handlers_users
 from services.registry.store import TABLES, Base
 from shared.commands import (
     Authenticate,
@@ -14,10 +14,13 @@ from shared.commands import (
     GetEntity,
     IssueToken,
     ListEntities,
+    ListSiteKeys,
     Outcome,
     RegisterContainer,
     RegisterDataset,
     RegisterModel,
+    RegisterSiteKey,
+    RevokeSiteKey,
     RevokeToken,
     SubmitBenchmark,
 )
@@ -31,6 +34,8 @@ from shared.events import (
     EntityDeleted,
     EntityEdited,
     ModelRegistered,
+    SiteKeyRegistered,
+    SiteKeyRevoked,
     TokenIssued,
     TokenRevoked,
     UserCreated,
@@ -84,6 +89,18 @@ def create_service(settings: Settings) -> ServiceHost:
     async def authenticate(query: Authenticate) -> Outcome:
         return await handlers_users.authenticate(query, host.uow())
 
+    @router.subscriber(**host.answers(RegisterSiteKey))
+    async def register_site_key(cmd: RegisterSiteKey) -> Outcome:
+        return await handlers_keys.register_site_key(cmd, host.uow())
+
+    @router.subscriber(**host.answers(RevokeSiteKey))
+    async def revoke_site_key(cmd: RevokeSiteKey) -> Outcome:
+        return await handlers_keys.revoke_site_key(cmd, host.uow())
+
+    @router.subscriber(**host.answers(ListSiteKeys))
+    async def list_site_keys(query: ListSiteKeys) -> Outcome:
+        return await handlers_keys.list_site_keys(query, host.uow())
+
     @router.subscriber(**host.answers(GetEntity))
     async def get_entity(query: GetEntity) -> Outcome:
         return await handlers.get_entity(query, host.uow())
@@ -116,6 +133,8 @@ def create_service(settings: Settings) -> ServiceHost:
             UserCreated,
             TokenIssued,
             TokenRevoked,
+            SiteKeyRegistered,
+            SiteKeyRevoked,
         ),
     )
     return host

@@ -358,3 +358,27 @@ def check_revoke(token_id: int, token_user: str, revoked_at: datetime | None, ac
         raise Refusal("forbidden", f"token {token_id} is not yours; only its user or an admin may revoke it")
     if revoked_at is not None:
         raise Refusal("conflict", f"token {token_id} is already revoked (since {revoked_at.isoformat()})")
+
+
+# --- site signing keys --------------------------------------------------------------------------
+
+
+def check_site_key_manager(site: str, site_owners: Collection[str], actor: str, is_admin: bool) -> None:
+    """Who may register or revoke a site's keys: an admin, or the site's owner (the owner of its
+    datasets, or whoever registered its first key). A site nobody owns yet is claimed by its first key."""
+    if is_admin or not site_owners or actor in site_owners:
+        return
+    owners = ", ".join(sorted(site_owners))
+    raise Refusal("forbidden", f"site {site!r} belongs to {owners}; they or an admin manage its keys")
+
+
+def check_key_registrable(site: str, key_id: str, registered_site: str | None, revoked: bool) -> None:
+    """A key serves one site, and a revoked key never comes back (a new one must be generated)."""
+    if registered_site is not None and registered_site != site:
+        raise Refusal("conflict", f"key {key_id} is registered with site {registered_site!r}; a key serves one site")
+    if revoked:
+        raise Refusal(
+            "conflict",
+            f"key {key_id} was revoked and cannot be registered again; generate a new key at the site "
+            "(remove its signing key file and restart the agent)",
+        )

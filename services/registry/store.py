@@ -155,3 +155,18 @@ def view(row: _Entity) -> dict[str, Any]:
         value = getattr(row, column.name)
         out[column.name] = value.isoformat() if isinstance(value, datetime) else value
     return out
+
+
+class SiteKey(Base):
+    """A site's public signing key. Revoked keys stay, so that old results can still be checked."""
+
+    __tablename__ = "registry_site_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(128))
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    effective_from: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")

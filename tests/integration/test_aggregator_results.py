@@ -32,12 +32,16 @@ from shared.events import (
     MetricSpec,
     ModelRegistered,
     ResultReported,
+    SiteKeyRegistered,
 )
 from shared.service import ServiceHost
 from shared.settings import Settings
+from shared.signing import SiteKey
 
 OLD, NEW = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 COMMITTEE = "committee"
+#: Each site's signing key (the agent's, in real life); setup registers them all.
+KEYS = {d: SiteKey.generate() for d in (10, 11, 12)}
 
 
 def spec(digest: str) -> ContainerSpec:
@@ -71,16 +75,23 @@ async def publish(js: JetStreamContext, *events: Event) -> None:
         await js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)})
 
 
+def sign(event: ResultReported) -> ResultReported:
+    """Signed by the key of the site (site-<dataset>) that produced it."""
+    return KEYS[event.dataset_id].sign_result(event)
+
+
 def result(model: int, dataset: int, auc: float, digest: str = OLD, **extra: object) -> ResultReported:
-    return ResultReported(
-        actor=f"site-{dataset}",
-        site=f"site-{dataset}",
-        benchmark_id=1,
-        model_id=model,
-        dataset_id=dataset,
-        metrics={"auc": auc, **extra},
-        container_digests={"model": "sha256:" + "9" * 64, "metrics": digest},
-        dataset_hash=f"p{dataset}",
+    return sign(
+        ResultReported(
+            actor=f"site-{dataset}",
+            site=f"site-{dataset}",
+            benchmark_id=1,
+            model_id=model,
+            dataset_id=dataset,
+            metrics={"auc": auc, **extra},
+            container_digests={"model": "sha256:" + "9" * 64, "metrics": digest},
+            dataset_hash=f"p{dataset}",
+        )
     )
 
 
@@ -117,6 +128,12 @@ async def setup(js: JetStreamContext) -> None:
             )
             for d in (10, 11, 12)
         ),
+        *(
+            SiteKeyRegistered(
+                actor=f"site-{d}", site=f"site-{d}", key_id=k.key_id, public_key=k.public_key, owner=f"site-{d}"
+            )
+            for d, k in KEYS.items()
+        ),
     )
 
 
@@ -149,14 +166,14 @@ async def test_a_burst_of_results_is_settled_message_by_message(aggregator: Serv
     await setup(js)
     newer = result(1, 10, 0.91)
     older = newer.model_copy(update={"event_id": uuid.uuid4(), "metrics": {"auc": 0.10}})
-    older = older.model_copy(update={"occurred_at": newer.occurred_at.replace(year=newer.occurred_at.year - 1)})
+    older = sign(older.model_copy(update={"occurred_at": newer.occurred_at.replace(year=newer.occurred_at.year - 1)}))
     good = [newer, result(1, 11, 0.81), result(2, 10, 0.70), result(2, 11, 0.72), result(2, 12, 0.74)]
     await publish(js, *good)
     await publish(js, older)  # arrives after the newer result for the same cell: must not replace it
     # The same event again under another message id (past JetStream's dedupe): applied once.
     await js.publish(newer.subject, newer.model_dump_json().encode(), headers={"Nats-Msg-Id": "again"})
     await js.publish("medperf.site.site-12.result.reported", b"{not json", headers={"Nats-Msg-Id": "broken"})
-    await publish(js, result(1, 12, 0.5).model_copy(update={"metrics": {"f1": 0.5}}))  # lacks the declared auc
+    await publish(js, sign(result(1, 12, 0.5).model_copy(update={"metrics": {"f1": 0.5}})))  # lacks the declared auc
     nan = json.loads(result(1, 12, 0.5).model_dump_json())
     nan["metrics"]["auc"] = "NaN"
     await js.publish("medperf.site.site-12.result.reported", json.dumps(nan).encode(), headers={"Nats-Msg-Id": "nan"})

@@ -28,6 +28,7 @@ from services.ingress.permissions import ENTITY_PATHS, PERMISSIONS, ROLES, Role,
 from shared.broker import EmbeddedNats
 from shared.events import DeadLetter, JobCancelled
 from shared.settings import Settings
+from shared.signing import SiteKey
 from shared.streams import deadletter_subject
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -358,6 +359,33 @@ async def _decide(w: World, role: Role) -> Request:
 @builds("POST", f"{BENCH}/decision")
 async def _decide_benchmark(w: World, role: Role) -> Request:
     return f"/benchmarks/{await w.submitted()}/decision", {"json": {"approve": False, "reason": "permission test"}}
+
+
+@builds("GET", f"{BENCH}/models/{{model_id}}/provenance")
+async def _provenance(w: World, role: Role) -> Request:
+    return f"/benchmarks/{w.ids['benchmark']}/models/{w.ids['model']}/provenance", {}
+
+
+async def _dataset_site(w: World) -> str:
+    return ok(await send(w.user("admin"), "GET", f"/datasets/{w.ids['dataset']}"))["site"]
+
+
+@builds("GET", "/sites/{site}/keys")
+async def _site_keys(w: World, role: Role) -> Request:
+    return f"/sites/{await _dataset_site(w)}/keys", {}
+
+
+@builds("POST", "/sites/{site}/keys")
+async def _register_key(w: World, role: Role) -> Request:
+    return f"/sites/{await _dataset_site(w)}/keys", {"json": {"public_key": SiteKey.generate().public_key}}
+
+
+@builds("POST", "/sites/{site}/keys/{key_id}/revocation")
+async def _revoke_key(w: World, role: Role) -> Request:
+    site = await _dataset_site(w)
+    key = {"public_key": SiteKey.generate().public_key}
+    registered = ok(await send(w.user("data-owner"), "POST", f"/sites/{site}/keys", json=key), 201)
+    return f"/sites/{site}/keys/{registered['key_id']}/revocation", {"json": {"reason": "permission test"}}
 
 
 @builds("POST", "/users/{name}/tokens")

@@ -103,7 +103,7 @@ async def test_a_site_publishes_only_as_itself_and_never_approvals(secured: Secu
         with pytest.raises(nats.errors.TimeoutError):
             await js.publish("medperf.approvals.association.approved", b"{}", timeout=1)
         await conn.violation("medperf.approvals.association.approved")
-        # Nor may it ask for decisions: only the four questions its agent asks.
+        # Nor may it ask for decisions: only the questions its agent asks.
         with pytest.raises(nats.errors.TimeoutError):
             await nc.request("medperf.cmd.approvals.decide_association", b"{}", timeout=1)
         await conn.violation("medperf.cmd.approvals.decide_association")

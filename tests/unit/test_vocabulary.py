@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
@@ -41,6 +42,8 @@ from shared.events import (
     SharingPolicy,
     SharingPolicyChanged,
     SiteEvent,
+    SiteKeyRegistered,
+    SiteKeyRevoked,
     TokenIssued,
     TokenRevoked,
     UserCreated,
@@ -307,6 +310,8 @@ def one_of_each() -> list[Event]:
         UserCreated(**common, user="bob", is_admin=False),
         TokenIssued(**common, user="bob", token_id=1, label="laptop"),
         TokenRevoked(**common, user="bob", token_id=1),
+        SiteKeyRegistered(**common, site="hospital-a", key_id="0" * 16, public_key="A" * 43 + "=", owner="alice"),
+        SiteKeyRevoked(**common, site="hospital-a", key_id="0" * 16, effective_from=datetime.now(UTC), reason="lost"),
         AutoApprovalChanged(**common, benchmark_id=3, kind="model", mode="ALLOWLIST", allowlist=["bob"]),
         AssociationPriorityChanged(**common, benchmark_id=3, model_id=2, old=0, new=5),
     ]
@@ -349,6 +354,8 @@ EXPECTED_SUBJECTS = {
     "user.created": "medperf.registry.user.created",
     "token.issued": "medperf.registry.token.issued",
     "token.revoked": "medperf.registry.token.revoked",
+    "site_key.registered": "medperf.registry.site_key.registered",
+    "site_key.revoked": "medperf.registry.site_key.revoked",
     "auto_approval.changed": "medperf.approvals.auto_approval.changed",
     "association.priority_changed": "medperf.approvals.association.priority_changed",
 }
@@ -539,7 +546,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 24
+    assert len(types) == len(set(types)) == 26
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
@@ -564,6 +571,10 @@ COMMAND_SUBJECTS = {
     commands.IssueToken: "medperf.cmd.registry.issue_token",
     commands.RevokeToken: "medperf.cmd.registry.revoke_token",
     commands.Authenticate: "medperf.cmd.registry.authenticate",
+    commands.RegisterSiteKey: "medperf.cmd.registry.register_site_key",
+    commands.RevokeSiteKey: "medperf.cmd.registry.revoke_site_key",
+    commands.ListSiteKeys: "medperf.cmd.registry.site_keys",
+    commands.GetProvenance: "medperf.cmd.aggregator.provenance",
     commands.SetAutoApproval: "medperf.cmd.approvals.set_auto_approval",
     commands.SetPriority: "medperf.cmd.approvals.set_priority",
     commands.AuditTrail: "medperf.cmd.approvals.audit_trail",

@@ -1,0 +1,149 @@
+"""Signed results: the canonical bytes a site signs, and Ed25519 signing and verification.
+
+A site agent holds a private key that never leaves its work directory; its public key is
+registered with the site in the registry (``SiteKeyRegistered``). Every ``ResultReported`` carries
+a signature over ``canonical_result`` and the id of the key, and the aggregator verifies it before
+a result can reach a board. The broker already limits a site to its own subjects; the signature
+adds what credentials cannot: a result can be checked by anyone holding the public key, long
+after it was published, and no relay, operator or database between the site and the board can
+change a metric without it showing.
+
+Pure functions and one small key class, so that both ends (and tests) share exactly one encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from shared.events import ResultReported
+
+#: The fields a signature covers: everything a board shows of a result, plus the event's identity
+#: and time (so a signature cannot be lifted onto another event or moved in time).
+SIGNED_FIELDS = (
+    "benchmark_id",
+    "model_id",
+    "dataset_id",
+    "site",
+    "container_digests",
+    "dataset_hash",
+    "metrics",
+    "partial",
+    "event_id",
+    "occurred_at",
+)
+
+
+class BadKey(ValueError):
+    """A public key or signature that is not well-formed Ed25519 material."""
+
+
+def canonical_result(event: ResultReported) -> bytes:
+    """The bytes a site signs: sorted-key, whitespace-free JSON of ``SIGNED_FIELDS``.
+
+    Every value is normalised to the form it has after a JSON round trip (floats as floats, the
+    time in UTC with microseconds, the event id as text), so the publisher and a consumer that
+    decoded the message produce the same bytes."""
+    fields: dict[str, Any] = {
+        "benchmark_id": event.benchmark_id,
+        "model_id": event.model_id,
+        "dataset_id": event.dataset_id,
+        "site": event.site,
+        "container_digests": dict(event.container_digests),
+        "dataset_hash": event.dataset_hash,
+        "metrics": {name: float(value) for name, value in event.metrics.items()},
+        "partial": bool(event.partial),
+        "event_id": str(event.event_id),
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def key_id_of(public_key: str) -> str:
+    """A short, stable name for a public key: the first 16 hex digits of the sha256 of its raw bytes."""
+    return hashlib.sha256(_raw_public(public_key)).hexdigest()[:16]
+
+
+def _raw_public(public_key: str) -> bytes:
+    try:
+        raw = base64.b64decode(public_key, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadKey("the public key is not base64") from exc
+    if len(raw) != 32:
+        raise BadKey(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+    return raw
+
+
+def load_public_key(public_key: str) -> Ed25519PublicKey:
+    """Parse a base64 raw public key once; verifying with the parsed key is the cheap part."""
+    return Ed25519PublicKey.from_public_bytes(_raw_public(public_key))
+
+
+def verify(public_key: Ed25519PublicKey, signature: str, message: bytes) -> bool:
+    """True if ``signature`` (base64) is ``public_key``'s signature of ``message``."""
+    try:
+        public_key.verify(base64.b64decode(signature, validate=True), message)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
+def verify_result(public_key: Ed25519PublicKey, event: ResultReported) -> bool:
+    return event.signature is not None and verify(public_key, event.signature, canonical_result(event))
+
+
+class SiteKey:
+    """A site's Ed25519 key pair. The private half stays in the site's work directory."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key = base64.b64encode(raw).decode()
+        self.key_id = key_id_of(self.public_key)
+
+    @classmethod
+    def generate(cls) -> SiteKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SiteKey:
+        """The key at ``path`` (PEM, PKCS#8), created with mode 0600 on first use."""
+        if path.exists():
+            if path.stat().st_mode & 0o077:
+                raise PermissionError(
+                    f"{path} is readable by other users; the site's signing key must be private: chmod 600 {path}"
+                )
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(private, Ed25519PrivateKey):
+                raise BadKey(f"{path} holds a {type(private).__name__}, not an Ed25519 private key")
+            return cls(private)
+        key = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = key._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        # O_EXCL with mode 0600 from the start: the key is never readable by others, even briefly,
+        # and two agents starting at once cannot both write one.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        return key
+
+    def sign(self, message: bytes) -> str:
+        return base64.b64encode(self._private.sign(message)).decode()
+
+    def sign_result(self, event: ResultReported) -> ResultReported:
+        """``event`` with this key's id and its signature (the event is frozen: a signed copy)."""
+        unsigned = event.model_copy(update={"key_id": self.key_id, "signature": None})
+        return unsigned.model_copy(update={"signature": self.sign(canonical_result(unsigned))})
