@@ -21,6 +21,7 @@ import asyncio
 import os
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,7 +40,10 @@ from shared.broker import ensure_streams
 
 pytestmark = pytest.mark.engine
 
-SITES = ("site-a", "site-b", "site-c")
+# Names of their own: an agent removes the containers labelled with its site's name when it starts,
+# and other tests on a shared engine run agents called site-a.
+RUN = uuid.uuid4().hex[:4]
+SITES = (f"fault-a-{RUN}", f"fault-b-{RUN}", f"fault-c-{RUN}")
 TARGETS = ("registry", "approvals", "aggregator", *SITES, "nats")
 FINAL = {"succeeded", "failed", "cancelled"}
 T = TypeVar("T")
