@@ -214,11 +214,7 @@ async def benchmark_with_models(nc: nats.NATS, name: str, ids: dict[str, int], m
         outcome = await ask(nc, GetLeaderboard(actor="committee", benchmark_id=benchmark_id))
         now = time.monotonic()
         for row in outcome.data.get("rows") or []:
-            if (
-                row.get("model_id") in approved
-                and row["model_id"] not in board
-                and row["datasets_reported"] >= n
-            ):
+            if row.get("model_id") in approved and row["model_id"] not in board and row["datasets_reported"] >= n:
                 board[row["model_id"]] = now
         await asyncio.sleep(0.2)
     wall = time.monotonic() - t0
