@@ -171,8 +171,7 @@ async def test_random_sigkills_lose_and_duplicate_nothing(tmp_path: Path, busybo
             print(f"round {round_number}: killed {target}, {time.monotonic() - started:.0f} s")
 
         expected = {(m, s) for m in [0, *models] for s in SITES}  # 0 stands for the reference model, below
-        await quiescent(cluster)
-        print(f"quiescent at {time.monotonic() - started:.0f} s")
+        unsettled = await quiescent(cluster)
         events = await stored_events(cluster.url)
         by_type = Counter(e.event.get("type") for e in events)
         reported = [e.event for e in events if e.event.get("type") == "result.reported"]
@@ -189,11 +188,13 @@ async def test_random_sigkills_lose_and_duplicate_nothing(tmp_path: Path, busybo
             results_expected=len(expected),
             results_lost=lost,
             results_duplicated=duplicated,
+            unsettled=unsettled or "none",
             events_on_streams=sum(by_type.values()),
             seconds=round(time.monotonic() - started, 1),
         )
         assert lost == 0 and duplicated == 0, f"results lost {lost}, duplicated {duplicated}: {results}"
         assert set(results) == expected
+        assert not unsettled, unsettled
         check_approvals(cluster, events, fed.benchmark_id, [reference, *models])
         check_jobs(cluster, [reference, *models])
         await check_effects(cluster, events)
@@ -203,12 +204,11 @@ async def test_random_sigkills_lose_and_duplicate_nothing(tmp_path: Path, busybo
         cluster.stop()
 
 
-async def quiescent(cluster: KillableFederation) -> None:
+async def quiescent(cluster: KillableFederation) -> str:
     """Every outbox published and every durable consumer drained: nothing is still in flight."""
 
     last: dict[str, Any] = {}
     events: list[Stored] = []
-    waits: dict[str, float] = {}
 
     async def settled() -> bool:
         cluster.check_alive()
@@ -224,8 +224,6 @@ async def quiescent(cluster: KillableFederation) -> None:
             for c in await consumers(cluster.url)
             if c.pending or (c.unacknowledged and not (c.name.split("-")[0] in CENTRAL and effects_present(c)))
         ]
-        if last["unpublished"] or last["busy"]:
-            waits[repr(last)] = waits.get(repr(last), time.monotonic())
         return not last["unpublished"] and not last["busy"]
 
     def effects_present(consumer: ConsumerState) -> bool:
@@ -234,11 +232,12 @@ async def quiescent(cluster: KillableFederation) -> None:
         return not missing_effects(cluster, events, consumer)
 
     try:
-        await eventually(settled, "every outbox published and every consumer drained", timeout=60, interval=0.5)
+        # 90 s: past the 60 s ack wait after which an acknowledgement lost with a dead server is redelivered.
+        await eventually(settled, "every outbox published and every consumer drained", timeout=90, interval=0.5)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: {last}") from None
-    for state, since in waits.items():
-        print(f"waited from {since:.0f}: {state}")
+        # Not raised here: the counts below say more about what is stuck; the test fails after them.
+        return f"{exc}: {last}"
+    return ""
 
 
 def check_approvals(cluster: KillableFederation, events: list[Stored], benchmark_id: int, models: list[int]) -> None:
