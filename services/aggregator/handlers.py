@@ -173,6 +173,8 @@ async def record_results(deliveries: list[tuple[str, bytes]], uow: UnitOfWork) -
 async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[int, Exception]:
     """Results into the read model. Each is checked first and refused whole (by position in
     ``events``) or written whole: never half-applied."""
+    if not events:
+        return {}  # a batch of malformed messages only: nothing changed, so the clock must not move
     tick = await advance_clock(uow)
     wanted = {e.benchmark_id for e in events}
     benchmarks = {

@@ -43,12 +43,12 @@ def fault_of_task(task: str) -> FailureKind:
     return TASK_FAULT.get(task, "infrastructure")
 
 
-def retry_after(failure: FailureKind, attempts: int) -> float | None:
+def retry_after(failure: FailureKind, attempts: int, first_delay: float = 5.0) -> float | None:
     """Seconds to wait before the next attempt, or None when the job must fail for good: only
     infrastructure is retried (a model that crashed will crash again), with backoff."""
     if failure != "infrastructure" or attempts >= MAX_ATTEMPTS:
         return None
-    return min(5.0 * 2 ** (attempts - 1), 300.0)
+    return min(first_delay * 2 ** (attempts - 1), 300.0)
 
 
 def blocks_new_run(status: str, failure: str | None) -> bool:

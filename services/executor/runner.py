@@ -298,7 +298,7 @@ class JobRunner:
             assert job is not None
             if job.status != "running":
                 return
-            delay = domain.retry_after(failure, job.attempts) if requeue else None
+            delay = domain.retry_after(failure, job.attempts, self.site.retry_seconds) if requeue else None
             job.failure, job.detail = failure, reason
             if delay is None:
                 job.status = domain.transition(job.status, "failed")

@@ -22,7 +22,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from shared.containers import IMAGE_DIGEST
 
@@ -31,6 +31,9 @@ TAIL_LINES = 20
 TAIL_BYTES = 4096
 # Running as root must not leak into the container; "nobody" is the conventional stand-in.
 NOBODY = (65534, 65534)
+# A task's log is kept up to this size, on the engine and in the site's work directory: a model
+# that floods its output must not fill the disk its site's other work needs.
+LOG_LIMIT = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,13 @@ class DockerRuntime:
         user: str | None = None,
         memory_limit: str = "4g",
         pids_limit: int = 512,
+        log_limit: int = LOG_LIMIT,
     ) -> None:
         self.client = client if client is not None else _connect()
         self.uid, self.gid = parse_user(user) if user is not None else default_user()
         self.memory_limit = memory_limit
         self.pids_limit = pids_limit
+        self.log_limit = log_limit
 
     @classmethod
     def from_env(cls) -> DockerRuntime:
@@ -209,7 +214,7 @@ class DockerRuntime:
                 raise TaskStartError(f"task {task.name} could not start: {exc.explanation or exc}") from exc
             exit_code, timed_out = self._wait(container, task.timeout_seconds)
             duration = time.monotonic() - started
-            self._save_logs(container, task.log_path)
+            self._save_logs(container, task.log_path, self.log_limit)
             return TaskOutcome(exit_code, timed_out, duration, read_tail(task.log_path))
         finally:
             if container is not None:
@@ -233,6 +238,10 @@ class DockerRuntime:
             # Equal to mem_limit: swap would let a task exceed its memory budget, only slower.
             "memswap_limit": self.memory_limit,
             "pids_limit": self.pids_limit,
+            # One file of at most the limit: the engine drops older output instead of growing without bound.
+            "log_config": LogConfig(
+                type=LogConfig.types.JSON, config={"max-size": str(self.log_limit), "max-file": "1"}
+            ),
             "mounts": [
                 Mount(target=b.container_path, source=str(b.host_path.resolve()), type="bind", read_only=b.read_only)
                 for b in task.binds
@@ -278,14 +287,25 @@ class DockerRuntime:
         return int(result.get("StatusCode", -1)), False
 
     @staticmethod
-    def _save_logs(container: Container, log_path: Path) -> None:
+    def _save_logs(container: Container, log_path: Path, limit: int = LOG_LIMIT) -> None:
+        """The log up to ``limit`` bytes, then a note of what was dropped and the last bytes, so the
+        tail a failure report quotes is still the end of the output."""
+        written, dropped, tail = 0, 0, b""
         with log_path.open("wb") as handle:
             try:
                 for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
-                    handle.write(chunk)
+                    keep = chunk[: max(0, limit - written)]
+                    handle.write(keep)
+                    written += len(keep)
+                    if len(keep) < len(chunk):
+                        dropped += len(chunk) - len(keep)
+                        tail = (tail + chunk[len(keep) :])[-TAIL_BYTES:]
             except APIError as exc:
                 # A log driver without read support must not turn a finished task into an error.
                 handle.write(f"\n[executor] could not read container logs: {exc.explanation or exc}\n".encode())
+            if dropped:
+                handle.write(f"\n[executor] log cut at {limit} bytes; {dropped} bytes dropped; the end:\n".encode())
+                handle.write(tail)
 
     def load_image(self, archive: Path) -> None:
         with archive.open("rb") as tarball:  # streamed: image archives can be many gigabytes

@@ -38,6 +38,9 @@ class SiteSettings(BaseSettings):
         description="the data owner's consent: results leave at once (auto), or wait for "
         "`medperf result release ID` (review)",
     )
+    retry_seconds: float = Field(
+        default=5.0, gt=0, description="wait before retrying after an infrastructure failure; doubles each attempt"
+    )
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="how often the agent says it is alive")
     ignore_model_errors: bool = Field(
         default=False, description="score what a failing model did predict, and mark the result partial"

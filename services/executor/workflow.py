@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.executor.assets import AssetCache
+from services.executor.assets import AssetCache, InvalidArchive
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec
 
@@ -173,7 +173,8 @@ class Workflow:
         run.mkdir(parents=True, exist_ok=True)
         binds = []
         for key, mount in task.inputs.items():
-            binds.append(Bind(await self._input_path(spec, key, run, mounts), mount.mount_path, read_only=True))
+            path = await self._input_path(spec, task_name, key, run, mounts)
+            binds.append(Bind(path, mount.mount_path, read_only=True))
         for key, mount in task.outputs.items():
             if key not in mounts:
                 raise TaskFailed(task_name, None, f"the executor has no output for mount {key!r}")
@@ -218,7 +219,9 @@ class Workflow:
                 f"the image archive {spec.image_archive.source} does not hold image {spec.image_digest}"
             ) from exc
 
-    async def _input_path(self, spec: ContainerSpec, key: str, run: Path, mounts: dict[str, Path]) -> Path:
+    async def _input_path(
+        self, spec: ContainerSpec, task_name: str, key: str, run: Path, mounts: dict[str, Path]
+    ) -> Path:
         if key == "parameters_file":
             path = run / f"parameters-{spec.image_digest[7:19]}.json"
             path.write_text(json.dumps(spec.parameters))
@@ -226,7 +229,12 @@ class Workflow:
             return path
         if key == "additional_files":
             assert spec.additional_files is not None  # the spec validator guarantees it
-            return await self.cache.extracted(spec.additional_files)
+            try:
+                return await self.cache.extracted(spec.additional_files)
+            except InvalidArchive as exc:
+                # Unsafe paths or links in the container's own files: its owner's fault, and
+                # downloading the same bytes again cannot help, so the task fails for good.
+                raise TaskFailed(task_name, None, f"its additional files were refused: {exc}") from exc
         if key not in mounts:
             raise TaskFailed("mount", None, f"the executor has no input for mount {key!r}")
         return mounts[key]
