@@ -13,8 +13,11 @@ FastStream's default policy would *terminate* a failed JetStream message, losing
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import nats.errors
@@ -223,6 +226,26 @@ async def _answer_command(call_next: Any, msg: Any) -> Any:
     except Exception:
         log.exception("command on %s failed", msg.raw_message.subject)
         return Outcome.refused("unavailable", "the service failed while handling this request; see its log")
+
+
+@contextlib.asynccontextmanager
+async def still_working(msg: Any, ack_wait: float) -> AsyncIterator[None]:
+    """Tell JetStream, every third of ``ack_wait``, that ``msg`` is still being handled, so a long
+    handler (a container run) keeps its message, while one whose process died gets it redelivered
+    after ``ack_wait`` instead of holding it for as long as the longest handler could take."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ack_wait / 3)
+            await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _fetch_timeouts_as_nats_errors() -> None:

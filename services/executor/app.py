@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from faststream.nats import NatsRouter
+from faststream.nats.annotations import NatsMessage
 
 from services.executor.agent import SiteAgent
 from services.executor.assets import AssetCache
@@ -23,12 +24,14 @@ from shared.events import (
     JobSucceeded,
     ResultReported,
 )
-from shared.messaging import consume
+from shared.messaging import consume, still_working
 from shared.service import ServiceHost
 from shared.settings import Settings
 
-# Container work outlasts the default ack wait; the message stays unacknowledged until done.
-JOB_ACK_WAIT = 3600.0
+# Container work (preparing data, a compatibility run) can outlast any fixed ack wait, so the
+# handlers report progress (``still_working``) and the wait itself stays short: an agent killed
+# mid-handling gets its message back within a minute of restarting, not an hour later.
+ACK_WAIT = 30.0
 
 
 def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRuntime | None = None) -> ServiceHost:
@@ -60,17 +63,20 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     host.on_stop(keys.stop)
     router = NatsRouter()
 
-    @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
-    async def on_benchmark_approved(event: BenchmarkApproved) -> None:
-        await agent.on_benchmark_approved(event)
+    @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=ACK_WAIT, user=settings.nats_user))
+    async def on_benchmark_approved(event: BenchmarkApproved, msg: NatsMessage) -> None:
+        async with still_working(msg, ACK_WAIT):
+            await agent.on_benchmark_approved(event)
 
-    @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
-    async def on_association_approved(event: AssociationApproved) -> None:
-        await agent.on_association_approved(event)
+    @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=ACK_WAIT, user=settings.nats_user))
+    async def on_association_approved(event: AssociationApproved, msg: NatsMessage) -> None:
+        async with still_working(msg, ACK_WAIT):
+            await agent.on_association_approved(event)
 
-    @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=JOB_ACK_WAIT, user=settings.nats_user))
-    async def on_association_requested(event: AssociationRequested) -> None:
-        await agent.on_association_requested(event)
+    @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=ACK_WAIT, user=settings.nats_user))
+    async def on_association_requested(event: AssociationRequested, msg: NatsMessage) -> None:
+        async with still_working(msg, ACK_WAIT):
+            await agent.on_association_requested(event)
 
     host.include(
         router,
