@@ -35,6 +35,8 @@ log = logging.getLogger("medperf.messaging")
 E = TypeVar("E", bound=Event)
 
 MAX_PAYLOAD_KEPT = 64 * 1024
+#: Parking must not fail on a broker that is merely busy (a flood of bad messages makes it so).
+PARK_TIMEOUT = 10.0
 
 
 class PermanentFailure(Exception):
@@ -144,8 +146,14 @@ class DeadLetters:
         await self.broker.publish(
             letter.model_dump_json().encode(),
             deadletter_subject(self.service),
-            headers={"content-type": "application/json"},
+            # One letter per message and consumer: if the publish's acknowledgement is lost (a busy
+            # broker), the message comes back, is parked again, and JetStream drops the second copy.
+            headers={
+                "content-type": "application/json",
+                "Nats-Msg-Id": f"{meta.stream}.{meta.sequence.stream}.{letter.consumer}",
+            },
             stream="DEADLETTER",
+            timeout=PARK_TIMEOUT,
         )
         log.warning(
             "dead-lettered %s from %s after %d deliveries: %s", raw.subject, letter.consumer, deliveries, reason

@@ -254,7 +254,11 @@ async def test_pending_lists_decisions_with_their_commands_and_the_commands_deci
     assert code == 1 and "admins only" in text
     code, text = await asyncio.to_thread(console.cli, "admin", "approve", "benchmark", str(benchmark))
     assert code == 0 and "approved" in text
-    assert (await console.get("admin", "/console/pending"))["benchmarks"] == []
+
+    async def decided() -> bool:  # the registry hears of the decision from the approvals' event
+        return (await console.get("admin", "/console/pending"))["benchmarks"] == []
+
+    await eventually(decided, "the approved benchmark gone from the pending list")
 
     # Releasing the result at the site ends the wait.
     released = ResultReported(
