@@ -65,7 +65,10 @@ async def test_a_killed_agent_runs_the_job_again_and_reports_once(tmp_path: Path
             job = await fed.job_reaches(model_id, "running")
 
             def containers() -> list:
-                return engine.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job.id}"})
+                # This site's job only (job ids repeat across sites); sparse: a listed container that
+                # another test's agent removes meanwhile must not fail the listing.
+                labels = [f"{JOB_LABEL}={job.id}", f"{SITE_LABEL}={SITE}"]
+                return engine.containers.list(all=True, sparse=True, filters={"label": labels})
 
             await eventually(lambda: asyncio.to_thread(containers), "the model's container to start")
             agent.send_signal(signal.SIGKILL)
