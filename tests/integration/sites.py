@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,14 @@ import nats
 from waiting import eventually
 
 from cli.client import Client
+from cli.stack import Stack
 from services.executor import operations
+from services.executor.runtime import ContainerRuntime
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job
+from services.ingress.auth import token_digest
 from shared.db import UnitOfWork
+from shared.settings import Settings
 
 USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler", "stranger": "t-stranger"}
 SITE = "site-a"
@@ -199,11 +204,33 @@ def site_settings(tmp_path: Path, **options: Any) -> SiteSettings:
     (raw / "labels").mkdir(exist_ok=True)
     (raw / "data" / "case1.txt").write_text("1\n")
     (raw / "labels" / "case1.txt").write_text("0\n")
-    return SiteSettings(
-        name=SITE,
-        owner="hospital-a",
-        datasets=[LocalDataset(name="d1", benchmark="bench", data_path=raw / "data", labels_path=raw / "labels")],
-        work_dir=tmp_path / "site",
-        task_timeout=120,
-        **options,
+    defaults: dict[str, Any] = {
+        "name": SITE,
+        "owner": "hospital-a",
+        "datasets": [LocalDataset(name="d1", benchmark="bench", data_path=raw / "data", labels_path=raw / "labels")],
+        "work_dir": tmp_path / "site",
+        "task_timeout": 120,
+    }
+    return SiteSettings(**(defaults | options))
+
+
+@asynccontextmanager
+async def federation(
+    tmp_path: Path, image: str, *, name: str = SITE, runtime: ContainerRuntime | None = None, **site_options: Any
+) -> AsyncIterator[Federation]:
+    """The central services and one site agent called ``name`` (with ``site_options``), in this process."""
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        http_port=0,
+        admins=["admin"],
+        api_token_digests={token_digest(t): u for u, t in USERS.items()},
     )
+    site = site_settings(tmp_path, name=name, **site_options)
+    async with Stack(settings, sites=[site], runtime=runtime) as stack:
+        assert stack.ingress and stack.settings.nats_url
+        clients = {u: Client(stack.ingress.url, t) for u, t in USERS.items()}
+        try:
+            yield Federation(stack.settings.nats_url, clients, image, site, stack.hosts[f"site-{name}"].uow)
+        finally:
+            for client in clients.values():
+                client.close()

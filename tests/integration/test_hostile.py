@@ -29,17 +29,14 @@ from typing import Any
 
 import docker
 import pytest
+import sites
 from figures import record
 from secured import free_port
-from sites import USERS, Federation, model, site_settings, task
+from sites import Federation, model, task
 
-from cli.client import Client
-from cli.stack import Stack
 from services.executor import domain
 from services.executor.runner import SITE_LABEL
 from services.executor.runtime import TAIL_BYTES, DockerRuntime
-from services.ingress.auth import token_digest
-from shared.settings import Settings
 
 pytestmark = pytest.mark.engine
 
@@ -48,26 +45,15 @@ LOG_LIMIT = 256 * 1024
 
 @asynccontextmanager
 async def federation(tmp_path: Path, image: str, **site_options: Any) -> AsyncIterator[Federation]:
-    settings = Settings(
-        state_dir=tmp_path / "state",
-        http_port=0,
-        admins=["admin"],
-        api_token_digests={token_digest(t): u for u, t in USERS.items()},
-    )
     # A name of its own: agents on a shared engine remove the containers labelled with their site's
     # name at start, and other tests' agents are called site-a.
-    name = f"hostile-{uuid.uuid4().hex[:6]}"
-    site = site_settings(tmp_path).model_copy(update={"name": name, **site_options})
     runtime = DockerRuntime(docker.from_env(), log_limit=LOG_LIMIT)
-    async with Stack(settings, sites=[site], runtime=runtime) as stack:
-        assert stack.ingress and stack.settings.nats_url
-        clients = {u: Client(stack.ingress.url, t) for u, t in USERS.items()}
-        try:
-            yield Federation(stack.settings.nats_url, clients, image, site, stack.hosts[f"site-{name}"].uow)
-        finally:
-            for client in clients.values():
-                client.close()
-            runtime.client.close()
+    try:
+        name = f"hostile-{uuid.uuid4().hex[:6]}"
+        async with sites.federation(tmp_path, image, name=name, runtime=runtime, **site_options) as fed:
+            yield fed
+    finally:
+        runtime.client.close()
 
 
 @contextlib.contextmanager

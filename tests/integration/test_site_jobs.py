@@ -5,49 +5,24 @@ under a second unless a test asks the model to sleep."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
-from sites import SITE, USERS, Federation, model, site_settings
+from sites import Federation, federation, model
 from waiting import eventually
 
-from cli.client import ApiError, Client
-from cli.stack import Stack
+from cli.client import ApiError
 from services.aggregator.boards import Boards
 from services.aggregator.handlers import get_leaderboard
 from services.aggregator.rebuild import rebuild
 from services.aggregator.store import TABLES
 from services.executor import operations
 from services.executor.runner import JOB_LABEL
-from services.ingress.auth import token_digest
 from shared.commands import GetLeaderboard
 from shared.db import Database, UnitOfWork
-from shared.settings import Settings
 
 pytestmark = pytest.mark.engine
-
-
-@asynccontextmanager
-async def federation(tmp_path: Path, image: str, **site_options: Any) -> AsyncIterator[Federation]:
-    settings = Settings(
-        state_dir=tmp_path / "state",
-        http_port=0,
-        admins=["admin"],
-        api_token_digests={token_digest(t): u for u, t in USERS.items()},
-    )
-    site = site_settings(tmp_path, **site_options)
-    async with Stack(settings, sites=[site]) as stack:
-        assert stack.ingress and stack.settings.nats_url
-        clients = {u: Client(stack.ingress.url, t) for u, t in USERS.items()}
-        try:
-            yield Federation(stack.settings.nats_url, clients, image, site, stack.hosts[f"site-{SITE}"].uow)
-        finally:
-            for client in clients.values():
-                client.close()
 
 
 async def test_review_policy_holds_results_until_the_data_owner_releases_them(
