@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 from faststream.nats import NatsBroker, NatsRouter
 from sqlalchemy import MetaData
 
@@ -85,12 +87,28 @@ class ServiceHost:
             s = self.settings
             await ensure_streams(s.nats_url, s.nats_replicas, user=s.nats_user, password=s.nats_password)
         await self.db.create_all(self.metadata)
-        await self.broker.start()
+        await self._start_broker()
         self.relay.start()
         await self.relay.publish_pending()  # events committed before a crash go out first
         for hook in self._on_start:
             await hook()
         log.info("%s started", self.name)
+
+    async def _start_broker(self, attempts: int = 5) -> None:
+        """Subscribe, retrying a JetStream API call that times out: a cluster that has just started
+        (or lost a node) may still be electing its streams' leaders, which is no reason to exit.
+        Subscriptions already made are kept across attempts (FastStream skips them)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.broker.start()
+                return
+            except nats.errors.TimeoutError:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "%s: the broker did not answer while subscribing (attempt %d); retrying", self.name, attempt
+                )
+                await asyncio.sleep(attempt)
 
     async def stop(self) -> None:
         for hook in reversed(self._on_stop):

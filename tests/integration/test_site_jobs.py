@@ -9,7 +9,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from sites import Federation, federation, model
+from sites import SITE, Federation, federation, model
 from waiting import eventually
 
 from cli.client import ApiError
@@ -18,7 +18,7 @@ from services.aggregator.handlers import get_leaderboard
 from services.aggregator.rebuild import rebuild
 from services.aggregator.store import TABLES
 from services.executor import operations
-from services.executor.runner import JOB_LABEL
+from services.executor.runner import JOB_LABEL, SITE_LABEL
 from shared.commands import GetLeaderboard
 from shared.db import Database, UnitOfWork
 
@@ -73,7 +73,10 @@ async def test_a_running_job_is_cancelled_and_its_container_removed(tmp_path: Pa
         engine = docker.from_env()
 
         def containers() -> list:
-            return engine.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job.id}"})
+            # This site's job only (job ids repeat across sites); sparse: a listed container that
+            # is removed meanwhile must not fail the listing.
+            labels = [f"{JOB_LABEL}={job.id}", f"{SITE_LABEL}={SITE}"]
+            return engine.containers.list(all=True, sparse=True, filters={"label": labels})
 
         await eventually(lambda: asyncio.to_thread(containers), "the model's container to start")
         await operations.cancel(fed.uow(), job.id)
