@@ -11,7 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, RawStreamMsg
 from secured import SecuredNats
 from sites import SITE, USERS, Federation, site_settings
 from waiting import eventually
@@ -74,14 +74,15 @@ def result(site: str, model_id: int = 1) -> ResultReported:
     )
 
 
-async def stream_subjects(servers: SecuredNats, stream: str) -> list[str]:
+async def stream_messages(servers: SecuredNats, stream: str) -> list[RawStreamMsg]:
+    """Every message of ``stream``, read as the operator."""
     nc = await nats.connect(**connect_options(servers.url, "operator", servers.passwords["operator"]))
     try:
         js = nc.jetstream()
         info = await js.stream_info(stream)
         if not info.state.messages:
             return []
-        return [(await js.get_msg(stream, s)).subject for s in range(info.state.first_seq, info.state.last_seq + 1)]
+        return [await js.get_msg(stream, s) for s in range(info.state.first_seq, info.state.last_seq + 1)]
     finally:
         await nc.close()
 
@@ -109,8 +110,8 @@ async def test_a_site_publishes_only_as_itself_and_never_approvals(secured: Secu
         await conn.violation("medperf.cmd.approvals.decide_association")
     finally:
         await nc.close()
-    assert await stream_subjects(secured, "SITES") == ["medperf.site.site-b.result.reported"]
-    assert await stream_subjects(secured, "APPROVALS") == []
+    assert [m.subject for m in await stream_messages(secured, "SITES")] == ["medperf.site.site-b.result.reported"]
+    assert await stream_messages(secured, "APPROVALS") == []
 
 
 async def test_a_site_reads_only_through_its_own_consumers(secured: SecuredNats) -> None:
@@ -234,7 +235,7 @@ async def test_a_site_with_its_own_credentials_runs_the_flow_and_a_forged_result
                 await nc.close()
 
                 async def letters() -> list[dict]:
-                    return [json.loads(m) for m in await stream_payloads(servers, "DEADLETTER")]
+                    return [json.loads(m.data) for m in await stream_messages(servers, "DEADLETTER")]
 
                 await eventually(letters, "the forged result to be dead-lettered")
                 [letter] = await letters()
@@ -249,15 +250,3 @@ async def test_a_site_with_its_own_credentials_runs_the_flow_and_a_forged_result
 
 async def _len_is(rows: Callable[[], Awaitable[list]], n: int) -> bool:
     return len(await rows()) == n
-
-
-async def stream_payloads(servers: SecuredNats, stream: str) -> list[bytes]:
-    nc = await nats.connect(**connect_options(servers.url, "operator", servers.passwords["operator"]))
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        if not info.state.messages:
-            return []
-        return [(await js.get_msg(stream, s)).data for s in range(info.state.first_seq, info.state.last_seq + 1)]
-    finally:
-        await nc.close()
