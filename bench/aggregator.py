@@ -5,8 +5,12 @@
    resumed; results/s is counted from the consumer's first delivery until every result is
    acknowledged (each one committed into the read model, the leaderboard current). Baseline:
    a raw nats-py durable pull consumer draining the same messages (fetch 256, ack each).
-2. Leaderboard queries at that size, as the ingress asks them (NATS request/reply): the
-   committee's full board (first page), and a public viewer's aggregate board; p50/p99.
+2. Leaderboard queries at that size, p50/p99: the committee's full matrix (a page of 100 and
+   of 20 rows), and a public viewer's aggregate and per-site boards. Each asked as the ingress
+   asks (NATS request/reply, the answer decoded as the ingress decodes it), "again" by one
+   viewer (the aggregator keeps an encoded answer until the board changes) and as the "first
+   look" of as many distinct viewers (each one computed and encoded); then the same over HTTP
+   through the ingress (``medperf serve ingress``), timed to the last byte of the body.
 3. Memory: the aggregator's resident set (now and peak) and its database file.
 
 Run: .venv/bin/python bench/aggregator.py [--models 1000] [--sites 200]
@@ -26,13 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import nats
+from measure import cpu_seconds, free_port, percentile, rss_kib
 from nats.js.api import ConsumerConfig
 
+from services.ingress.auth import token_digest
 from shared.broker import EmbeddedNats, ensure_streams
-from shared.commands import GetLeaderboard, SetSharingPolicy
+from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
 from shared.containers import HostedFile
 from shared.events import (
     AssociationApproved,
@@ -54,11 +62,6 @@ METRICS = [
     MetricSpec(name="loss", higher_is_better=False),
 ]
 DIGESTS = {"model": "sha256:" + "a" * 64, "metrics": "sha256:" + "b" * 64}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def publish_all(js: nats.js.JetStreamContext, events: list[Event], in_flight: int = 256) -> None:
@@ -184,23 +187,104 @@ async def raw_drain(js: nats.js.JetStreamContext, expected: int) -> float:
 
 async def ask(nc: nats.NATS, command: GetLeaderboard | SetSharingPolicy) -> dict:
     reply = await nc.request(type(command).subject(), command.model_dump_json().encode(), timeout=30)
-    outcome = json.loads(reply.data)
-    assert outcome["ok"], outcome
-    return outcome["data"]
+    outcome = Outcome.model_validate_json(reply.data)  # as the ingress reads an answer
+    assert outcome.ok, outcome
+    return outcome.data
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+#: The views queried: (name, viewer, the policy set first (None: keep), rows per page).
+VIEWS = (
+    ("committee, full matrix", COMMITTEE, None, 100),
+    ("committee, full matrix", COMMITTEE, None, 20),
+    ("public viewer, aggregate", "viewer", SharingPolicy(visibility="public", granularity="aggregate"), 100),
+    ("public viewer, per site", "viewer", SharingPolicy(visibility="public", granularity="sites"), 100),
+)
+
+
+def viewers(name: str, n: int) -> list[str]:
+    """``n`` distinct viewers who see what ``name`` sees: admins see the committee's board."""
+    return [f"{name}-{i}" for i in range(n)]
+
+
+async def timed(calls: list[Callable[[], Awaitable[object]]]) -> str:
+    took = []
+    for call in calls:
+        sent = time.perf_counter()
+        await call()
+        took.append((time.perf_counter() - sent) * 1000)
+    return f"p50 {percentile(took, 50):5.1f} ms, p99 {percentile(took, 99):5.1f} ms, max {max(took):5.1f} ms"
+
+
+async def query_latencies(nc: nats.NATS, http: httpx.AsyncClient, queries: int) -> None:
+    for name, viewer, policy, limit in VIEWS:
+        if policy is not None:
+            await ask(nc, SetSharingPolicy(actor=COMMITTEE, benchmark_id=1, policy=policy))
+        admin = viewer == COMMITTEE
+
+        def nats_query(actor: str, limit: int = limit, admin: bool = admin) -> Callable[[], Awaitable[dict]]:
+            query = GetLeaderboard(actor=actor, is_admin=admin and actor != COMMITTEE, benchmark_id=1, limit=limit)
+            return functools.partial(ask, nc, query)
+
+        def http_query(actor: str, limit: int = limit) -> Callable[[], Awaitable[bytes]]:
+            async def get() -> bytes:
+                response = await http.get(
+                    "/benchmarks/1/leaderboard", params={"limit": limit}, headers={"Authorization": f"Bearer {actor}"}
+                )
+                assert response.status_code == 200, response.text
+                return response.content
+
+            return get
+
+        board = await nats_query(viewer)()  # the first query after a change computes the page
+        rows = len(board.get("rows", []))
+        print(f"query ({name}; a page of {rows} rows of {board.get('total_rows', rows)}):")
+        distinct = viewers(viewer, queries)
+        print(f"  NATS, again:        {await timed([nats_query(viewer)] * queries)}")
+        print(f"  NATS, first look:   {await timed([nats_query(v) for v in distinct])}")
+        await http_query(viewer)()
+        print(f"  HTTP, again:        {await timed([http_query(viewer)] * queries)}")
+        print(f"  HTTP, first look:   {await timed([http_query(v + '-http') for v in distinct])}")
+
+
+async def wait_until_up(http: httpx.AsyncClient) -> None:
+    for _ in range(300):
+        try:
+            if (await http.get("/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the ingress did not come up")
 
 
 async def main(models: int, sites: int, queries: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="medperf-bench-aggregator-"))
-    with EmbeddedNats(workdir / "nats") as url:
+    broker = EmbeddedNats(workdir / "nats")
+    with broker as url:
         await ensure_streams(url)
-        env = {**os.environ, "MEDPERF_NATS_URL": url, "MEDPERF_STATE_DIR": str(workdir / "state")}
-        service = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [sys.executable, "-m", "cli.main", "serve", "aggregator"], env=env, stderr=subprocess.DEVNULL
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        # Each viewer's token is its name (the bench's own users; digests as an admin issues them).
+        users = [COMMITTEE, *(f"{u}-http" for u in viewers("viewer", queries) + viewers(COMMITTEE, queries))]
+        users += ["viewer", *viewers("viewer", queries)]
+        env = {
+            **os.environ,
+            "MEDPERF_NATS_URL": url,
+            "MEDPERF_STATE_DIR": str(workdir / "state"),
+            "MEDPERF_HTTP_PORT": str(port),
+            "MEDPERF_ADMINS": json.dumps(
+                viewers(COMMITTEE, queries) + [f"{u}-http" for u in viewers(COMMITTEE, queries)]
+            ),
+            "MEDPERF_API_TOKEN_DIGESTS": json.dumps({token_digest(u): u for u in users}),
+        }
+        service, ingress = (
+            subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+                [sys.executable, "-m", "cli.main", "serve", name],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name in ("aggregator", "ingress")
         )
         nc = await nats.connect(url)
         js = nc.jetstream()
@@ -225,40 +309,27 @@ async def main(models: int, sites: int, queries: int) -> None:
                 f"published {len(batch):,} results at {published:,.0f}/s; the aggregator (pid {service.pid}) resumes",
                 flush=True,
             )
+            pids = {"aggregator": service.pid, "nats-server": broker.process.pid}  # type: ignore[union-attr]
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            before["event loop"] = cpu_seconds(service.pid, children=False)
             resumed = time.perf_counter()
             service.send_signal(signal.SIGCONT)
             ours = len(batch) / (await drained(js, "aggregator-result-reported") - resumed)
+            # CPU per result does not depend on what else the machine runs, unlike the rate.
+            spent = {name: (cpu_seconds(pid) - before[name]) * 1e6 / len(batch) for name, pid in pids.items()}
+            spent["aggregator's own process"] = (
+                (cpu_seconds(service.pid, children=False) - before["event loop"]) * 1e6 / len(batch)
+            )
             raw = await raw_drain(js, len(batch))
             print(f"results: {len(batch):,} ({models} models x {sites} sites)")
             print(
                 f"ingest: {ours:,.0f} results/s into the leaderboard vs raw drain {raw:,.0f}/s: ratio {ours / raw:.2f}"
             )
+            print("CPU per result ingested: " + ", ".join(f"{name} {us:.0f} us" for name, us in spent.items()))
 
-            for name, actor, policy, limit in (
-                ("committee, full matrix", COMMITTEE, None, 100),
-                ("committee, full matrix", COMMITTEE, None, 20),
-                (
-                    "public viewer, aggregate",
-                    "stranger",
-                    SharingPolicy(visibility="public", granularity="aggregate"),
-                    100,
-                ),
-                ("public viewer, per site", "stranger", SharingPolicy(visibility="public", granularity="sites"), 100),
-            ):
-                if policy is not None:
-                    await ask(nc, SetSharingPolicy(actor=COMMITTEE, benchmark_id=1, policy=policy))
-                query = GetLeaderboard(actor=actor, benchmark_id=1, limit=limit)
-                board = await ask(nc, query)  # the first query after a change computes the page
-                took = []
-                for _ in range(queries):
-                    sent = time.perf_counter()
-                    await ask(nc, query)
-                    took.append((time.perf_counter() - sent) * 1000)
-                rows = len(board.get("rows", []))
-                print(
-                    f"query ({name}; a page of {rows} rows of {board.get('total_rows', rows)}): "
-                    f"p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms, max {max(took):.1f} ms"
-                )
+            async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+                await wait_until_up(http)
+                await query_latencies(nc, http, queries)
             now, peak = rss_kib(service.pid)
             db = workdir / "state" / "aggregator.db"
             size = db.stat().st_size / 2**20
@@ -266,8 +337,9 @@ async def main(models: int, sites: int, queries: int) -> None:
         finally:
             await nc.close()
             service.send_signal(signal.SIGCONT)
-            service.terminate()
-            service.wait(timeout=30)
+            for process in (service, ingress):
+                process.terminate()
+                process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -85,8 +86,10 @@ def _raw_public(public_key: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=4096)
 def load_public_key(public_key: str) -> Ed25519PublicKey:
-    """Parse a base64 raw public key once; verifying with the parsed key is the cheap part."""
+    """Parse a base64 raw public key, once per process: parsing is most of a key's cost, and a key
+    signs many results."""
     return Ed25519PublicKey.from_public_bytes(_raw_public(public_key))
 
 
@@ -97,6 +100,14 @@ def verify(public_key: Ed25519PublicKey, signature: str, message: bytes) -> bool
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True
+
+
+def verify_published(work: list[tuple[str, bytes]]) -> list[bool]:
+    """Each (public key, ResultReported as published) checked: what a worker process is handed.
+    It decodes the bytes itself, so the canonical encoding is worked out on its core too."""
+    from shared.events import ResultReported  # the events module imports this one
+
+    return [verify_result(load_public_key(key), ResultReported.model_validate_json(payload)) for key, payload in work]
 
 
 def verify_result(public_key: Ed25519PublicKey, event: ResultReported) -> bool:

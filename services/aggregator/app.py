@@ -7,7 +7,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from services.aggregator import handlers, provenance
+from services.aggregator import handlers, provenance, trust
 from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
 from shared.commands import GetLeaderboard, GetProvenance, Outcome, SetSharingPolicy
@@ -19,6 +19,9 @@ from shared.settings import Settings
 
 #: Results arrive by the thousand: pulled up to 256 at a time, and committed a batch per transaction.
 RESULT_BATCH = 256
+#: Batches in hand at once (pull loops on the one durable consumer): while one batch is in its
+#: transaction, the next one's signatures are checked in a worker thread.
+RESULT_PIPELINES = 2
 
 
 def create_service(settings: Settings) -> ServiceHost:
@@ -26,17 +29,23 @@ def create_service(settings: Settings) -> ServiceHost:
     router = NatsRouter()
     boards = Boards()
 
-    @router.subscriber(**consume(host.name, ResultReported, batch_size=RESULT_BATCH))
+    signatures = trust.Signatures()
+    host.on_start(signatures.start)
+    host.on_stop(signatures.stop)
+
     async def on_results_reported(deliveries: list[tuple[str, bytes]]) -> dict[int, Exception]:
-        return await handlers.record_results(deliveries, host.uow())
+        return await handlers.record_results(deliveries, host.uow(), signatures)
+
+    for _ in range(RESULT_PIPELINES):
+        router.subscriber(**consume(host.name, ResultReported, batch_size=RESULT_BATCH))(on_results_reported)
 
     for event_type, project in handlers.PROJECTIONS.items():
         if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers
             router.subscriber(**consume(host.name, event_type))(_subscriber(event_type, project, host))
 
     @router.subscriber(**host.answers(GetLeaderboard))
-    async def leaderboard(query: GetLeaderboard) -> Outcome:
-        return await handlers.get_leaderboard(query, host.uow(), boards)
+    async def leaderboard(query: GetLeaderboard) -> bytes:  # an Outcome, encoded (see leaderboard_reply)
+        return await handlers.leaderboard_reply(query, host.uow(), boards)
 
     @router.subscriber(**host.answers(GetProvenance))
     async def get_provenance(query: GetProvenance) -> Outcome:

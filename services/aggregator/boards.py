@@ -11,7 +11,8 @@ restarts loads what it needs at its first query.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -38,6 +39,20 @@ class Loaded:
     policy: SharingPolicy
     name: str
     metrics_digest: str | None
+    replies: dict[Hashable, bytes] = field(default_factory=dict)  # encoded answers at this tick
+
+    #: What the encoded answers of one benchmark may hold; the oldest go first.
+    REPLY_BUDGET = 32 * 2**20
+
+    def reply(self, key: Hashable, encode: Callable[[], bytes]) -> bytes:
+        """The answer kept under ``key`` since the board last changed, or ``encode``'s, kept."""
+        reply = self.replies.get(key)
+        if reply is None:
+            reply = self.replies[key] = encode()
+            kept = sum(map(len, self.replies.values()))
+            while kept > self.REPLY_BUDGET and len(self.replies) > 1:
+                kept -= len(self.replies.pop(next(iter(self.replies))))
+        return reply
 
 
 class Boards:
@@ -72,6 +87,7 @@ class Boards:
         for row in rows:
             facts.standings.put(_cell(row, facts.dataset_cases, loaded.metrics_digest))
         loaded.tick = tick
+        loaded.replies.clear()
         return True
 
     async def _load(self, session: AsyncSession, benchmark_id: int, tick: int) -> Loaded | None:

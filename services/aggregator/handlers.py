@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -11,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.aggregator import domain, policy, trust
-from services.aggregator.boards import Boards
+from services.aggregator.boards import Boards, Loaded
 from services.aggregator.store import (
     TABLES,
     BenchmarkInfo,
@@ -149,11 +150,14 @@ async def record_edit(event: EntityEdited, uow: UnitOfWork) -> None:
         await uow.commit()
 
 
-async def record_results(deliveries: list[tuple[str, bytes]], uow: UnitOfWork) -> dict[int, Exception]:
+async def record_results(
+    deliveries: list[tuple[str, bytes]], uow: UnitOfWork, signatures: trust.Signatures
+) -> dict[int, Exception]:
     """A batch of (subject, payload) results in one transaction; returns the refusals by position.
 
     A site's credentials allow it only its own subjects, so a body naming another site than its
-    subject is a forgery (or a bug) and is refused, never counted."""
+    subject is a forgery (or a bug) and is refused, never counted. Signatures are checked before
+    the transaction, off the event loop."""
     decoded, refused = decode_batch(ResultReported, deliveries)
     genuine: list[tuple[int, ResultReported]] = []
     for index, subject, event in decoded:
@@ -163,23 +167,30 @@ async def record_results(deliveries: list[tuple[str, bytes]], uow: UnitOfWork) -
             )
         else:
             genuine.append((index, event))
+    events = [event for _, event in genuine]
+    checked = await signatures.check(events, [deliveries[index][1] for index, _ in genuine], uow)
     async with uow:
-        rejected = await apply_results([event for _, event in genuine], uow)
+        rejected = await apply_results(events, uow, checked)
         await uow.commit()
     refused.update({genuine[i][0]: error for i, error in rejected.items()})
     return refused
 
 
-async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[int, Exception]:
+async def apply_results(
+    events: list[ResultReported], uow: UnitOfWork, checked: dict[int, bool] | None = None
+) -> dict[int, Exception]:
     """Results into the read model. Each is checked first and refused whole (by position in
-    ``events``) or written whole: never half-applied."""
+    ``events``) or written whole: never half-applied. ``checked``: signatures verified already,
+    by position (the others are verified here)."""
     if not events:
         return {}  # a batch of malformed messages only: nothing changed, so the clock must not move
     tick = await advance_clock(uow)
     wanted = {e.benchmark_id for e in events}
-    benchmarks = {
-        b.benchmark_id: b
-        for b in await uow.session.scalars(select(BenchmarkInfo).where(BenchmarkInfo.benchmark_id.in_(wanted)))
+    declared = {
+        benchmark_id: [domain.Metric(**m) for m in metrics]
+        for benchmark_id, metrics in await uow.session.execute(
+            select(BenchmarkInfo.benchmark_id, BenchmarkInfo.metrics).where(BenchmarkInfo.benchmark_id.in_(wanted))
+        )
     }
     sites = dict(
         (
@@ -194,25 +205,28 @@ async def apply_results(events: list[ResultReported], uow: UnitOfWork) -> dict[i
     seen = await _handled(uow, events)
     refused: dict[int, Exception] = {}
     accepted: list[ResultReported] = []
+    checked = checked or {}
     for index, event in enumerate(events):
-        benchmark = benchmarks.get(event.benchmark_id)
+        metrics = declared.get(event.benchmark_id)
         site = sites.get(event.dataset_id, event.site)
         if str(event.event_id) in seen:
-            # Handled before (a redelivery, or a replay re-signed under the same id): no effect.
+            # Applied before (a redelivery, or a replay re-signed under the same id): no effect.
             continue
-        seen.add(str(event.event_id))
         if site != event.site:  # whatever its signature: a site's key vouches for its own datasets only
             refused[index] = PermanentFailure(
                 f"dataset {event.dataset_id} belongs to site {site!r}, not {event.site!r}"
             )
-        elif (distrust := trust.verdict(event, keys.get(event.key_id or ""))) is not None:
+        elif (distrust := trust.verdict(event, keys.get(event.key_id or ""), checked.get(index))) is not None:
             refused[index] = distrust
-        elif benchmark is None:
+        elif metrics is None:
             # Registry events travel on another stream and may not have arrived yet: retry later.
             refused[index] = NotYet(f"benchmark {event.benchmark_id} not known yet")
-        elif missing := domain.missing_metrics([domain.Metric(**m) for m in benchmark.metrics], event.metrics):
+        elif missing := domain.missing_metrics(metrics, event.metrics):
             refused[index] = PermanentFailure(f"result lacks the benchmark's declared metric(s) {', '.join(missing)}")
         else:
+            # Only an applied result claims its id: a forged copy arriving first must not shut
+            # the genuine one out.
+            seen.add(str(event.event_id))
             accepted.append(event)
     if accepted:
         await uow.mark_handled(accepted)
@@ -329,6 +343,24 @@ async def record_policy_change(event: SharingPolicyChanged, uow: UnitOfWork) -> 
 async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork, boards: Boards) -> Outcome:
     async with uow:
         loaded = await boards.get(uow.session, query.benchmark_id)
+    return _leaderboard(query, loaded, utcnow())
+
+
+async def leaderboard_reply(query: GetLeaderboard, uow: UnitOfWork, boards: Boards) -> bytes:
+    """``get_leaderboard``'s answer, encoded, and kept for the same viewer and page until the board
+    changes: a page of a thousand models by two hundred sites is ~600 kB of JSON, and a board that
+    is looked at again and again is then encoded once."""
+    async with uow:
+        loaded = await boards.get(uow.session, query.benchmark_id)
+    now = utcnow()
+    if loaded is None:
+        return _leaderboard(query, loaded, now).model_dump_json().encode()
+    # The answer depends on nothing else: the viewer, the page, and the time only through the embargo.
+    key = (query.actor, query.is_admin, query.limit, query.offset, loaded.policy.embargoed(now))
+    return loaded.reply(key, lambda: _leaderboard(query, loaded, now).model_dump_json().encode())
+
+
+def _leaderboard(query: GetLeaderboard, loaded: Loaded | None, now: datetime) -> Outcome:
     if loaded is None:
         return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} has results here")
     try:
@@ -336,7 +368,7 @@ async def get_leaderboard(query: GetLeaderboard, uow: UnitOfWork, boards: Boards
             loaded.facts,
             loaded.policy,
             policy.Viewer(query.actor, query.is_admin),
-            utcnow(),
+            now,
             policy.Page(query.limit, query.offset),
         )
     except policy.NotShared as refusal:

@@ -7,8 +7,9 @@ import csv
 import io
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from services.ingress.gateway import (
     ERRORS,
@@ -184,7 +185,9 @@ async def leaderboard(
                 break
             rows += more["rows"]
         return PlainTextResponse(leaderboard_csv(board), media_type="text/csv")
-    return board
+    # Encoded here at once: FastAPI's generic path (jsonable_encoder) takes ~10x longer on a page of
+    # a thousand models by two hundred sites.
+    return Response(pydantic_core.to_json(board), media_type="application/json")
 
 
 @router.put(

@@ -96,8 +96,12 @@ def result(model: int, dataset: int, auc: float, digest: str = OLD, **extra: obj
 
 
 async def setup(js: JetStreamContext) -> None:
-    await publish(
-        js,
+    await publish(js, *setup_events())
+
+
+def setup_events() -> list[Event]:
+    """Two metrics containers, the benchmark, models 1 and 2, the datasets of sites 10..12 and their keys."""
+    return [
         ContainerRegistered(actor=COMMITTEE, container_id=2, name="metrics", owner=COMMITTEE, spec=spec(OLD)),
         ContainerRegistered(actor=COMMITTEE, container_id=3, name="metrics-v2", owner=COMMITTEE, spec=spec(NEW)),
         BenchmarkSubmitted(
@@ -134,7 +138,7 @@ async def setup(js: JetStreamContext) -> None:
             )
             for d, k in KEYS.items()
         ),
-    )
+    ]
 
 
 async def board(aggregator: ServiceHost, **query: object) -> dict:

@@ -1,0 +1,35 @@
+"""What the benches read off the processes they measure (Linux /proc), and their percentiles."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time a process has used so far: all its threads, and (``children``) its
+    live child processes (e.g. the aggregator's signature checker)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return own
+    spawned = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in spawned)
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """A process's resident set now and at its peak, in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
