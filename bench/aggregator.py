@@ -40,7 +40,7 @@ from nats.js.api import ConsumerConfig
 
 from services.ingress.auth import token_digest
 from shared.broker import EmbeddedNats, ensure_streams
-from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
+from shared.commands import DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS, GetLeaderboard, Outcome, SetSharingPolicy
 from shared.containers import HostedFile
 from shared.events import (
     AssociationApproved,
@@ -194,10 +194,10 @@ async def ask(nc: nats.NATS, command: GetLeaderboard | SetSharingPolicy) -> dict
 
 #: The views queried: (name, viewer, the policy set first (None: keep), rows per page).
 VIEWS = (
-    ("committee, full matrix", COMMITTEE, None, 100),
-    ("committee, full matrix", COMMITTEE, None, 20),
+    ("committee, full matrix", COMMITTEE, None, DEFAULT_LEADERBOARD_ROWS),
+    ("committee, full matrix", COMMITTEE, None, MAX_LEADERBOARD_ROWS),
     ("public viewer, aggregate", "viewer", SharingPolicy(visibility="public", granularity="aggregate"), 100),
-    ("public viewer, per site", "viewer", SharingPolicy(visibility="public", granularity="sites"), 100),
+    ("public viewer, per site", "viewer", SharingPolicy(visibility="public", granularity="sites"), 25),
 )
 
 
@@ -206,13 +206,33 @@ def viewers(name: str, n: int) -> list[str]:
     return [f"{name}-{i}" for i in range(n)]
 
 
-async def timed(calls: list[Callable[[], Awaitable[object]]]) -> str:
+async def timed(calls: list[Callable[[], Awaitable[object]]]) -> tuple[float, float, float]:
     took = []
     for call in calls:
         sent = time.perf_counter()
         await call()
         took.append((time.perf_counter() - sent) * 1000)
-    return f"p50 {percentile(took, 50):5.1f} ms, p99 {percentile(took, 99):5.1f} ms, max {max(took):5.1f} ms"
+    return percentile(took, 50), percentile(took, 99), max(took)
+
+
+def shown(figures: tuple[float, float, float], raw: tuple[float, float, float] | None = None) -> str:
+    p50, p99, top = figures
+    ratio = f"  ({p99 / raw[1]:.1f}x raw p99)" if raw else ""
+    return f"p50 {p50:5.1f} ms, p99 {p99:5.1f} ms, max {top:5.1f} ms{ratio}"
+
+
+async def raw_request_reply(nc: nats.NATS, size: int, n: int) -> tuple[float, float, float]:
+    """The baseline: raw nats-py request/reply with a reply of ``size`` bytes, made in advance."""
+    reply = b"x" * size
+
+    async def respond(msg: nats.aio.msg.Msg) -> None:
+        await msg.respond(reply)
+
+    subscription = await nc.subscribe("bench.raw.board", cb=respond)
+    try:
+        return await timed([functools.partial(nc.request, "bench.raw.board", b"{}", timeout=30)] * n)
+    finally:
+        await subscription.unsubscribe()
 
 
 async def query_latencies(nc: nats.NATS, http: httpx.AsyncClient, queries: int) -> None:
@@ -236,14 +256,17 @@ async def query_latencies(nc: nats.NATS, http: httpx.AsyncClient, queries: int) 
             return get
 
         board = await nats_query(viewer)()  # the first query after a change computes the page
+        size = len(Outcome.accepted(1, board).model_dump_json())
         rows = len(board.get("rows", []))
-        print(f"query ({name}; a page of {rows} rows of {board.get('total_rows', rows)}):")
+        print(f"query ({name}; a page of {rows} rows of {board.get('total_rows', rows)}, {size / 1024:.0f} kB):")
+        raw = await raw_request_reply(nc, size, queries)
         distinct = viewers(viewer, queries)
-        print(f"  NATS, again:        {await timed([nats_query(viewer)] * queries)}")
-        print(f"  NATS, first look:   {await timed([nats_query(v) for v in distinct])}")
+        print(f"  raw nats-py request/reply of that size: {shown(raw)}")
+        print(f"  NATS, again:        {shown(await timed([nats_query(viewer)] * queries), raw)}")
+        print(f"  NATS, first look:   {shown(await timed([nats_query(v) for v in distinct]), raw)}")
         await http_query(viewer)()
-        print(f"  HTTP, again:        {await timed([http_query(viewer)] * queries)}")
-        print(f"  HTTP, first look:   {await timed([http_query(v + '-http') for v in distinct])}")
+        print(f"  HTTP, again:        {shown(await timed([http_query(viewer)] * queries), raw)}")
+        print(f"  HTTP, first look:   {shown(await timed([http_query(v + '-http') for v in distinct]), raw)}")
 
 
 async def wait_until_up(http: httpx.AsyncClient) -> None:

@@ -31,6 +31,8 @@ MAX_ID = 2**31 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 #: Rows in one answer of a leaderboard query: 100 rows by 200 sites stay well under NATS's 1 MB.
 MAX_LEADERBOARD_ROWS = 100
+#: A screenful: a row of a board shows every site's value, ~6 kB of JSON at two hundred sites.
+DEFAULT_LEADERBOARD_ROWS = 25
 
 RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
 
@@ -294,7 +296,7 @@ class GetLeaderboard(Command):
     SERVICE, NAME = "aggregator", "leaderboard"
     benchmark_id: Id
     # A page of rows: a thousand models by two hundred sites is too much for one answer.
-    limit: int = Field(default=MAX_LEADERBOARD_ROWS, ge=1, le=MAX_LEADERBOARD_ROWS)
+    limit: int = Field(default=DEFAULT_LEADERBOARD_ROWS, ge=1, le=MAX_LEADERBOARD_ROWS)
     offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 

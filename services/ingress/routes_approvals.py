@@ -23,6 +23,7 @@ from services.ingress.gateway import (
     query_of,
 )
 from shared.commands import (
+    DEFAULT_LEADERBOARD_ROWS,
     MAX_ID,
     MAX_LEADERBOARD_ROWS,
     DecideAssociation,
@@ -171,7 +172,7 @@ async def set_priority(
 async def leaderboard(
     benchmark_id: BenchmarkId,
     format: Annotated[Literal["json", "csv"], Query(description="csv: every row, not one page")] = "json",
-    limit: Annotated[int, Query(ge=1, le=MAX_LEADERBOARD_ROWS, description="rows per page")] = MAX_LEADERBOARD_ROWS,
+    limit: Annotated[int, Query(ge=1, le=MAX_LEADERBOARD_ROWS, description="rows per page")] = DEFAULT_LEADERBOARD_ROWS,
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip, in rank order")] = 0,
     ctx: Context = Depends(authorized),
 ) -> Any:
