@@ -20,7 +20,7 @@ from shared.settings import Settings
 #: Results arrive by the thousand: pulled up to 256 at a time, and committed a batch per transaction.
 RESULT_BATCH = 256
 #: Batches in hand at once (pull loops on the one durable consumer): while one batch is in its
-#: transaction, the next one's signatures are checked in a worker thread.
+#: transaction, the next one's signatures are checked in a worker process.
 RESULT_PIPELINES = 2
 
 
@@ -30,7 +30,6 @@ def create_service(settings: Settings) -> ServiceHost:
     boards = Boards()
 
     signatures = trust.Signatures()
-    host.on_start(signatures.start)
     host.on_stop(signatures.stop)
 
     async def on_results_reported(deliveries: list[tuple[str, bytes]]) -> dict[int, Exception]:

@@ -86,9 +86,6 @@ class Signatures:
         self._keys: dict[str, str] = {}
         self._pool: ProcessPoolExecutor | None = None
 
-    async def start(self) -> None:
-        self._open()
-
     async def stop(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -97,8 +94,8 @@ class Signatures:
     def _open(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # Spawned, not forked: a fork of a process running an event loop and threads is unsafe.
+            # Started at the first signed result: a service that never sees one needs no worker.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            self._pool.submit(int)  # start the worker now, not at the first result
         return self._pool
 
     async def check(self, events: list[ResultReported], payloads: list[bytes], uow: UnitOfWork) -> dict[int, bool]:

@@ -34,7 +34,6 @@ async def uow(tmp_path: Path) -> AsyncIterator[Callable[[], UnitOfWork]]:
 @pytest.fixture
 async def signatures() -> AsyncIterator[trust.Signatures]:
     checker = trust.Signatures()
-    await checker.start()
     try:
         yield checker
     finally:
