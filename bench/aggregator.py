@@ -201,9 +201,14 @@ VIEWS = (
 )
 
 
+#: Distinct viewers per view at most: each has a token, and the tokens travel in the environment.
+MAX_VIEWERS = 200
+
+
 def viewers(name: str, n: int) -> list[str]:
-    """``n`` distinct viewers who see what ``name`` sees: admins see the committee's board."""
-    return [f"{name}-{i}" for i in range(n)]
+    """Distinct viewers (``n``, at most ``MAX_VIEWERS``) who see what ``name`` sees: admins see the
+    committee's board."""
+    return [f"{name}-{i}" for i in range(min(n, MAX_VIEWERS))]
 
 
 async def timed(calls: list[Callable[[], Awaitable[object]]]) -> tuple[float, float, float]:
