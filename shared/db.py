@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
-from faststream.nats import NatsBroker
 from sqlalchemy import (
     Column,
     DateTime,
@@ -32,7 +30,6 @@ from sqlalchemy import (
     event,
     insert,
     select,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -40,9 +37,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.events import Event, utcnow
-from shared.streams import ALL_STREAMS
-
-log = logging.getLogger("medperf.outbox")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -174,6 +168,10 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class Relay(Protocol):
+    def wake(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class MessagingTables:
     outbox: Table
@@ -208,7 +206,7 @@ class UnitOfWork:
     Use as ``async with uow: ...; await uow.commit()``; leaving without commit rolls back.
     """
 
-    def __init__(self, db: Database, tables: MessagingTables, relay: OutboxRelay | None = None) -> None:
+    def __init__(self, db: Database, tables: MessagingTables, relay: Relay | None = None) -> None:
         self._db = db
         self._tables = tables
         self._relay = relay
@@ -232,6 +230,11 @@ class UnitOfWork:
     def emit(self, event: Event) -> None:
         """Record ``event``; it is written with this transaction and published after the commit."""
         self._events.append(event)
+
+    def step(self) -> UnitOfWork:
+        """A unit of work inside this one (a SAVEPOINT), for one event of a batch: it commits or
+        rolls back alone, and what it commits is written with this transaction's commit."""
+        return _Step(self)
 
     async def claim(self, event: Event) -> bool:
         """Mark ``event`` handled in this transaction; False if it already was (a redelivery)."""
@@ -281,91 +284,30 @@ class UnitOfWork:
             self._relay.wake()
 
 
-def _stream_for(subject: str) -> str:
-    for stream in ALL_STREAMS:
-        if any(subject.startswith(pattern.removesuffix(">")) for pattern in stream.subjects):
-            return stream.name
-    raise ValueError(f"no stream captures subject {subject!r}")
+class _Step(UnitOfWork):
+    """``UnitOfWork.step``: the same interface, so a handler written for a transaction of its own
+    runs unchanged as one step of a batch."""
 
+    def __init__(self, batch: UnitOfWork) -> None:
+        self._batch = batch
+        self._tables = batch._tables
 
-class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, in order, at least once.
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._batch.session
+        self._events = []
+        # Handlers keep per-transaction notes in session.info (the aggregator's clock tick); a note
+        # made in a step that is rolled back describes a change that no longer exists.
+        self._info = dict(self.session.info)
+        self._savepoint = await self.session.begin_nested()
+        return self
 
-    ``Nats-Msg-Id`` is the event id, so JetStream drops a row published twice (e.g. a crash between
-    the publish and the mark) within its duplicate window; consumers dedupe anything later.
-    """
+    async def __aexit__(self, *exc: object) -> None:
+        if self._savepoint.is_active:
+            await self._savepoint.rollback()
+            self.session.info.clear()
+            self.session.info.update(self._info)
 
-    def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
-        self._db = db
-        self._outbox = tables.outbox
-        self._broker = broker
-        self._sweep_interval = sweep_interval
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            # The flag, not only the cancel: Python 3.11's wait_for can swallow a cancellation that
-            # lands as the wait ends (the relay then never stopped, and shutdown hung).
-            self._stopping = True
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        try:
-            await self.publish_pending()  # flush what was committed just before shutdown
-        except Exception:  # the rows stay in the outbox and go out at the next start
-            log.warning("outbox not fully flushed at shutdown; it will be published at the next start")
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._sweep_interval):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
-            try:
-                await self.publish_pending()
-            except Exception:  # the broker may be restarting; the next sweep retries
-                log.exception("outbox relay could not publish; will retry")
-
-    async def publish_pending(self) -> int:
-        """Publish unpublished rows in order; no transaction is held while waiting for the broker."""
-        published = 0
-        outbox = self._outbox
-        while True:
-            async with self._db.transaction() as session:
-                rows = (
-                    await session.execute(
-                        select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
-                        .where(outbox.c.published_at.is_(None))
-                        .order_by(outbox.c.id)
-                        .limit(200)
-                    )
-                ).all()
-            if not rows:
-                return published
-            done: list[int] = []
-            try:
-                for row in rows:
-                    await self._broker.publish(
-                        row.payload.encode(),
-                        row.subject,
-                        headers={"Nats-Msg-Id": row.event_id, "content-type": "application/json"},
-                        stream=_stream_for(row.subject),
-                    )
-                    done.append(row.id)
-            finally:
-                # Marked even if a later publish failed, so what went out is not sent again
-                # (a crash before this line re-sends; JetStream's dedupe window drops those).
-                if done:
-                    async with self._db.transaction() as session:
-                        await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
-            published += len(done)
+    async def commit(self) -> None:
+        await self._savepoint.commit()
+        self._batch._events.extend(self._events)
+        self._events = []

@@ -131,6 +131,43 @@ async def test_committed_unit_of_work_publishes_exactly_one_message_keyed_by_eve
     assert await count(host.db, Decision.__table__) == 1
 
 
+async def test_steps_of_a_batch_commit_or_roll_back_alone(host: ServiceHost, js: JetStreamContext) -> None:
+    """``UnitOfWork.step``: each step is a savepoint; a rolled-back step takes its rows, its events
+    and its notes in ``session.info`` with it, and the others go out with the batch's commit."""
+    async with host.uow() as batch:
+        async with batch.step() as kept:
+            kept.session.add(Decision(benchmark_id=1, name="bench-1"))
+            kept.emit(approved(1))
+            kept.session.info["note"] = "kept"
+            await kept.commit()
+        with pytest.raises(RuntimeError, match="second step blew up"):
+            async with batch.step() as failed:
+                failed.session.add(Decision(benchmark_id=2, name="bench-2"))
+                failed.emit(approved(2))
+                failed.session.info["note"] = "rolled back"
+                await failed.session.flush()
+                raise RuntimeError("second step blew up")
+        async with batch.step() as abandoned:  # left without commit, as a handler skipping a duplicate is
+            abandoned.session.add(Decision(benchmark_id=3, name="bench-3"))
+            abandoned.emit(approved(3))
+        assert batch.session.info["note"] == "kept"
+        # The steps' events wait for the batch's commit (the process's other sessions queue behind it).
+        assert await batch.session.scalar(select(func.count()).select_from(TABLES.outbox)) == 0
+        await batch.commit()
+
+    async with host.db.sessions() as session:
+        assert list(await session.scalars(select(Decision.benchmark_id))) == [1]
+    await eventually(lambda: _at_least(js, 1), "the kept step's event on the stream")
+    await asyncio.sleep(0.3)
+    msg = await js.get_msg(STREAM, 1)
+    assert BenchmarkApproved.model_validate_json(msg.data).benchmark_id == 1
+    assert await stream_count(js) == 1
+
+
+async def _at_least(js: JetStreamContext, n: int) -> bool:
+    return await stream_count(js) >= n
+
+
 async def test_rows_committed_without_a_relay_are_published_at_start_in_order(
     settings: Settings, js: JetStreamContext
 ) -> None:
