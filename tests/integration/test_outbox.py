@@ -265,6 +265,43 @@ async def test_outbox_row_for_a_subject_no_stream_captures_is_not_silently_lost(
         await session.commit()
 
 
+async def test_publishes_sent_without_waiting_keep_the_outbox_order_and_stop_at_a_failure(
+    host: ServiceHost, js: JetStreamContext
+) -> None:
+    """The relay sends a batch before the acknowledgements come back: the stream still holds the
+    events in outbox order, and a row that cannot go out stops the batch there; what follows it
+    is neither marked nor lost."""
+    first, second = [approved(i) for i in range(1, 151)], [approved(i) for i in range(151, 301)]
+    async with UnitOfWork(host.db, TABLES, relay=None) as uow:
+        for event in first:
+            uow.emit(event)
+        await uow.commit()
+    async with host.db.sessions() as session:
+        await session.execute(
+            TABLES.outbox.insert().values(
+                event_id=str(uuid.uuid4()), subject="medperf.nowhere.thing", payload="{}", created_at=func.now()
+            )
+        )
+        await session.commit()
+    async with UnitOfWork(host.db, TABLES, relay=None) as uow:
+        for event in second:
+            uow.emit(event)
+        await uow.commit()
+
+    with pytest.raises(ValueError, match="no stream captures"):
+        await host.relay.publish_pending()
+    published = TABLES.outbox.c.published_at.is_not(None)
+    async with host.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(TABLES.outbox).where(published)) == len(first)
+        await session.execute(TABLES.outbox.delete().where(TABLES.outbox.c.subject == "medperf.nowhere.thing"))
+        await session.commit()
+    await host.relay.publish_pending()
+
+    assert await stream_count(js) == len(first) + len(second)
+    ids = [(await js.get_msg(STREAM, seq)).headers["Nats-Msg-Id"] for seq in range(1, 301)]  # type: ignore[index]
+    assert ids == [str(e.event_id) for e in first + second]
+
+
 async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "own-nats")
     url = server.start()
