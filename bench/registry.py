@@ -279,15 +279,17 @@ def serve(services: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 async def wait_until_up(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as client:
+    """Until the ingress answers, and the registry behind it (a request would meet no responder)."""
+    headers = {"Authorization": f"Bearer {USERS['committee']}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers) as client:
         for _ in range(300):
             try:
-                if (await client.get("/health")).status_code == 200:
+                if (await client.get("/me/containers")).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError("the ingress did not come up")
+    raise RuntimeError("the ingress and the registry did not come up")
 
 
 async def main(n_registrations: int, n_approvals: int) -> None:
