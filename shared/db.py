@@ -200,6 +200,15 @@ def messaging_tables(metadata: MetaData, service: str) -> MessagingTables:
     return MessagingTables(outbox, inbox)
 
 
+def insert_unless_exists(session: AsyncSession, table: Table, *unique: str) -> Any:
+    """``INSERT .. ON CONFLICT (unique) DO NOTHING`` on this session's database (SQLite or
+    PostgreSQL); with ``RETURNING``, no row comes back when the values were taken already."""
+    return _INSERTS[session.bind.dialect.name](table).on_conflict_do_nothing(index_elements=list(unique))
+
+
+_INSERTS: dict[str, Any] = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
+
+
 class UnitOfWork:
     """One transaction: state changes, the events that describe them, and the inbox mark.
 
@@ -241,7 +250,7 @@ class UnitOfWork:
         # INSERT .. ON CONFLICT DO NOTHING: two deliveries of one event handled at once (same batch,
         # or two replicas) do not fail on the key; the second waits for the first and sees the row.
         dialect = self.session.bind.dialect.name
-        insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
+        insert_ = _INSERTS.get(dialect)
         values = {"event_id": str(event.event_id), "event_type": event.type, "handled_at": utcnow()}
         if insert_ is None:  # another database: check, then insert (a race ends in a retry)
             inbox = self._tables.inbox
@@ -256,7 +265,7 @@ class UnitOfWork:
         """Record many events as handled at once, for handlers whose effect is idempotent anyway
         (a redelivery rewrites the same values), so no per-event check is needed."""
         dialect = self.session.bind.dialect.name
-        insert_ = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[dialect]
+        insert_ = _INSERTS[dialect]
         now = utcnow()
         await self.session.execute(
             insert_(self._tables.inbox).on_conflict_do_nothing(),
