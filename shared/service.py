@@ -177,6 +177,16 @@ def answers(command_type: type[Command], workers: int = 1) -> dict[str, Any]:
 
 
 async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:
-    """Send a command or query to its owning service and return the service's answer."""
-    reply = await broker.request(command.model_dump_json().encode(), command.subject(), timeout=timeout)
-    return Outcome.model_validate_json(reply.body)
+    """Send a command or query to its owning service and return the service's answer.
+
+    A plain nats-py request on the broker's connection: FastStream's ``broker.request`` wraps the
+    same request in its publisher middleware and message objects, ~0.3 ms of CPU per call on the
+    ingress, whose every HTTP request makes one."""
+    reply = await broker.connection.request(
+        command.subject(), command.model_dump_json().encode(), timeout=timeout, headers=JSON_HEADERS
+    )
+    return Outcome.model_validate_json(reply.data)
+
+
+#: What FastStream's own requests carry: the answering handler decodes the body as JSON.
+JSON_HEADERS = {"content-type": "application/json"}
