@@ -4,6 +4,7 @@ tokens in ``handlers_users``."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -56,9 +57,7 @@ async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome
         # One statement, no ORM flush: the most frequent registration, and each statement through
         # the async driver costs more than SQLite's work. The unique name decides a conflict.
         values = {"name": cmd.name, "owner": cmd.actor, "spec": cmd.spec.model_dump(mode="json"), "state": cmd.state}
-        container_id = await uow.session.scalar(
-            insert_unless_exists(uow.session, Container.__table__, "name").values(values).returning(Container.id)
-        )
+        container_id = await uow.session.scalar(_new_container(uow.session.bind.dialect.name), values)
         if container_id is None:
             return Outcome.refused("conflict", f"a container named {cmd.name!r} already exists; choose another name")
         uow.emit(
@@ -73,6 +72,12 @@ async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome
         )
         await uow.commit()
         return Outcome.accepted(container_id)
+
+
+@functools.cache
+def _new_container(dialect: str) -> Any:
+    table = Container.__table__
+    return insert_unless_exists(dialect, table, "name").returning(table.c.id)
 
 
 async def register_model(cmd: RegisterModel, uow: UnitOfWork) -> Outcome:
