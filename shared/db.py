@@ -170,7 +170,7 @@ def _begin_immediate(connection: Any) -> None:
 
 
 class Relay(Protocol):
-    def wake(self) -> None: ...
+    def wake(self, committed: list[dict[str, Any]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -274,24 +274,16 @@ class UnitOfWork:
         )
 
     async def commit(self) -> None:
-        events = self._events
-        if events:
-            await self.session.execute(
-                insert(self._tables.outbox),
-                [
-                    {
-                        "event_id": str(e.event_id),
-                        "subject": e.subject,
-                        "payload": e.model_dump_json(),
-                        "created_at": utcnow(),
-                    }
-                    for e in events
-                ],
-            )
+        rows = [
+            {"event_id": str(e.event_id), "subject": e.subject, "payload": e.model_dump_json(), "created_at": utcnow()}
+            for e in self._events
+        ]
+        if rows:
+            await self.session.execute(insert(self._tables.outbox), rows)
         await self.session.commit()
         self._events = []
-        if events and self._relay is not None:
-            self._relay.wake()
+        if rows and self._relay is not None:
+            self._relay.wake(rows)
 
 
 class _Step(UnitOfWork):

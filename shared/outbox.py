@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.js.client import JetStreamContext
-from sqlalchemy import Row, select, update
+from sqlalchemy import select, update
 
 from shared.db import Database, MessagingTables
 from shared.events import utcnow
@@ -33,6 +35,10 @@ class OutboxRelay:
 
     ``Nats-Msg-Id`` is the event id, so JetStream drops a row published twice (e.g. a crash between
     the publish and the mark) within its duplicate window; consumers dedupe anything later.
+
+    A unit of work that commits hands its rows over (``wake``), and they go out without being read
+    back; the table is swept every ``sweep_interval`` for rows committed by writers without a relay
+    (another process, the site CLI), and after any failure, before anything else goes out.
     """
 
     def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
@@ -45,8 +51,12 @@ class OutboxRelay:
         self._stopping = False
         self._js: JetStreamContext | None = None
         self._js_connection: object = None
+        #: Rows committed by this process since the relay last looked, in commit order.
+        self._committed: list[SimpleNamespace] = []
+        self._swept_at = 0.0
 
-    def wake(self) -> None:
+    def wake(self, committed: list[dict[str, Any]]) -> None:
+        self._committed.extend(SimpleNamespace(**row) for row in committed)
         self._wakeup.set()
 
     def start(self) -> None:
@@ -74,14 +84,31 @@ class OutboxRelay:
                     await self._wakeup.wait()
             self._wakeup.clear()
             try:
-                await self.publish_pending()
+                if self._committed and time.monotonic() - self._swept_at < self._sweep_interval:
+                    await self._publish_committed()
+                else:
+                    await self.publish_pending()
             except Exception:  # the broker may be restarting; the next sweep retries
+                self._swept_at = 0.0  # whatever failed goes out from the table, before anything newer
                 log.exception("outbox relay could not publish; will retry")
+
+    async def _publish_committed(self) -> None:
+        """The rows handed over by ``wake``: the same publish and mark as a sweep's, without the
+        transaction that would read them back (most of the relay's cost when events come one by
+        one). Unmarked rows stay in the table for the sweep that follows a failure."""
+        rows, self._committed = self._committed, []
+        done: list[str] = []
+        try:
+            await self._publish(rows, done)
+        finally:
+            await self._mark(done)
 
     async def publish_pending(self) -> int:
         """Publish unpublished rows in order; no transaction is held while waiting for the broker."""
         published = 0
         outbox = self._outbox
+        self._committed = []  # committed before the sweep reads the table, so it finds them there
+        self._swept_at = time.monotonic()
         while True:
             async with self._db.transaction() as session:
                 rows = (
@@ -94,20 +121,26 @@ class OutboxRelay:
                 ).all()
             if not rows:
                 return published
-            done: list[int] = []
+            done: list[str] = []
             try:
                 await self._publish(rows, done)
             finally:
-                # Marked even if a later publish failed, so what went out is not sent again
-                # (a crash before this line re-sends; JetStream's dedupe window drops those).
-                if done:
-                    async with self._db.transaction() as session:
-                        await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
+                await self._mark(done)
             published += len(done)
 
-    async def _publish(self, rows: Sequence[Row[Any]], done: list[int]) -> None:
+    async def _mark(self, event_ids: list[str]) -> None:
+        # Marked even if a later publish failed, so what went out is not sent again (a crash before
+        # this re-sends; JetStream's dedupe window drops those).
+        if event_ids:
+            outbox = self._outbox
+            async with self._db.transaction() as session:
+                await session.execute(
+                    update(outbox).where(outbox.c.event_id.in_(event_ids)).values(published_at=utcnow())
+                )
+
+    async def _publish(self, rows: Sequence[Any], done: list[str]) -> None:
         """Publish ``rows`` without waiting for each acknowledgement before sending the next, then
-        append to ``done`` the ids of the longest prefix JetStream acknowledged.
+        append to ``done`` the event ids of the longest prefix JetStream acknowledged.
 
         One connection delivers its messages to the server in the order sent, so the stream stores
         them in outbox order, as when each publish waited for its ack (which cost a round trip and
@@ -130,7 +163,7 @@ class OutboxRelay:
                 for row, ack in zip(rows, acks, strict=False):
                     if ack not in finished or ack.exception() is not None:
                         break
-                    done.append(row.id)
+                    done.append(row.event_id)
         for ack in acks:
             if ack.cancelled():
                 raise TimeoutError(f"JetStream did not acknowledge a publish within {PUBLISH_TIMEOUT} s")

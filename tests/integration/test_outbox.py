@@ -302,6 +302,36 @@ async def test_publishes_sent_without_waiting_keep_the_outbox_order_and_stop_at_
     assert ids == [str(e.event_id) for e in first + second]
 
 
+async def test_rows_handed_to_the_relay_fall_back_to_the_table_after_a_failure(
+    host: ServiceHost, js: JetStreamContext
+) -> None:
+    """A unit of work hands its committed rows to the relay, which publishes them without reading
+    them back; when one cannot go out, what follows it waits in the table and goes out after it."""
+    first, second = approved(1), approved(2)
+    async with host.uow() as uow:
+        uow.emit(first)
+        await uow.commit()
+    await eventually(lambda: _at_least(js, 1), "the first event, handed over at its commit")
+
+    bad = {"event_id": str(uuid.uuid4()), "subject": "medperf.nowhere.thing", "payload": "{}"}
+    async with host.db.sessions() as session:
+        await session.execute(TABLES.outbox.insert().values(**bad, created_at=func.now()))
+        await session.commit()
+    host.relay.wake([bad])  # as if committed by this process just before the next one
+    async with host.uow() as uow:
+        uow.emit(second)
+        await uow.commit()
+    await asyncio.sleep(1.5)  # the failed hand-over, then a sweep that stops at the same row
+    assert await stream_count(js) == 1
+
+    async with host.db.sessions() as session:
+        await session.execute(TABLES.outbox.delete().where(TABLES.outbox.c.event_id == bad["event_id"]))
+        await session.commit()
+    await eventually(lambda: _at_least(js, 2), "the second event, from the table")
+    ids = [(await js.get_msg(STREAM, seq)).headers["Nats-Msg-Id"] for seq in (1, 2)]  # type: ignore[index]
+    assert ids == [str(first.event_id), str(second.event_id)]
+
+
 async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "own-nats")
     url = server.start()
