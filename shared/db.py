@@ -279,7 +279,8 @@ class UnitOfWork:
             for e in self._events
         ]
         if rows:
-            await self.session.execute(insert(self._tables.outbox), rows)
+            # A lone row as a single execution: SQLAlchemy's executemany path costs ~0.1 ms more.
+            await self.session.execute(insert(self._tables.outbox), rows[0] if len(rows) == 1 else rows)
         await self.session.commit()
         self._events = []
         if rows and self._relay is not None:
