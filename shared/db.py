@@ -149,6 +149,11 @@ class _InlineSqlite(aiosqlite.Connection):
     def __await__(self) -> Any:  # no worker thread to start
         return self._connect().__await__()
 
+    @property
+    def inline(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself, for a call that need not pretend to be asynchronous."""
+        return self._conn
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -166,7 +171,9 @@ def _begin_immediate(connection: Any) -> None:
     # Take the write lock when the transaction starts: a transaction that read first and writes
     # later could otherwise fail at once with "database is locked" when another writer got there
     # in between (SQLite does not wait in that case); with IMMEDIATE, busy_timeout applies.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight to sqlite3 (it runs inline anyway, _InlineSqlite): through SQLAlchemy's statement
+    # path and the async adapter, this one statement cost ~0.1 ms of every transaction.
+    connection.connection.driver_connection.inline.execute("BEGIN IMMEDIATE")
 
 
 class Relay(Protocol):
