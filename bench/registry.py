@@ -116,7 +116,7 @@ async def registrations(base_url: str, url: str, n: int) -> float:
         client = await free.get()
         status, body = await client.post("/containers", bodies[i])
         free.put_nowait(client)
-        assert status == 201, body
+        assert status == 201, (status, body)
 
     start = time.perf_counter()
     await bounded(n, register)
