@@ -24,7 +24,9 @@ import nats.errors
 from faststream import AckPolicy
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
 from nats.js.client import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from shared.commands import Outcome
@@ -92,9 +94,9 @@ def consume(
         "ack_policy": AckPolicy.MANUAL,
     }
     if batch_size is not None:
-        # A short fetch timeout: FastStream fills a batch until it expires, and a lone result
-        # should not wait for company.
-        options["pull_sub"] = PullSub(batch_size=batch_size, timeout=0.05, batch=True)
+        # A batch is what is there when it is fetched (``_batches_as_they_come``): up to
+        # batch_size when a backlog has built up, one lone event at once when it is quiet.
+        options["pull_sub"] = PullSub(batch_size=batch_size, timeout=1.0, batch=True)
         options["config"] = ConsumerConfig(ack_wait=ack_wait, max_ack_pending=4 * batch_size)
         options["decoder"] = _payloads
     return options
@@ -279,6 +281,32 @@ def _fetch_timeouts_as_nats_errors() -> None:
 
 
 _fetch_timeouts_as_nats_errors()
+
+
+def _batches_as_they_come() -> None:
+    """FastStream 0.7.8's batch subscriber fetches again and again until its batch is full or its
+    timeout has run out, so a lone event waited out the whole timeout (and a short timeout made
+    every idle consumer poll the server many times a second). nats-py's fetch already returns as
+    soon as messages arrive, with whatever else is pending: one fetch per batch lets batches grow
+    with the backlog (one transaction for many events under load) and a lone event go at once."""
+
+    async def consume_pull(self: BatchPullStreamSubscriber) -> None:
+        assert self.subscription, "the subscription is made before the loop starts"
+        while self.running:
+            try:
+                messages = await self.subscription.fetch(batch=self.pull_sub.batch_size, timeout=self.pull_sub.timeout)
+            except nats.errors.TimeoutError:
+                continue  # nothing came
+            except (nats.errors.ConnectionClosedError, ServiceUnavailableError):
+                await asyncio.sleep(0.1)  # the connection is closing or re-established: not a busy loop
+                continue
+            if messages and self.running:
+                await self.consume(messages)
+
+    BatchPullStreamSubscriber._consume_pull = consume_pull  # type: ignore[method-assign]
+
+
+_batches_as_they_come()
 
 
 def _is_jetstream(raw: Any) -> bool:

@@ -14,11 +14,18 @@ from sqlalchemy import MetaData
 
 from shared.broker import create_broker, ensure_streams
 from shared.commands import Command, Outcome
-from shared.db import Database, MessagingTables, OutboxRelay, UnitOfWork
+from shared.db import Database, MessagingTables, UnitOfWork
 from shared.events import Event
+from shared.messaging import consume, decode_batch
+from shared.outbox import OutboxRelay
 from shared.settings import Settings
 
 log = logging.getLogger("medperf.service")
+
+#: Projection events are pulled up to this many at a time, and committed a batch per transaction.
+PROJECTION_BATCH = 64
+#: A projection handler: one event, in a unit of work it enters and commits itself.
+Projection = Callable[[Any, UnitOfWork], Awaitable[None]]
 
 
 class ServiceHost:
@@ -60,6 +67,18 @@ class ServiceHost:
         """Subscriber options for this service's handler of ``command_type``: one at a time on
         SQLite (its work runs inline and serialised anyway), eight at once on PostgreSQL."""
         return answers(command_type, workers=1 if self.db.serialize else 8)
+
+    def projects(
+        self, router: NatsRouter, event_type: type[Event], project: Projection, batch_size: int = PROJECTION_BATCH
+    ) -> None:
+        """Subscribe ``project`` to ``event_type`` in batches (``project_batch``)."""
+
+        async def on_batch(deliveries: list[tuple[str, bytes]]) -> dict[int, Exception]:
+            return await project_batch(event_type, deliveries, self.uow(), project)
+
+        # FastStream names the subscriber (and its AsyncAPI entry) after the function.
+        on_batch.__name__ = on_batch.__qualname__ = f"on_{event_type.model_fields['type'].default.replace('.', '_')}"
+        router.subscriber(**consume(self.name, event_type, batch_size=batch_size))(on_batch)
 
     def include(self, router: NatsRouter, publishes: tuple[type[Event], ...] = ()) -> None:
         """Add the service's handlers, and document the events it publishes.
@@ -126,6 +145,28 @@ class ServiceHost:
             await self.db.dispose()
 
 
+async def project_batch(
+    event_type: type[Event], deliveries: list[tuple[str, bytes]], uow: UnitOfWork, project: Projection
+) -> dict[int, Exception]:
+    """Apply a batch of events in one transaction, each through ``project`` in a step of its own
+    (a SAVEPOINT): an event whose handler fails is rolled back and refused alone (retried, or parked
+    as ``shared.messaging`` decides), the others commit together. Returns the refusals by position.
+
+    A transaction per event costs several times the event's own work (begin, commit, the inbox
+    lookup's round trips); at registration rates that was most of a projection's CPU."""
+    decoded, refused = decode_batch(event_type, deliveries)
+    if not decoded:
+        return refused
+    async with uow:
+        for index, _subject, event in decoded:
+            try:
+                await project(event, uow.step())
+            except Exception as exc:
+                refused[index] = exc
+        await uow.commit()
+    return refused
+
+
 def answers(command_type: type[Command], workers: int = 1) -> dict[str, Any]:
     """Subscriber options for a request/reply command handler; replicas share it as a queue group.
 
@@ -136,6 +177,16 @@ def answers(command_type: type[Command], workers: int = 1) -> dict[str, Any]:
 
 
 async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:
-    """Send a command or query to its owning service and return the service's answer."""
-    reply = await broker.request(command.model_dump_json().encode(), command.subject(), timeout=timeout)
-    return Outcome.model_validate_json(reply.body)
+    """Send a command or query to its owning service and return the service's answer.
+
+    A plain nats-py request on the broker's connection: FastStream's ``broker.request`` wraps the
+    same request in its publisher middleware and message objects, ~0.3 ms of CPU per call on the
+    ingress, whose every HTTP request makes one."""
+    reply = await broker.connection.request(
+        command.subject(), command.model_dump_json().encode(), timeout=timeout, headers=JSON_HEADERS
+    )
+    return Outcome.model_validate_json(reply.data)
+
+
+#: What FastStream's own requests carry: the answering handler decodes the body as JSON.
+JSON_HEADERS = {"content-type": "application/json"}

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from faststream.nats import NatsRouter
 
 from services.aggregator import handlers, provenance, trust
 from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
 from shared.commands import GetLeaderboard, GetProvenance, Outcome, SetSharingPolicy
-from shared.db import UnitOfWork
-from shared.events import Event, ResultReported, SharingPolicyChanged
+from shared.events import ResultReported, SharingPolicyChanged
 from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
@@ -42,7 +38,7 @@ def create_service(settings: Settings) -> ServiceHost:
 
     for event_type, project in handlers.PROJECTIONS.items():
         if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers
-            router.subscriber(**consume(host.name, event_type))(_subscriber(event_type, project, host))
+            host.projects(router, event_type, project)
 
     @router.subscriber(**host.answers(GetLeaderboard))
     async def leaderboard(query: GetLeaderboard) -> bytes:  # an Outcome, encoded (see leaderboard_reply)
@@ -58,15 +54,3 @@ def create_service(settings: Settings) -> ServiceHost:
 
     host.include(router, publishes=(SharingPolicyChanged,))
     return host
-
-
-def _subscriber(
-    event_type: type[Event], project: Callable[[Any, UnitOfWork], Awaitable[None]], host: ServiceHost
-) -> Callable[[Any], Awaitable[None]]:
-    async def on_event(event: Any) -> None:
-        await project(event, host.uow())
-
-    # FastStream decodes each message into the handler's annotated type.
-    on_event.__annotations__ = {"event": event_type, "return": None}
-    on_event.__name__ = on_event.__qualname__ = f"on_{event_type.model_fields['type'].default.replace('.', '_')}"
-    return on_event

@@ -16,6 +16,7 @@ from shared.commands import (
     SetAutoApproval,
     SetPriority,
 )
+from shared.db import UnitOfWork
 from shared.events import (
     AssociationApproved,
     AssociationPriorityChanged,
@@ -43,25 +44,14 @@ def create_service(settings: Settings) -> ServiceHost:
 
     # --- registry facts ---------------------------------------------------------------------
 
-    @router.subscriber(**consume(host.name, BenchmarkSubmitted))
-    async def on_benchmark_submitted(event: BenchmarkSubmitted) -> None:
-        await projections.open_benchmark_approval(event, host.uow(), auto_approve_from)
+    async def open_benchmark_approval(event: BenchmarkSubmitted, uow: UnitOfWork) -> None:
+        await projections.open_benchmark_approval(event, uow, auto_approve_from)
 
-    @router.subscriber(**consume(host.name, DatasetRegistered))
-    async def on_dataset_registered(event: DatasetRegistered) -> None:
-        await projections.record_component(event, host.uow())
-
-    @router.subscriber(**consume(host.name, ModelRegistered))
-    async def on_model_registered(event: ModelRegistered) -> None:
-        await projections.record_component(event, host.uow())
-
-    @router.subscriber(**consume(host.name, EntityEdited))
-    async def on_entity_edited(event: EntityEdited) -> None:
-        await projections.apply_registry_edit(event, host.uow())
-
-    @router.subscriber(**consume(host.name, EntityDeleted))
-    async def on_entity_deleted(event: EntityDeleted) -> None:
-        await projections.apply_registry_edit(event, host.uow())
+    host.projects(router, BenchmarkSubmitted, open_benchmark_approval)
+    host.projects(router, DatasetRegistered, projections.record_component)
+    host.projects(router, ModelRegistered, projections.record_component)
+    host.projects(router, EntityEdited, projections.apply_registry_edit)
+    host.projects(router, EntityDeleted, projections.apply_registry_edit)
 
     # --- site reports -----------------------------------------------------------------------
 

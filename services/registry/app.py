@@ -40,7 +40,6 @@ from shared.events import (
     TokenRevoked,
     UserCreated,
 )
-from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
 
@@ -109,17 +108,9 @@ def create_service(settings: Settings) -> ServiceHost:
     async def list_entities(query: ListEntities) -> Outcome:
         return await handlers.list_entities(query, host.uow())
 
-    @router.subscriber(**consume(host.name, BenchmarkApproved))
-    async def on_benchmark_approved(event: BenchmarkApproved) -> None:
-        await handlers.record_benchmark_decision(event, host.uow())
-
-    @router.subscriber(**consume(host.name, BenchmarkRejected))
-    async def on_benchmark_rejected(event: BenchmarkRejected) -> None:
-        await handlers.record_benchmark_decision(event, host.uow())
-
-    @router.subscriber(**consume(host.name, AssociationRequested))
-    async def on_association_requested(event: AssociationRequested) -> None:
-        await handlers.record_association_request(event, host.uow())
+    host.projects(router, BenchmarkApproved, handlers.record_benchmark_decision)
+    host.projects(router, BenchmarkRejected, handlers.record_benchmark_decision)
+    host.projects(router, AssociationRequested, handlers.record_association_request)
 
     host.include(
         router,

@@ -3,7 +3,9 @@ against a real nats-server with JetStream and a real SQLite file.
 
 A tiny "probe" service consumes the real ``BenchmarkApproved`` events from the real APPROVALS
 stream; what its handler does (succeed, fail for a while, always fail, crash after committing) is
-chosen per benchmark id. Its effects and inbox are rows in SQLite, read back by the tests.
+chosen per benchmark id. Its effects and inbox are rows in SQLite, read back by the tests. Every
+consumer test runs twice: with a transaction per message, and with the same handler applied in
+batches (``ServiceHost.projects``: a transaction per batch, a savepoint per event).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from waiting import DEADLINE, eventually
 
 from shared.broker import ensure_streams
 from shared.commands import Command, Outcome
-from shared.db import messaging_tables
+from shared.db import UnitOfWork, messaging_tables
 from shared.events import BenchmarkApproved, DeadLetter
 from shared.messaging import PermanentFailure, consume
 from shared.service import ServiceHost, answers, ask
@@ -80,18 +82,17 @@ class Probe:
             return set(await session.scalars(select(TABLES.inbox.c.event_id)))
 
 
-def create_probe(settings: Settings) -> Probe:
+def create_probe(settings: Settings, batched: bool = False) -> Probe:
     host = ServiceHost("probe", settings, Base.metadata, TABLES)
     probe = Probe(host)
     router = NatsRouter()
 
-    @router.subscriber(**consume(host.name, BenchmarkApproved))
-    async def on_approved(event: BenchmarkApproved) -> None:
+    async def apply(event: BenchmarkApproved, uow: UnitOfWork) -> None:
         key = str(event.event_id)
         probe.calls[key] += 1
         attempt = probe.calls[key]
         mode = probe.modes.get(event.benchmark_id, "ok")
-        async with host.uow() as uow:
+        async with uow:
             if not await uow.claim(event):
                 return
             uow.session.add(Effect(event_id=key, benchmark_id=event.benchmark_id))
@@ -105,6 +106,14 @@ def create_probe(settings: Settings) -> Probe:
             await uow.commit()
         if mode == "crash-after-commit" and attempt == 1:
             raise RuntimeError("lost the ack after the commit")
+
+    if batched:
+        host.projects(router, BenchmarkApproved, apply)
+    else:
+
+        @router.subscriber(**consume(host.name, BenchmarkApproved))
+        async def on_approved(event: BenchmarkApproved) -> None:
+            await apply(event, host.uow())
 
     @router.subscriber(**answers(Ping))
     async def ping(command: Ping) -> Outcome:
@@ -136,9 +145,14 @@ def js(nc: nats.NATS) -> JetStreamContext:
     return nc.jetstream()
 
 
+@pytest.fixture(params=[False, True], ids=["one-by-one", "batched"])
+def batched(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-async def probe(settings: Settings) -> AsyncIterator[Probe]:
-    p = create_probe(settings)
+async def probe(settings: Settings, batched: bool) -> AsyncIterator[Probe]:
+    p = create_probe(settings, batched)
     await p.host.start()
     try:
         yield p
@@ -207,7 +221,7 @@ async def test_same_event_delivered_twice_is_applied_once(probe: Probe, js: JetS
 
 
 async def test_duplicates_handled_concurrently_in_one_batch_are_applied_once(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, batched: bool
 ) -> None:
     """Both copies are published before the consumer starts, so they arrive in one fetched batch,
     whose messages FastStream handles concurrently: the inbox claims race, and one must lose."""
@@ -217,7 +231,7 @@ async def test_duplicates_handled_concurrently_in_one_batch_are_applied_once(
         for copy in ("a", "b"):
             await publish(js, event.model_dump_json().encode(), msg_id=f"{event.event_id}-{copy}")
 
-    probe = create_probe(settings)
+    probe = create_probe(settings, batched)
     await probe.host.start()
     try:
         await eventually(lambda: drained(js), "every copy handled and acknowledged")
@@ -239,9 +253,9 @@ async def test_same_nats_msg_id_is_dropped_by_the_stream(probe: Probe, js: JetSt
 
 
 async def test_events_published_while_the_consumer_is_down_are_handled_after_restart(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, batched: bool
 ) -> None:
-    first = create_probe(settings)
+    first = create_probe(settings, batched)
     await first.host.start()
     before = approved(20)
     await publish(js, before.model_dump_json().encode())
@@ -253,7 +267,7 @@ async def test_events_published_while_the_consumer_is_down_are_handled_after_res
         await publish(js, event.model_dump_json().encode())
     await publish(js, before.model_dump_json().encode())  # and an old one, redelivered by its producer
 
-    second = create_probe(settings)
+    second = create_probe(settings, batched)
     await second.host.start()
     try:
         await eventually(lambda: drained(js), "the durable consumer to catch up")
@@ -267,9 +281,9 @@ async def test_events_published_while_the_consumer_is_down_are_handled_after_res
 
 
 async def test_replicas_sharing_a_consumer_and_a_database_apply_each_event_once(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, batched: bool
 ) -> None:
-    replicas = [create_probe(settings) for _ in range(2)]
+    replicas = [create_probe(settings, batched) for _ in range(2)]
     for replica in replicas:  # one after the other: create_all is not meant to race
         await replica.host.start()
     try:
@@ -295,7 +309,7 @@ async def test_replicas_sharing_a_consumer_and_a_database_apply_each_event_once(
 
 
 async def test_malformed_events_are_dead_lettered_at_once_and_the_consumer_goes_on(
-    probe: Probe, js: JetStreamContext
+    probe: Probe, js: JetStreamContext, batched: bool
 ) -> None:
     not_json = b'{"type": "benchmark.approved", "actor": '
     missing = b'{"type": "benchmark.approved", "actor": "alice", "name": "bench-3"}'  # no benchmark_id
@@ -316,8 +330,9 @@ async def test_malformed_events_are_dead_lettered_at_once_and_the_consumer_goes_
         assert letter.deliveries == 1  # dead-lettered at once, not retried
         assert letter.payload == body.decode()
         assert letter.reason.startswith("rejected: malformed message: ")
-    # FastStream hands undecodable bytes to the handler as-is, so pydantic reports a non-object body.
-    assert "valid dictionary" in by_seq[seq_not_json].reason
+    # FastStream hands undecodable bytes to the handler as-is, so pydantic reports a non-object
+    # body; a batch decodes each payload as JSON itself.
+    assert ("Invalid JSON" if batched else "valid dictionary") in by_seq[seq_not_json].reason
     assert "benchmark_id" in by_seq[seq_missing].reason
     assert "Field required" in by_seq[seq_missing].reason
 
@@ -378,12 +393,39 @@ async def test_failures_are_retried_then_applied_once_or_dead_lettered(probe: Pr
     assert len(await dead_letters(js)) == 1
 
 
+async def test_an_event_failing_in_a_batch_is_refused_alone(settings: Settings, js: JetStreamContext) -> None:
+    """Published before the consumer starts, the events arrive in one batch, one transaction: the
+    failing ones roll back to their own savepoints, and the others' effects commit all the same."""
+    await ensure_streams(settings.nats_url or "")
+    events = [approved(40 + i) for i in range(6)]
+    for event in events:
+        await publish(js, event.model_dump_json().encode())
+    await publish(js, events[0].model_dump_json().encode())  # a redelivery within the batch
+    probe = create_probe(settings, batched=True)
+    probe.modes.update({41: "permanent", 43: "fail-twice"})
+    await probe.host.start()
+    try:
+        [letter] = await wait_dead_letters(js, 1)
+
+        async def settled() -> bool:
+            return probe.calls[str(events[3].event_id)] == 3 and await drained(js)
+
+        await eventually(settled, "the flaky event retried until applied")
+        applied = [e for e in events if e.benchmark_id != 41]
+        assert sorted(await probe.effects(), key=lambda e: e[1]) == [(str(e.event_id), e.benchmark_id) for e in applied]
+        assert await probe.inbox() == {str(e.event_id) for e in applied}
+        assert "benchmark 41 is unknown here" in letter.reason and letter.deliveries == 1
+        assert probe.calls[str(events[0].event_id)] == 2  # the second copy met the first one's inbox row
+    finally:
+        await probe.host.stop()
+
+
 async def test_message_whose_earlier_deliveries_never_answered_is_dead_lettered_unhandled(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, batched: bool
 ) -> None:
     """Deliveries that never came back (a worker died mid-handling) count too: a message arriving
     for the (max_deliveries + 1)-th time is parked without running the handler again."""
-    first = create_probe(settings)
+    first = create_probe(settings, batched)
     await first.host.start()  # creates the durable consumer
     await first.host.stop()
 
@@ -395,7 +437,7 @@ async def test_message_whose_earlier_deliveries_never_answered_is_dead_lettered_
         await msg.nak()
     await lost_worker.unsubscribe()
 
-    second = create_probe(settings)
+    second = create_probe(settings, batched)
     await second.host.start()
     try:
         [letter] = await wait_dead_letters(js, 1)

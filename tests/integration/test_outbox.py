@@ -131,6 +131,43 @@ async def test_committed_unit_of_work_publishes_exactly_one_message_keyed_by_eve
     assert await count(host.db, Decision.__table__) == 1
 
 
+async def test_steps_of_a_batch_commit_or_roll_back_alone(host: ServiceHost, js: JetStreamContext) -> None:
+    """``UnitOfWork.step``: each step is a savepoint; a rolled-back step takes its rows, its events
+    and its notes in ``session.info`` with it, and the others go out with the batch's commit."""
+    async with host.uow() as batch:
+        async with batch.step() as kept:
+            kept.session.add(Decision(benchmark_id=1, name="bench-1"))
+            kept.emit(approved(1))
+            kept.session.info["note"] = "kept"
+            await kept.commit()
+        with pytest.raises(RuntimeError, match="second step blew up"):
+            async with batch.step() as failed:
+                failed.session.add(Decision(benchmark_id=2, name="bench-2"))
+                failed.emit(approved(2))
+                failed.session.info["note"] = "rolled back"
+                await failed.session.flush()
+                raise RuntimeError("second step blew up")
+        async with batch.step() as abandoned:  # left without commit, as a handler skipping a duplicate is
+            abandoned.session.add(Decision(benchmark_id=3, name="bench-3"))
+            abandoned.emit(approved(3))
+        assert batch.session.info["note"] == "kept"
+        # The steps' events wait for the batch's commit (the process's other sessions queue behind it).
+        assert await batch.session.scalar(select(func.count()).select_from(TABLES.outbox)) == 0
+        await batch.commit()
+
+    async with host.db.sessions() as session:
+        assert list(await session.scalars(select(Decision.benchmark_id))) == [1]
+    await eventually(lambda: _at_least(js, 1), "the kept step's event on the stream")
+    await asyncio.sleep(0.3)
+    msg = await js.get_msg(STREAM, 1)
+    assert BenchmarkApproved.model_validate_json(msg.data).benchmark_id == 1
+    assert await stream_count(js) == 1
+
+
+async def _at_least(js: JetStreamContext, n: int) -> bool:
+    return await stream_count(js) >= n
+
+
 async def test_rows_committed_without_a_relay_are_published_at_start_in_order(
     settings: Settings, js: JetStreamContext
 ) -> None:
@@ -226,6 +263,73 @@ async def test_outbox_row_for_a_subject_no_stream_captures_is_not_silently_lost(
         assert (await session.scalar(select(TABLES.outbox.c.published_at))) is None
         await session.execute(TABLES.outbox.delete())  # or every later sweep would stumble on it
         await session.commit()
+
+
+async def test_publishes_sent_without_waiting_keep_the_outbox_order_and_stop_at_a_failure(
+    host: ServiceHost, js: JetStreamContext
+) -> None:
+    """The relay sends a batch before the acknowledgements come back: the stream still holds the
+    events in outbox order, and a row that cannot go out stops the batch there; what follows it
+    is neither marked nor lost."""
+    first, second = [approved(i) for i in range(1, 151)], [approved(i) for i in range(151, 301)]
+    async with UnitOfWork(host.db, TABLES, relay=None) as uow:
+        for event in first:
+            uow.emit(event)
+        await uow.commit()
+    async with host.db.sessions() as session:
+        await session.execute(
+            TABLES.outbox.insert().values(
+                event_id=str(uuid.uuid4()), subject="medperf.nowhere.thing", payload="{}", created_at=func.now()
+            )
+        )
+        await session.commit()
+    async with UnitOfWork(host.db, TABLES, relay=None) as uow:
+        for event in second:
+            uow.emit(event)
+        await uow.commit()
+
+    with pytest.raises(ValueError, match="no stream captures"):
+        await host.relay.publish_pending()
+    published = TABLES.outbox.c.published_at.is_not(None)
+    async with host.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(TABLES.outbox).where(published)) == len(first)
+        await session.execute(TABLES.outbox.delete().where(TABLES.outbox.c.subject == "medperf.nowhere.thing"))
+        await session.commit()
+    await host.relay.publish_pending()
+
+    assert await stream_count(js) == len(first) + len(second)
+    ids = [(await js.get_msg(STREAM, seq)).headers["Nats-Msg-Id"] for seq in range(1, 301)]  # type: ignore[index]
+    assert ids == [str(e.event_id) for e in first + second]
+
+
+async def test_rows_handed_to_the_relay_fall_back_to_the_table_after_a_failure(
+    host: ServiceHost, js: JetStreamContext
+) -> None:
+    """A unit of work hands its committed rows to the relay, which publishes them without reading
+    them back; when one cannot go out, what follows it waits in the table and goes out after it."""
+    first, second = approved(1), approved(2)
+    async with host.uow() as uow:
+        uow.emit(first)
+        await uow.commit()
+    await eventually(lambda: _at_least(js, 1), "the first event, handed over at its commit")
+
+    bad = {"event_id": str(uuid.uuid4()), "subject": "medperf.nowhere.thing", "payload": "{}"}
+    async with host.db.sessions() as session:
+        await session.execute(TABLES.outbox.insert().values(**bad, created_at=func.now()))
+        await session.commit()
+    host.relay.wake([bad])  # as if committed by this process just before the next one
+    async with host.uow() as uow:
+        uow.emit(second)
+        await uow.commit()
+    await asyncio.sleep(1.5)  # the failed hand-over, then a sweep that stops at the same row
+    assert await stream_count(js) == 1
+
+    async with host.db.sessions() as session:
+        await session.execute(TABLES.outbox.delete().where(TABLES.outbox.c.event_id == bad["event_id"]))
+        await session.commit()
+    await eventually(lambda: _at_least(js, 2), "the second event, from the table")
+    ids = [(await js.get_msg(STREAM, seq)).headers["Nats-Msg-Id"] for seq in (1, 2)]  # type: ignore[index]
+    assert ids == [str(first.event_id), str(second.event_id)]
 
 
 async def test_stop_closes_the_broker_even_when_the_final_flush_cannot_publish(tmp_path: Path) -> None:

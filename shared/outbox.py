@@ -1,0 +1,180 @@
+"""The outbox relay: committed outbox rows (``shared.db.UnitOfWork``) out to JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from faststream.nats import NatsBroker
+from nats.js.client import JetStreamContext
+from sqlalchemy import select, update
+
+from shared.db import Database, MessagingTables
+from shared.events import utcnow
+from shared.streams import ALL_STREAMS
+
+log = logging.getLogger("medperf.outbox")
+#: Seconds to wait for JetStream to acknowledge a batch of publishes.
+PUBLISH_TIMEOUT = 5.0
+
+
+def _stream_for(subject: str) -> str:
+    for stream in ALL_STREAMS:
+        if any(subject.startswith(pattern.removesuffix(">")) for pattern in stream.subjects):
+            return stream.name
+    raise ValueError(f"no stream captures subject {subject!r}")
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream, in order, at least once.
+
+    ``Nats-Msg-Id`` is the event id, so JetStream drops a row published twice (e.g. a crash between
+    the publish and the mark) within its duplicate window; consumers dedupe anything later.
+
+    A unit of work that commits hands its rows over (``wake``), and they go out without being read
+    back; the table is swept every ``sweep_interval`` for rows committed by writers without a relay
+    (another process, the site CLI), and after any failure, before anything else goes out.
+    """
+
+    def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
+        self._db = db
+        self._outbox = tables.outbox
+        self._broker = broker
+        self._sweep_interval = sweep_interval
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._js: JetStreamContext | None = None
+        self._js_connection: object = None
+        #: Rows committed by this process since the relay last looked, in commit order.
+        self._committed: list[SimpleNamespace] = []
+        self._swept_at = 0.0
+
+    def wake(self, committed: list[dict[str, Any]]) -> None:
+        self._committed.extend(SimpleNamespace(**row) for row in committed)
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            # The flag, not only the cancel: Python 3.11's wait_for can swallow a cancellation that
+            # lands as the wait ends (the relay then never stopped, and shutdown hung).
+            self._stopping = True
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.publish_pending()  # flush what was committed just before shutdown
+        except Exception:  # the rows stay in the outbox and go out at the next start
+            log.warning("outbox not fully flushed at shutdown; it will be published at the next start")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._sweep_interval):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                if self._committed and time.monotonic() - self._swept_at < self._sweep_interval:
+                    await self._publish_committed()
+                else:
+                    await self.publish_pending()
+            except Exception:  # the broker may be restarting; the next sweep retries
+                self._swept_at = 0.0  # whatever failed goes out from the table, before anything newer
+                log.exception("outbox relay could not publish; will retry")
+
+    async def _publish_committed(self) -> None:
+        """The rows handed over by ``wake``: the same publish and mark as a sweep's, without the
+        transaction that would read them back (most of the relay's cost when events come one by
+        one). Unmarked rows stay in the table for the sweep that follows a failure."""
+        rows, self._committed = self._committed, []
+        done: list[str] = []
+        try:
+            await self._publish(rows, done)
+        finally:
+            await self._mark(done)
+
+    async def publish_pending(self) -> int:
+        """Publish unpublished rows in order; no transaction is held while waiting for the broker."""
+        published = 0
+        outbox = self._outbox
+        self._committed = []  # committed before the sweep reads the table, so it finds them there
+        self._swept_at = time.monotonic()
+        while True:
+            async with self._db.transaction() as session:
+                rows = (
+                    await session.execute(
+                        select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+                        .where(outbox.c.published_at.is_(None))
+                        .order_by(outbox.c.id)
+                        .limit(200)
+                    )
+                ).all()
+            if not rows:
+                return published
+            done: list[str] = []
+            try:
+                await self._publish(rows, done)
+            finally:
+                await self._mark(done)
+            published += len(done)
+
+    async def _mark(self, event_ids: list[str]) -> None:
+        # Marked even if a later publish failed, so what went out is not sent again (a crash before
+        # this re-sends; JetStream's dedupe window drops those).
+        if event_ids:
+            outbox = self._outbox
+            async with self._db.transaction() as session:
+                await session.execute(
+                    update(outbox).where(outbox.c.event_id.in_(event_ids)).values(published_at=utcnow())
+                )
+
+    async def _publish(self, rows: Sequence[Any], done: list[str]) -> None:
+        """Publish ``rows`` without waiting for each acknowledgement before sending the next, then
+        append to ``done`` the event ids of the longest prefix JetStream acknowledged.
+
+        One connection delivers its messages to the server in the order sent, so the stream stores
+        them in outbox order, as when each publish waited for its ack (which cost a round trip and
+        FastStream's per-publish work: most of the relay's CPU). If a publish fails, the rows after
+        it are not marked even if they were stored: they go out again after it, and JetStream drops
+        them as duplicates; only such a failure can let a consumer see them before it, and
+        consumers take events out of order anyway (redeliveries, retries)."""
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            js = self._jetstream()
+            for row in rows:
+                stream = _stream_for(row.subject)  # an unroutable row stops the batch before it is sent
+                headers = {"Nats-Msg-Id": row.event_id, "content-type": "application/json"}
+                acks.append(await js.publish_async(row.subject, row.payload.encode(), stream=stream, headers=headers))
+        finally:
+            if acks:
+                finished, late = await asyncio.wait(acks, timeout=PUBLISH_TIMEOUT)
+                for ack in late:
+                    ack.cancel()
+                for row, ack in zip(rows, acks, strict=False):
+                    if ack not in finished or ack.exception() is not None:
+                        break
+                    done.append(row.event_id)
+        for ack in acks:
+            if ack.cancelled():
+                raise TimeoutError(f"JetStream did not acknowledge a publish within {PUBLISH_TIMEOUT} s")
+            if (error := ack.exception()) is not None:
+                raise error
+
+    def _jetstream(self) -> JetStreamContext:
+        connection = self._broker.connection
+        if connection is None:
+            raise ConnectionError("the broker is not connected")
+        # One context per connection: it holds the subscription on which publish acks arrive.
+        if self._js is None or self._js_connection is not connection:
+            self._js, self._js_connection = connection.jetstream(), connection
+        return self._js
