@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 import nats
-from measure import cpu_seconds, free_port, percentile, rss_kib
+from measure import cpu_seconds, free_port, percentile, rss_kib, until_answers
 from nats.js.api import ConsumerConfig
 
 from services.ingress.auth import token_digest
@@ -274,17 +274,6 @@ async def query_latencies(nc: nats.NATS, http: httpx.AsyncClient, queries: int) 
         print(f"  HTTP, first look:   {shown(await timed([http_query(v + '-http') for v in distinct]), raw)}")
 
 
-async def wait_until_up(http: httpx.AsyncClient) -> None:
-    for _ in range(300):
-        try:
-            if (await http.get("/health")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the ingress did not come up")
-
-
 async def main(models: int, sites: int, queries: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="medperf-bench-aggregator-"))
     broker = EmbeddedNats(workdir / "nats")
@@ -338,16 +327,16 @@ async def main(models: int, sites: int, queries: int) -> None:
                 flush=True,
             )
             pids = {"aggregator": service.pid, "nats-server": broker.process.pid}  # type: ignore[union-attr]
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            before["event loop"] = cpu_seconds(service.pid, children=False)
+            before = {name: cpu_seconds(pid, children=True) for name, pid in pids.items()}
+            before["event loop"] = cpu_seconds(service.pid)
             resumed = time.perf_counter()
             service.send_signal(signal.SIGCONT)
             ours = len(batch) / (await drained(js, "aggregator-result-reported") - resumed)
             # CPU per result does not depend on what else the machine runs, unlike the rate.
-            spent = {name: (cpu_seconds(pid) - before[name]) * 1e6 / len(batch) for name, pid in pids.items()}
-            spent["aggregator's own process"] = (
-                (cpu_seconds(service.pid, children=False) - before["event loop"]) * 1e6 / len(batch)
-            )
+            spent = {
+                name: (cpu_seconds(pid, children=True) - before[name]) * 1e6 / len(batch) for name, pid in pids.items()
+            }
+            spent["aggregator's own process"] = (cpu_seconds(service.pid) - before["event loop"]) * 1e6 / len(batch)
             raw = await raw_drain(js, len(batch))
             print(f"results: {len(batch):,} ({models} models x {sites} sites)")
             print(
@@ -356,7 +345,7 @@ async def main(models: int, sites: int, queries: int) -> None:
             print("CPU per result ingested: " + ", ".join(f"{name} {us:.0f} us" for name, us in spent.items()))
 
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-                await wait_until_up(http)
+                await until_answers(http, "/health")
                 await query_latencies(nc, http, queries)
             now, peak = rss_kib(service.pid)
             db = workdir / "state" / "aggregator.db"

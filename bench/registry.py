@@ -29,7 +29,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 import httpx
 import nats
 from faststream.nats import NatsRouter
+from measure import cpu_seconds, free_port, percentile, until_answers
 
 from services.ingress.auth import token_digest
 from shared.broker import EmbeddedNats, create_broker, ensure_streams
@@ -55,11 +55,6 @@ USERS = {"admin": "t-admin", "committee": "t-committee", "site": "t-site"}
 
 def spec(*tasks: str) -> dict:
     return {"image": "localhost/bench:1", "image_digest": DIGEST, "tasks": {t: {"command": ["run"]} for t in tasks}}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def bounded(n: int, make: Callable[[int], Awaitable[None]]) -> None:
@@ -261,35 +256,9 @@ async def approval_latency(api: dict[str, httpx.AsyncClient], url: str, n: int) 
     return latencies, raw
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def serve(services: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "cli.main", "serve", *services], env=env, stdout=out, stderr=out)
-
-
-async def wait_until_up(base_url: str) -> None:
-    """Until the ingress answers, and the registry behind it (a request would meet no responder)."""
-    headers = {"Authorization": f"Bearer {USERS['committee']}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers) as client:
-        for _ in range(300):
-            try:
-                if (await client.get("/me/containers")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the ingress and the registry did not come up")
 
 
 async def main(n_registrations: int, n_approvals: int) -> None:
@@ -316,7 +285,10 @@ async def main(n_registrations: int, n_approvals: int) -> None:
             stack.callback(process.wait)
             stack.callback(process.terminate)
         base_url = f"http://127.0.0.1:{port}"
-        await wait_until_up(base_url)
+        # Until the registry answers behind the ingress (a request would meet no responder).
+        headers = {"Authorization": f"Bearer {USERS['committee']}"}
+        async with httpx.AsyncClient(base_url=base_url, headers=headers) as client:
+            await until_answers(client, "/me/containers")
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         ours = await registrations(base_url, url, n_registrations)
         # CPU time per registration does not depend on what else the machine runs, unlike the rate.
