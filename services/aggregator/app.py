@@ -19,7 +19,8 @@ from shared.settings import Settings
 RESULT_BATCH = 1024
 #: Batches in hand at once (pull loops on the one durable consumer): while one batch is in its
 #: transaction, the next one's signatures are checked in a worker process and a third is fetched
-#: (bench/aggregator.py, 200,000 results: 2,945 results/s with two loops, 3,116-3,251 with three).
+#: (bench/aggregator.py, 200,000 results: 2,945 results/s with two loops, 3,116-3,251 with three,
+#: before verification moved to libsodium).
 RESULT_PIPELINES = 3
 
 
