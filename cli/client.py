@@ -179,5 +179,10 @@ class Client:
         """One page of the board, in rank order (``total_rows`` says how many there are)."""
         return self.get(f"/benchmarks/{benchmark_id}/leaderboard", limit=limit, offset=offset)
 
+    def provenance(self, benchmark_id: int, model_id: int) -> dict:
+        """Per site, where the model's results came from (committee, admins, the model's owner; a
+        data owner sees its own datasets')."""
+        return self.get(f"/benchmarks/{benchmark_id}/models/{model_id}/provenance")
+
     def leaderboard_csv(self, benchmark_id: int) -> str:
         return self.get(f"/benchmarks/{benchmark_id}/leaderboard", format="csv")

@@ -15,7 +15,7 @@ from cli import console as console_commands
 from cli import nats as nats_commands
 from cli import site as site_commands
 from cli.client import ApiError, Client, save_credentials
-from cli.render import leaderboard_table
+from cli.render import leaderboard_table, provenance_table
 from shared.settings import Settings
 
 
@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--format", choices=["table", "json", "csv"], default="table", help="csv: every row")
     board.add_argument("--limit", type=int, default=100, help="rows per page (at most 100)")
     board.add_argument("--offset", type=int, default=0, help="rows to skip, in rank order")
+
+    origin = commands.add_parser(
+        "provenance", help="where a model's results on a benchmark came from, site by site (signed, approved)"
+    )
+    origin.add_argument("benchmark_id", type=int)
+    origin.add_argument("model_id", type=int)
+    origin.add_argument("--format", choices=["table", "json"], default="table")
 
     auth = commands.add_parser("auth", help="store credentials").add_subparsers(dest="auth", required=True)
     login = auth.add_parser("login", help="store the federation's URL and your API token")
@@ -127,6 +134,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(client.leaderboard(args.benchmark_id, args.limit, args.offset), indent=2))
         else:
             print(leaderboard_table(client.leaderboard(args.benchmark_id, args.limit, args.offset)))
+        return 0
+    if args.command == "provenance":
+        shown = Client.from_credentials().provenance(args.benchmark_id, args.model_id)
+        print(json.dumps(shown, indent=2) if args.format == "json" else provenance_table(shown))
         return 0
     if args.command == "auth":
         token = args.token or getpass.getpass("token: ")

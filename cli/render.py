@@ -34,18 +34,9 @@ def _table(board: dict, title: str) -> str:
         if by_rank:
             values.insert(0, "-" if row.get("mean_rank") is None else f"{row['mean_rank']:.2f}")
         lines.append([str(row["rank"] or "-"), name, *values, *(_num(row["per_dataset"].get(d)) for d in datasets)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     better = "higher" if board["higher_is_better"] else "lower"
     how = f"mean rank across sites by {primary}" if by_rank else f"{aggregate} {primary} across sites"
-    out = [f"{title}  (ranked by {how}, {better} is better)"]
-    for i, line in enumerate(lines):
-        out.append(
-            "  ".join(
-                cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out = [f"{title}  (ranked by {how}, {better} is better)", *_aligned(lines, left=2)]
     if any(not r["complete"] for r in board["rows"]):
         out.append("* missing results from some datasets; shown as '-' and not filled in")
     if any(r.get("stale") for r in board["rows"]):
@@ -56,6 +47,67 @@ def _table(board: dict, title: str) -> str:
             f"rows {board.get('offset', 0) + 1}-{shown_to} of {board['total_rows']}: --offset {shown_to} for more"
         )
     return "\n".join(out)
+
+
+def provenance_table(shown: dict) -> str:
+    """Where each of a model's results on a benchmark came from: per site, the dataset, the exact
+    containers and data, the key that signed it, and who approved the dataset's association."""
+    model_approval = shown.get("model_association")
+    approved = (
+        f"approved by {model_approval['approved_by']} at {model_approval['approved_at']}"
+        if model_approval
+        else "none approved (a benchmark's reference model needs none)"
+    )
+    out = [f"Provenance: {shown['model']} on {shown['benchmark']}  (the model's association: {approved})"]
+    if not shown["cells"]:
+        return "\n".join([*out, "no results from any site you may see"])
+    lines = [
+        ["site", "dataset", "model digest", "metrics digest", "dataset hash", "signed by", "reported", "approved by"]
+    ]
+    for cell in shown["cells"]:
+        digests = cell["container_digests"]
+        key = (cell["key_id"] or "unsigned") + (
+            f" (revoked {cell['key_revoked_at']})" if cell["key_revoked_at"] else ""
+        )
+        approval = cell["dataset_association"]
+        lines.append(
+            [
+                cell["site"],
+                cell["dataset"] + (" (stale)" if cell.get("stale") else "") + (" (partial)" if cell["partial"] else ""),
+                _short(digests.get("model")),
+                _short(digests.get("metrics")),
+                _short(cell["dataset_hash"]),
+                key,
+                cell["reported_at"],
+                f"{approval['approved_by']} at {approval['approved_at']}" if approval else "-",
+            ]
+        )
+    return "\n".join([*out, *_aligned(lines, left=len(lines[0]))])
+
+
+def _aligned(lines: list[list[str]], left: int) -> list[str]:
+    """Rows as columns: the first ``left`` left-aligned, the rest right-aligned (numbers), a rule
+    under the header."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                cell.ljust(w) if j < left else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def _short(digest: str | None) -> str:
+    """``sha256:0123456789ab…``: enough to tell digests apart on a screen (--format json has all)."""
+    if not digest:
+        return "-"
+    algorithm, _, value = digest.rpartition(":")
+    return f"{algorithm}:{value[:12]}" if algorithm else value[:12]
 
 
 def _num(value: float | None) -> str:

@@ -13,6 +13,7 @@ from sites import SITE, Federation, federation, model
 from waiting import eventually
 
 from cli.client import ApiError
+from cli.render import provenance_table
 from services.aggregator.boards import Boards
 from services.aggregator.handlers import get_leaderboard
 from services.aggregator.rebuild import rebuild
@@ -223,6 +224,15 @@ async def test_the_leaderboard_rebuilt_from_the_history_equals_the_live_one(tmp_
             return board if len(board["rows"]) == 3 and board["policy"]["visibility"] == "public" else None
 
         await eventually(live, "all three models on the live board")
+        # What `medperf provenance` shows of a model's results: each site's signed result and approvals.
+        for row in (await fed.call("committee", "get", url))["rows"]:
+            shown = await fed.call("committee", "provenance", fed.benchmark_id, row["model_id"])
+            lines = provenance_table(shown).splitlines()
+            approval = shown["model_association"]
+            assert (approval is None) == row["baseline"]  # the reference model joins with its benchmark
+            assert ("none approved" if row["baseline"] else f"approved by {approval['approved_by']}") in lines[0]
+            assert [cell["site"] for cell in shown["cells"]] == [SITE]
+            assert shown["cells"][0]["key_id"] in lines[3] and lines[3].startswith(SITE)
         rebuilt_db = f"sqlite+aiosqlite:///{tmp_path / 'rebuilt.db'}"
         applied = await rebuild(fed.nats_url, rebuilt_db)
         assert applied >= 3 + 3 + 2  # at least the registrations, three results and the approvals

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli.main import main
-from cli.render import leaderboard_table
+from cli.render import leaderboard_table, provenance_table
 from shared.commands import Command
 from shared.events import (
     AssociationApproved,
@@ -83,4 +83,40 @@ def test_leaderboard_without_credentials_says_how_to_log_in(
     monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
     monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
     assert main(["leaderboard", "1"]) == 1
+    assert "medperf auth login" in capsys.readouterr().err
+
+
+def test_provenance_table_shows_each_sites_origin_and_what_changed_since() -> None:
+    cell = {
+        "site": "hospital-a",
+        "dataset": "scans",
+        "partial": False,
+        "stale": True,
+        "container_digests": {"model": "sha256:" + "a" * 64, "metrics": "sha256:" + "b" * 64},
+        "dataset_hash": "c" * 64,
+        "key_id": "0123456789abcdef",
+        "key_revoked_at": "2026-11-01T00:00:00+00:00",
+        "reported_at": "2026-10-01T00:00:00+00:00",
+        "dataset_association": {"approved_by": "committee", "approved_at": "2026-09-01T00:00:00+00:00"},
+    }
+    unapproved = {**cell, "site": "hospital-b", "key_revoked_at": None, "dataset_association": None, "stale": False}
+    shown = {"model": "m", "benchmark": "b", "model_association": None, "cells": [cell, unapproved]}
+    lines = provenance_table(shown).splitlines()
+    assert "none approved" in lines[0]
+    assert lines[3].startswith("hospital-a") and "scans (stale)" in lines[3]
+    assert "sha256:aaaaaaaaaaaa " in lines[3] and "a" * 13 not in lines[3]  # digests shortened to 12
+    assert "0123456789abcdef (revoked 2026-11-01" in lines[3] and "committee at 2026-09-01" in lines[3]
+    assert lines[4].startswith("hospital-b") and lines[4].endswith("-")  # no approval (revoked since)
+    assert "revoked" not in lines[4]
+    empty = provenance_table({**shown, "cells": []})
+    assert "no results from any site you may see" in empty
+
+
+def test_provenance_without_credentials_says_how_to_log_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MEDPERF_URL", raising=False)
+    monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
+    monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
+    assert main(["provenance", "1", "2"]) == 1
     assert "medperf auth login" in capsys.readouterr().err
