@@ -76,13 +76,14 @@ def test_leaderboard_table_marks_the_baseline_and_missing_results() -> None:
     assert "missing results" in lines[-1]
 
 
-def test_leaderboard_without_credentials_says_how_to_log_in(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("argv", [["leaderboard", "1"], ["provenance", "1", "2"]])
+def test_a_query_without_credentials_says_how_to_log_in(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("MEDPERF_URL", raising=False)
     monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
     monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
-    assert main(["leaderboard", "1"]) == 1
+    assert main(argv) == 1
     assert "medperf auth login" in capsys.readouterr().err
 
 
@@ -110,13 +111,3 @@ def test_provenance_table_shows_each_sites_origin_and_what_changed_since() -> No
     assert "revoked" not in lines[4]
     empty = provenance_table({**shown, "cells": []})
     assert "no results from any site you may see" in empty
-
-
-def test_provenance_without_credentials_says_how_to_log_in(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("MEDPERF_URL", raising=False)
-    monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
-    monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
-    assert main(["provenance", "1", "2"]) == 1
-    assert "medperf auth login" in capsys.readouterr().err
