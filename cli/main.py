@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 
 from cli import console as console_commands
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "rebuild-aggregator", help="rebuild the leaderboards' read model from the JetStream history alone"
     )
     rebuild.add_argument(
-        "--database-url", required=True, help="an empty database to fill, e.g. sqlite+aiosqlite:///rebuilt.db"
+        "--database-url", required=True, help="an empty database to fill, e.g. sqlite:///rebuilt.db"
     )
 
     site_commands.add_commands(commands)
@@ -104,17 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _run_service(main: Coroutine[object, object, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from cli.demo import run_demo
 
         settings = Settings(state_dir=args.state_dir)
-        asyncio.run(run_demo(settings))
+        _run_service(run_demo(settings))
         return 0
     if args.command == "serve":
         from cli.stack import Stack
 
-        asyncio.run(_run_until_signal(Stack(Settings(), services=tuple(args.services))))
+        _run_service(_run_until_signal(Stack(Settings(), services=tuple(args.services))))
         return 0
     if args.command == "agent":
         from cli.stack import Stack
@@ -124,7 +135,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not settings.nats_url:
             print("error: an agent joins an existing federation: set MEDPERF_NATS_URL", file=sys.stderr)
             return 2
-        asyncio.run(_run_until_signal(Stack(settings, services=(), sites=[SiteSettings()])))  # type: ignore[call-arg]
+        _run_service(_run_until_signal(Stack(settings, services=(), sites=[SiteSettings()])))  # type: ignore[call-arg]
         return 0
     if args.command == "leaderboard":
         client = Client.from_credentials()

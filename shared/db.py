@@ -12,24 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aiosqlite
 import pydantic_core
 from sqlalchemy import (
     Column,
     DateTime,
+    Engine,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     TypeDecorator,
-    event,
     insert,
     select,
 )
@@ -39,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.events import Event, utcnow
+from shared.sqlite import inline_sessions, sqlite_engine
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -62,25 +61,27 @@ class UtcDateTime(TypeDecorator[datetime]):
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite"):
-            path = make_url(url).database or ":memory:"
-            self.engine: AsyncEngine = create_async_engine(
-                url, async_creator=lambda: _InlineSqlite.open(path), json_serializer=_json
-            )
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _begin_immediate)
-        else:
-            self.engine = create_async_engine(url, pool_pre_ping=True, json_serializer=_json)
-        self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time, and every transaction here takes the write lock at BEGIN;
-        # the driver runs inline, so a session waiting on SQLite's busy handler would block the very
-        # event loop the holder needs to finish. Every session of this process therefore queues on
-        # one asyncio lock (also much faster than colliding and retrying).
+        # its statements run inline (shared/sqlite.py), so a session waiting on SQLite's busy handler
+        # would block the very event loop the holder needs to finish. Every session of this process
+        # therefore queues on one asyncio lock (also much faster than colliding and retrying).
         self.serialize = url.startswith("sqlite")
         self.lock = asyncio.Lock()
+        self._sync_engine: Engine | None = None
+        self._async_engine: AsyncEngine | None = None
+        if self.serialize:
+            self._sync_engine = sqlite_engine(make_url(url), json_serializer=_json)
+            self._sessionmaker: Callable[[], AsyncSession] = inline_sessions(self._sync_engine)
+        else:
+            self._async_engine = create_async_engine(url, pool_pre_ping=True, json_serializer=_json)
+            self._sessionmaker = async_sessionmaker(self._async_engine, expire_on_commit=False)
 
     async def create_all(self, metadata: MetaData) -> None:
-        async with self.engine.begin() as conn:
+        if self._sync_engine is not None:
+            metadata.create_all(self._sync_engine)
+            return
+        assert self._async_engine is not None
+        async with self._async_engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas of a service start together on one database; without the lock two
                 # CREATE TABLEs of the same table race and one fails on PostgreSQL's catalog.
@@ -109,80 +110,16 @@ class Database:
             yield
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
 
 
 def _json(value: Any) -> str:
     # JSON columns are written by the thousand (a result's metrics and digests): pydantic's
     # encoder is several times faster than the standard library's.
     return pydantic_core.to_json(value).decode()
-
-
-class _RunNow:
-    """Stands in for aiosqlite's queue to its worker thread: runs each call at once, in the caller's
-    thread, and settles its future."""
-
-    def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Any]) -> None:
-        future, function = item
-        try:
-            result = function()
-        except BaseException as exc:  # handed to the awaiting caller, as aiosqlite does
-            if future is not None:
-                future.set_exception(exc)
-        else:
-            if future is not None:
-                future.set_result(result)
-
-
-class _InlineSqlite(aiosqlite.Connection):
-    """An aiosqlite connection that runs SQLite in the event loop's thread.
-
-    aiosqlite hands every call to a worker thread and back; a transaction makes ~15 such hops, each
-    waiting for the busy event loop to come round, while this process's other writers queue behind
-    it. A local WAL-mode SQLite call with synchronous=NORMAL takes microseconds (no fsync at
-    commit), so running it inline is several times faster under load (bench/registry.py). The
-    trade-off: a write that must wait for another *process* holding the lock blocks the loop for up
-    to busy_timeout; each service owns its SQLite file, so only an operator's sqlite3 shell can.
-    """
-
-    def __init__(self, connector: Any) -> None:
-        super().__init__(connector, iter_chunk_size=64)
-        self._tx = _RunNow()  # type: ignore[assignment]
-
-    @classmethod
-    async def open(cls, path: str) -> _InlineSqlite:
-        # isolation_level=None: the driver opens no transactions of its own; _begin_immediate does.
-        connection = cls(lambda: sqlite3.connect(path, isolation_level=None))
-        return await connection._connect()
-
-    def __await__(self) -> Any:  # no worker thread to start
-        return self._connect().__await__()
-
-    @property
-    def inline(self) -> sqlite3.Connection:
-        """The sqlite3 connection itself, for a call that need not pretend to be asynchronous."""
-        return self._conn
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers proceed during a write; busy_timeout waits instead of failing on a lock.
-    # synchronous=NORMAL in WAL mode survives a crash of the process; only an OS crash or power
-    # loss can drop the last commits (the outbox is then behind, never inconsistent).
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _begin_immediate(connection: Any) -> None:
-    # Take the write lock when the transaction starts: a transaction that read first and writes
-    # later could otherwise fail at once with "database is locked" when another writer got there
-    # in between (SQLite does not wait in that case); with IMMEDIATE, busy_timeout applies.
-    # Straight to sqlite3 (it runs inline anyway, _InlineSqlite): through SQLAlchemy's statement
-    # path and the async adapter, this one statement cost ~0.1 ms of every transaction.
-    connection.connection.driver_connection.inline.execute("BEGIN IMMEDIATE")
 
 
 class Relay(Protocol):

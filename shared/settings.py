@@ -50,4 +50,4 @@ class Settings(BaseSettings):
             return self.database_url
         path = (self.state_dir / f"{service}.db").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{path}"
+        return f"sqlite:///{path}"

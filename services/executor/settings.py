@@ -55,4 +55,4 @@ class SiteSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(self.work_dir / 'agent.db').resolve()}"
+        return f"sqlite:///{(self.work_dir / 'agent.db').resolve()}"

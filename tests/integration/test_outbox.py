@@ -365,7 +365,7 @@ async def test_timestamps_come_back_timezone_aware(tmp_path: Path) -> None:
     from shared.db import Database
     from shared.events import utcnow
 
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'tz.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'tz.db'}")
     await db.create_all(AggregatorBase.metadata)
     written = utcnow()
     async with db.sessions() as session:

@@ -21,7 +21,7 @@ from shared.events import ResultReported
 
 @pytest.fixture
 async def uow(tmp_path: Path) -> AsyncIterator[Callable[[], UnitOfWork]]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'aggregator.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'aggregator.db'}")
     await db.create_all(Base.metadata)
     try:
         for event in setup_events():

@@ -233,7 +233,7 @@ async def test_the_leaderboard_rebuilt_from_the_history_equals_the_live_one(tmp_
             assert ("none approved" if row["baseline"] else f"approved by {approval['approved_by']}") in lines[0]
             assert [cell["site"] for cell in shown["cells"]] == [SITE]
             assert shown["cells"][0]["key_id"] in lines[3] and lines[3].startswith(SITE)
-        rebuilt_db = f"sqlite+aiosqlite:///{tmp_path / 'rebuilt.db'}"
+        rebuilt_db = f"sqlite:///{tmp_path / 'rebuilt.db'}"
         applied = await rebuild(fed.nats_url, rebuilt_db)
         assert applied >= 3 + 3 + 2  # at least the registrations, three results and the approvals
 

@@ -21,7 +21,7 @@ def site_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
     monkeypatch.setenv("MEDPERF_SITE_NAME", "site-a")
     monkeypatch.setenv("MEDPERF_SITE_OWNER", "hospital-a")
     monkeypatch.setenv("MEDPERF_SITE_WORK_DIR", str(tmp_path / "site"))
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'site' / 'agent.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'site' / 'agent.db'}")
     (tmp_path / "site").mkdir()
 
     async def seed() -> None:
