@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rebuild = commands.add_parser(
         "rebuild-aggregator", help="rebuild the leaderboards' read model from the JetStream history alone"
     )
-    rebuild.add_argument(
-        "--database-url", required=True, help="an empty database to fill, e.g. sqlite:///rebuilt.db"
-    )
+    rebuild.add_argument("--database-url", required=True, help="an empty database to fill, e.g. sqlite:///rebuilt.db")
 
     site_commands.add_commands(commands)
     console_commands.add_commands(commands)
@@ -229,7 +227,7 @@ def _asyncapi(service: str) -> dict:
         import importlib
 
         host = importlib.import_module(f"services.{service}.app").create_service(settings)
-    return AsyncAPI(host.broker, title=f"medperf {service}", version="0.1.0").to_specification().to_jsonable()
+    return AsyncAPI(host.specification(), title=f"medperf {service}", version="0.1.0").to_specification().to_jsonable()
 
 
 if __name__ == "__main__":

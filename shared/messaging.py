@@ -29,7 +29,6 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
-from shared.commands import Outcome
 from shared.events import DeadLetter, Event
 from shared.streams import ALL_STREAMS, deadletter_subject
 
@@ -167,10 +166,10 @@ class DeadLetters:
         if error is None:
             await raw.ack()
         elif isinstance(error, (*MALFORMED, PermanentFailure)):
-            await self.park(raw, f"rejected: {_describe(error)}", deliveries)
+            await self.park(raw, f"rejected: {describe(error)}", deliveries)
             await raw.term()
         elif deliveries >= self.max_deliveries:
-            await self.park(raw, f"failed {deliveries} times; last error: {_describe(error)}", deliveries)
+            await self.park(raw, f"failed {deliveries} times; last error: {describe(error)}", deliveries)
             await raw.term()
         else:
             level = logging.INFO if isinstance(error, NotYet) else logging.WARNING
@@ -200,8 +199,8 @@ class _DeadLetterScope(BaseMiddleware):
         raw = msg.raw_message
         if isinstance(raw, list):
             return await self._consume_batch(call_next, msg, raw)
-        if not _is_jetstream(raw):
-            return await _answer_command(call_next, msg)
+        if not _is_jetstream(raw):  # a reply to a request made through the broker: nothing to settle
+            return await call_next(msg)
         if await self.policy.overdue(raw):
             return None
         try:
@@ -224,18 +223,6 @@ class _DeadLetterScope(BaseMiddleware):
             refused = dict.fromkeys(range(len(kept)), exc)
         for index, raw in enumerate(kept):
             await self.policy.settle(raw, refused.get(index))
-
-
-async def _answer_command(call_next: Any, msg: Any) -> Any:
-    """Commands always get an answer: a malformed one is refused with the reason, a crash is
-    reported as unavailable (and logged) instead of leaving the caller to time out."""
-    try:
-        return await call_next(msg)
-    except (ValidationError, json.JSONDecodeError) as exc:
-        return Outcome.refused("invalid", _describe(exc))
-    except Exception:
-        log.exception("command on %s failed", msg.raw_message.subject)
-        return Outcome.refused("unavailable", "the service failed while handling this request; see its log")
 
 
 @contextlib.asynccontextmanager
@@ -313,7 +300,7 @@ def _is_jetstream(raw: Any) -> bool:
     return bool(getattr(raw, "reply", None)) and raw.reply.startswith("$JS.ACK")
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors()[:5])
         return f"malformed message: {errors}"

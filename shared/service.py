@@ -12,6 +12,7 @@ import nats.errors
 from faststream.nats import NatsBroker, NatsRouter
 from sqlalchemy import MetaData
 
+from shared.answering import Answers
 from shared.broker import create_broker, ensure_streams
 from shared.commands import Command, Outcome
 from shared.db import Database, MessagingTables, UnitOfWork
@@ -56,17 +57,14 @@ class ServiceHost:
             password=settings.nats_password,
         )
         self.relay = OutboxRelay(self.db, tables, self.broker)
+        #: ``@host.answers(SomeCommand)`` decorates the handler of a command or query.
+        self.answers = Answers(name, workers=1 if self.db.serialize else 8)
         self._tables = tables
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.db, self._tables, self.relay)
-
-    def answers(self, command_type: type[Command]) -> dict[str, Any]:
-        """Subscriber options for this service's handler of ``command_type``: one at a time on
-        SQLite (its work runs inline and serialised anyway), eight at once on PostgreSQL."""
-        return answers(command_type, workers=1 if self.db.serialize else 8)
 
     def projects(
         self, router: NatsRouter, event_type: type[Event], project: Projection, batch_size: int = PROJECTION_BATCH
@@ -94,6 +92,14 @@ class ServiceHost:
             )
         self.broker.include_router(router)
 
+    def specification(self) -> NatsBroker:
+        """The broker as the AsyncAPI document shows it: with the commands this service answers,
+        which plain nats-py subscriptions answer (shared/answering.py). For documentation only."""
+        router = NatsRouter()
+        self.answers.document(router)
+        self.broker.include_router(router)
+        return self.broker
+
     def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
         self._on_start.append(hook)
 
@@ -107,6 +113,7 @@ class ServiceHost:
             await ensure_streams(s.nats_url, s.nats_replicas, user=s.nats_user, password=s.nats_password)
         await self.db.create_all(self.metadata)
         await self._start_broker()
+        await self.answers.start(self.broker.connection)
         self.relay.start()
         await self.relay.publish_pending()  # events committed before a crash go out first
         for hook in self._on_start:
@@ -132,6 +139,7 @@ class ServiceHost:
     async def stop(self) -> None:
         for hook in reversed(self._on_stop):
             await hook()
+        await self.answers.stop()
         await self.relay.stop()
         connection = self.broker.connection
         try:
@@ -172,15 +180,6 @@ async def project_batch(
                 refused[index] = exc
         await uow.commit()
     return refused
-
-
-def answers(command_type: type[Command], workers: int = 1) -> dict[str, Any]:
-    """Subscriber options for a request/reply command handler; replicas share it as a queue group.
-
-    ``workers`` > 1 handles several commands at once, which pays only where handlers wait on I/O
-    (PostgreSQL): FastStream's concurrent mode halves the message rate of a handler that never
-    waits (measured 2,000 -> 900 echo replies/s)."""
-    return {"subject": command_type.subject(), "queue": f"{command_type.SERVICE}-commands", "max_workers": workers}
 
 
 async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:

@@ -42,15 +42,15 @@ def create_service(settings: Settings) -> ServiceHost:
         if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers
             host.projects(router, event_type, project)
 
-    @router.subscriber(**host.answers(GetLeaderboard))
+    @host.answers(GetLeaderboard)
     async def leaderboard(query: GetLeaderboard) -> bytes:  # an Outcome, encoded (see leaderboard_reply)
         return await handlers.leaderboard_reply(query, host.uow(), boards)
 
-    @router.subscriber(**host.answers(GetProvenance))
+    @host.answers(GetProvenance)
     async def get_provenance(query: GetProvenance) -> Outcome:
         return await provenance.get_provenance(query, host.uow())
 
-    @router.subscriber(**host.answers(SetSharingPolicy))
+    @host.answers(SetSharingPolicy)
     async def sharing_policy(cmd: SetSharingPolicy) -> Outcome:
         return await handlers.set_sharing_policy(cmd, host.uow())
 

@@ -61,31 +61,31 @@ def create_service(settings: Settings) -> ServiceHost:
 
     # --- commands and queries ---------------------------------------------------------------
 
-    @router.subscriber(**host.answers(DecideBenchmark))
+    @host.answers(DecideBenchmark)
     async def decide_benchmark(cmd: DecideBenchmark) -> Outcome:
         return await handlers.decide_benchmark(cmd, host.uow())
 
-    @router.subscriber(**host.answers(RequestAssociation))
+    @host.answers(RequestAssociation)
     async def request_association(cmd: RequestAssociation) -> Outcome:
         return await handlers.request_association(cmd, host.uow())
 
-    @router.subscriber(**host.answers(DecideAssociation))
+    @host.answers(DecideAssociation)
     async def decide_association(cmd: DecideAssociation) -> Outcome:
         return await handlers.decide_association(cmd, host.uow())
 
-    @router.subscriber(**host.answers(SetAutoApproval))
+    @host.answers(SetAutoApproval)
     async def set_auto_approval(cmd: SetAutoApproval) -> Outcome:
         return await handlers.set_auto_approval(cmd, host.uow())
 
-    @router.subscriber(**host.answers(SetPriority))
+    @host.answers(SetPriority)
     async def set_priority(cmd: SetPriority) -> Outcome:
         return await handlers.set_priority(cmd, host.uow())
 
-    @router.subscriber(**host.answers(ListAssociations))
+    @host.answers(ListAssociations)
     async def list_associations(query: ListAssociations) -> Outcome:
         return await queries.list_associations(query, host.uow())
 
-    @router.subscriber(**host.answers(AuditTrail))
+    @host.answers(AuditTrail)
     async def audit_trail(query: AuditTrail) -> Outcome:
         return await queries.audit_trail(query, host.uow())
 

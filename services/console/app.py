@@ -62,27 +62,27 @@ def create_service(settings: Settings) -> ServiceHost:
     async def on_heartbeat(beat: SiteHeartbeat) -> None:
         await handlers.record_heartbeat(beat, host.uow())
 
-    @router.subscriber(**host.answers(ListSites))
+    @host.answers(ListSites)
     async def sites(query: ListSites) -> Outcome:
         return await handlers.list_sites(query, host.uow())
 
-    @router.subscriber(**host.answers(ListJobs))
+    @host.answers(ListJobs)
     async def jobs(query: ListJobs) -> Outcome:
         return await handlers.list_jobs(query, host.uow())
 
-    @router.subscriber(**host.answers(ListHeldResults))
+    @host.answers(ListHeldResults)
     async def held(query: ListHeldResults) -> Outcome:
         return await handlers.held_results(query, host.uow())
 
-    @router.subscriber(**host.answers(ListDeadLetters))
+    @host.answers(ListDeadLetters)
     async def dead_letters(query: ListDeadLetters) -> Outcome:
         return await deadletters.list_letters(query, js())
 
-    @router.subscriber(**host.answers(RetryDeadLetter))
+    @host.answers(RetryDeadLetter)
     async def retry(cmd: RetryDeadLetter) -> Outcome:
         return await deadletters.retry(cmd, js())
 
-    @router.subscriber(**host.answers(DiscardDeadLetter))
+    @host.answers(DiscardDeadLetter)
     async def discard(cmd: DiscardDeadLetter) -> Outcome:
         return await deadletters.discard(cmd, js())
 

@@ -48,63 +48,63 @@ def create_service(settings: Settings) -> ServiceHost:
     host = ServiceHost("registry", settings, Base.metadata, TABLES)
     router = NatsRouter()
 
-    @router.subscriber(**host.answers(RegisterContainer))
+    @host.answers(RegisterContainer)
     async def register_container(cmd: RegisterContainer) -> Outcome:
         return await handlers.register_container(cmd, host.uow())
 
-    @router.subscriber(**host.answers(RegisterModel))
+    @host.answers(RegisterModel)
     async def register_model(cmd: RegisterModel) -> Outcome:
         return await handlers.register_model(cmd, host.uow())
 
-    @router.subscriber(**host.answers(SubmitBenchmark))
+    @host.answers(SubmitBenchmark)
     async def submit_benchmark(cmd: SubmitBenchmark) -> Outcome:
         return await handlers.submit_benchmark(cmd, host.uow())
 
-    @router.subscriber(**host.answers(RegisterDataset))
+    @host.answers(RegisterDataset)
     async def register_dataset(cmd: RegisterDataset) -> Outcome:
         return await handlers.register_dataset(cmd, host.uow())
 
-    @router.subscriber(**host.answers(EditEntity))
+    @host.answers(EditEntity)
     async def edit_entity(cmd: EditEntity) -> Outcome:
         return await handlers_edit.edit_entity(cmd, host.uow())
 
-    @router.subscriber(**host.answers(DeleteEntity))
+    @host.answers(DeleteEntity)
     async def delete_entity(cmd: DeleteEntity) -> Outcome:
         return await handlers_edit.delete_entity(cmd, host.uow())
 
-    @router.subscriber(**host.answers(CreateUser))
+    @host.answers(CreateUser)
     async def create_user(cmd: CreateUser) -> Outcome:
         return await handlers_users.create_user(cmd, host.uow())
 
-    @router.subscriber(**host.answers(IssueToken))
+    @host.answers(IssueToken)
     async def issue_token(cmd: IssueToken) -> Outcome:
         return await handlers_users.issue_token(cmd, host.uow())
 
-    @router.subscriber(**host.answers(RevokeToken))
+    @host.answers(RevokeToken)
     async def revoke_token(cmd: RevokeToken) -> Outcome:
         return await handlers_users.revoke_token(cmd, host.uow())
 
-    @router.subscriber(**host.answers(Authenticate))
+    @host.answers(Authenticate)
     async def authenticate(query: Authenticate) -> Outcome:
         return await handlers_users.authenticate(query, host.uow())
 
-    @router.subscriber(**host.answers(RegisterSiteKey))
+    @host.answers(RegisterSiteKey)
     async def register_site_key(cmd: RegisterSiteKey) -> Outcome:
         return await handlers_keys.register_site_key(cmd, host.uow())
 
-    @router.subscriber(**host.answers(RevokeSiteKey))
+    @host.answers(RevokeSiteKey)
     async def revoke_site_key(cmd: RevokeSiteKey) -> Outcome:
         return await handlers_keys.revoke_site_key(cmd, host.uow())
 
-    @router.subscriber(**host.answers(ListSiteKeys))
+    @host.answers(ListSiteKeys)
     async def list_site_keys(query: ListSiteKeys) -> Outcome:
         return await handlers_keys.list_site_keys(query, host.uow())
 
-    @router.subscriber(**host.answers(GetEntity))
+    @host.answers(GetEntity)
     async def get_entity(query: GetEntity) -> Outcome:
         return await handlers.get_entity(query, host.uow())
 
-    @router.subscriber(**host.answers(ListEntities))
+    @host.answers(ListEntities)
     async def list_entities(query: ListEntities) -> Outcome:
         return await handlers.list_entities(query, host.uow())
 

@@ -27,12 +27,13 @@ from sqlalchemy import Integer, MetaData, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from waiting import DEADLINE, eventually
 
+from shared.answering import Answers
 from shared.broker import ensure_streams
 from shared.commands import Command, Outcome
 from shared.db import UnitOfWork, messaging_tables
 from shared.events import BenchmarkApproved, DeadLetter
 from shared.messaging import PermanentFailure, consume
-from shared.service import ServiceHost, answers, ask
+from shared.service import ServiceHost, ask
 from shared.settings import Settings
 from shared.streams import ALL_STREAMS, deadletter_subject
 
@@ -115,7 +116,7 @@ def create_probe(settings: Settings, batched: bool = False) -> Probe:
         async def on_approved(event: BenchmarkApproved) -> None:
             await apply(event, host.uow())
 
-    @router.subscriber(**answers(Ping))
+    @host.answers(Ping)
     async def ping(command: Ping) -> Outcome:
         probe.pings += 1
         if command.explode:
@@ -485,6 +486,38 @@ async def test_commands_are_always_answered(probe: Probe, nc: nats.NATS) -> None
 
     # And the service still answers afterwards.
     assert (await ask(probe.host.broker, Ping(actor="bob", count=4), timeout=DEADLINE)).ok
+
+
+async def test_answers_with_workers_handle_commands_at_once_and_finish_them_before_stopping(nc: nats.NATS) -> None:
+    """With several workers (PostgreSQL), commands are answered concurrently; stopping takes no
+    new command but answers the ones already taken."""
+    answers = Answers("probe", workers=3)
+    in_flight, release = asyncio.Semaphore(0), asyncio.Event()
+
+    @answers(Ping)
+    async def slow(command: Ping) -> Outcome:
+        in_flight.release()
+        await release.wait()
+        return Outcome.accepted(data={"count": command.count})
+
+    await answers.start(nc)
+    asks = [
+        asyncio.create_task(
+            nc.request(Ping.subject(), Ping(actor="a", count=i).model_dump_json().encode(), timeout=DEADLINE)
+        )
+        for i in range(3)
+    ]
+    for _ in range(3):  # all three are being handled at the same time
+        await asyncio.wait_for(in_flight.acquire(), DEADLINE)
+    stopping = asyncio.create_task(answers.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # it waits for the three it took
+    release.set()
+    await asyncio.wait_for(stopping, DEADLINE)
+    replies = [Outcome.model_validate_json((await a).data) for a in asks]
+    assert sorted(r.data["count"] for r in replies) == [0, 1, 2]
+    with pytest.raises(nats.errors.NoRespondersError):  # and it took no more
+        await nc.request(Ping.subject(), Ping(actor="a", count=9).model_dump_json().encode(), timeout=1)
 
 
 # --- streams ----------------------------------------------------------------------------------
