@@ -142,8 +142,10 @@ def query_of(command: type[Command], exclude: tuple[str, ...] = (), name: str | 
 
 
 def fields_of(model: BaseModel) -> dict[str, Any]:
-    """A validated body or filter set, ready to become command fields."""
-    return model.model_dump()
+    """A validated body or filter set, ready to become command fields. Nested models are passed
+    as they are: the command accepts instances of its own field types without validating them
+    again (a container spec's checks ran once already, on the body)."""
+    return dict(model)
 
 
 def created(outcome: Outcome) -> dict[str, Any]:
