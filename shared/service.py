@@ -25,6 +25,8 @@ log = logging.getLogger("medperf.service")
 
 #: Projection events are pulled up to this many at a time, and committed a batch per transaction.
 PROJECTION_BATCH = 64
+#: ... and, when they trickle in, gathered this many seconds at most (``consume``'s ``linger``).
+PROJECTION_LINGER = 0.01
 #: A projection handler: one event, in a unit of work it enters and commits itself.
 Projection = Callable[[Any, UnitOfWork], Awaitable[None]]
 
@@ -76,7 +78,7 @@ class ServiceHost:
 
         # FastStream names the subscriber (and its AsyncAPI entry) after the function.
         on_batch.__name__ = on_batch.__qualname__ = f"on_{event_type.model_fields['type'].default.replace('.', '_')}"
-        router.subscriber(**consume(self.name, event_type, batch_size=batch_size))(on_batch)
+        router.subscriber(**consume(self.name, event_type, batch_size=batch_size, linger=PROJECTION_LINGER))(on_batch)
 
     def include(self, router: NatsRouter, publishes: tuple[type[Event], ...] = ()) -> None:
         """Add the service's handlers, and document the events it publishes.
