@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 
 from shared.events import Event, utcnow
-from shared.sqlite import InlineSession, Params, inline_sessions, sqlite_engine
+from shared.sqlite import InlineSession, InlineSessions, Params, sqlite_engine
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -70,9 +70,12 @@ class Database:
         self.lock = asyncio.Lock()
         self._sync_engine: Engine | None = None
         self._async_engine: AsyncEngine | None = None
+        self._inline_sessions: InlineSessions | None = None
         if self.serialize:
             self._sync_engine = sqlite_engine(make_url(url), json_serializer=_json)
-            self._sessionmaker: Callable[[], AsyncSession] = inline_sessions(self._sync_engine)
+            self._inline_sessions = InlineSessions(self._sync_engine)
+            # An InlineSession stands in for an AsyncSession (shared/sqlite.py).
+            self._sessionmaker: Callable[[], AsyncSession] = self._inline_sessions  # type: ignore[assignment]
         else:
             self._async_engine = create_async_engine(url, pool_pre_ping=True, json_serializer=_json)
             self._sessionmaker = async_sessionmaker(self._async_engine, expire_on_commit=False)
@@ -111,6 +114,8 @@ class Database:
             yield
 
     async def dispose(self) -> None:
+        if self._inline_sessions is not None:
+            self._inline_sessions.close()
         if self._sync_engine is not None:
             self._sync_engine.dispose()
         if self._async_engine is not None:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, create_engine, event
+from sqlalchemy import Column, Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -37,10 +37,33 @@ def sqlite_engine(url: URL, json_serializer: Any) -> Engine:
     return engine
 
 
-def inline_sessions(engine: Engine) -> Any:
-    """A factory of ``InlineSession`` on ``engine``, like ``async_sessionmaker``."""
-    sessions = sessionmaker(engine, expire_on_commit=False)
-    return lambda: InlineSession(sessions())
+class InlineSessions:
+    """A factory of ``InlineSession`` on ``engine``, like ``async_sessionmaker``, whose sessions all
+    use one connection: a process's SQLite sessions run one at a time (``Database.lock``), and a
+    pool checkout, return and reset for each cost ~0.1 ms, as much as a one-row statement."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    def __call__(self) -> InlineSession:
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._connection = self._engine.connect()
+        else:
+            # What the pool did on each return: roll back a transaction left open, by a session
+            # never closed or by a failed COMMIT (after which SQLAlchemy forgets it, SQLite not).
+            if connection.in_transaction():
+                connection.rollback()
+            dbapi_connection = connection.connection.dbapi_connection
+            if dbapi_connection is not None and dbapi_connection.in_transaction:
+                dbapi_connection.rollback()
+        return InlineSession(Session(connection, expire_on_commit=False))
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _configure(dbapi_connection: Any, _record: Any) -> None:

@@ -136,3 +136,29 @@ async def test_errors_are_sqlalchemys(db: Database) -> None:
         await execute_prebuilt(session, insert_into(THINGS), row("one"))
         with pytest.raises(IntegrityError):
             await execute_prebuilt(session, insert_into(THINGS), row("one"))
+
+
+async def test_sqlite_sessions_share_a_connection_but_no_transaction(tmp_path: Path) -> None:
+    """Every SQLite session of a Database runs on one connection; what one left open (a session
+    never closed, a COMMIT that failed) is rolled back before the next begins."""
+    db = Database(f"sqlite:///{tmp_path}/shared.db")
+    await db.create_all(Base.metadata)
+    try:
+        forgotten = db._sessionmaker()
+        await execute_prebuilt(forgotten, insert_into(THINGS), row("forgotten"))
+        dbapi_connection = forgotten.sync_session.connection().connection.dbapi_connection
+        async with db.sessions() as session:
+            assert session.sync_session.connection().connection.dbapi_connection is dbapi_connection
+            assert (await session.scalars(select(Thing.name))).all() == []
+        # As after a failed COMMIT: SQLite's transaction still open, SQLAlchemy's gone.
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+        dbapi_connection.execute(
+            "INSERT INTO prebuilt_things (name, created_at, modified_at, state, flag, extra)"
+            " VALUES ('lost', '', '', '', 0, '{}')"
+        )
+        async with db.transaction() as session:
+            await execute_prebuilt(session, insert_into(THINGS), row("kept"))
+        async with db.sessions() as session:
+            assert (await session.scalars(select(Thing.name))).all() == ["kept"]
+    finally:
+        await db.dispose()
