@@ -155,7 +155,17 @@ class InlineSession:
         return InlineSavepoint(self.sync_session.begin_nested())
 
     async def commit(self) -> None:
-        self.sync_session.commit()
+        session = self.sync_session
+        if session.identity_map or session.new:
+            session.commit()
+            return
+        # Only Core statements ran (the hot paths, execute_prebuilt): the ORM has nothing to flush
+        # or to keep, so the connection commits alone and close() ends the session's bookkeeping,
+        # which Session.commit's would cost ~0.05 ms more. Used again, the session begins anew.
+        connection = session.bind
+        assert isinstance(connection, Connection)
+        connection.commit()
+        session.close()
 
     async def rollback(self) -> None:
         self.sync_session.rollback()

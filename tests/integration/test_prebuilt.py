@@ -162,3 +162,19 @@ async def test_sqlite_sessions_share_a_connection_but_no_transaction(tmp_path: P
             assert (await session.scalars(select(Thing.name))).all() == ["kept"]
     finally:
         await db.dispose()
+
+
+async def test_a_session_goes_on_after_its_commit(db: Database) -> None:
+    """A transaction of Core statements alone commits without the ORM on SQLite; either way the
+    session begins a new transaction when used again, and ORM objects stay usable."""
+    async with db.sessions() as session:
+        await execute_prebuilt(session, insert_into(THINGS), row("core"))
+        await session.commit()
+        thing = Thing(name="orm")
+        session.add(thing)
+        await session.commit()
+        await execute_prebuilt(session, insert_into(THINGS), row("after"))
+        await session.commit()
+        assert (await session.get(Thing, thing.id)) is thing
+    async with db.sessions() as session:
+        assert sorted((await session.scalars(select(Thing.name))).all()) == ["after", "core", "orm"]
