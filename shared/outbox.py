@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -12,15 +13,21 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.js.client import JetStreamContext
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
-from shared.db import Database, MessagingTables
+from shared.db import Database, MessagingTables, execute_prebuilt
 from shared.events import utcnow
 from shared.streams import ALL_STREAMS
 
 log = logging.getLogger("medperf.outbox")
 #: Seconds to wait for JetStream to acknowledge a batch of publishes.
 PUBLISH_TIMEOUT = 5.0
+
+
+@functools.cache
+def _mark_published(outbox: Table) -> Any:
+    # One row per execution (of many): a prebuilt statement cannot take an IN list of any length.
+    return update(outbox).where(outbox.c.event_id == bindparam("event"))
 
 
 def _stream_for(subject: str) -> str:
@@ -132,11 +139,10 @@ class OutboxRelay:
         # Marked even if a later publish failed, so what went out is not sent again (a crash before
         # this re-sends; JetStream's dedupe window drops those).
         if event_ids:
-            outbox = self._outbox
+            now = utcnow()
             async with self._db.transaction() as session:
-                await session.execute(
-                    update(outbox).where(outbox.c.event_id.in_(event_ids)).values(published_at=utcnow())
-                )
+                rows = [{"event": event_id, "published_at": now} for event_id in event_ids]
+                await execute_prebuilt(session, _mark_published(self._outbox), rows)
 
     async def _publish(self, rows: Sequence[Any], done: list[str]) -> None:
         """Publish ``rows`` without waiting for each acknowledgement before sending the next, then

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -24,7 +24,7 @@ from services.aggregator.store import (
     Result,
 )
 from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
-from shared.db import UnitOfWork
+from shared.db import UnitOfWork, execute_prebuilt, insert_into
 from shared.events import (
     AssociationApproved,
     AssociationRejected,
@@ -43,22 +43,30 @@ from shared.events import (
 )
 from shared.messaging import NotYet, PermanentFailure, decode_batch
 
+#: The clock's statements, built once for ``execute_prebuilt``: every projected change runs them.
+#: (Core columns: an ORM attribute would make them ORM statements, with the ORM's extra work.)
+_clock = Clock.__table__.c
+_CLOCK = update(Clock.__table__).where(_clock.id == 1)
+_TICK = _CLOCK.values(tick=_clock.tick + 1).returning(_clock.tick)
+_TICK_META = _CLOCK.values(tick=_clock.tick + 1, meta_tick=_clock.tick + 1).returning(_clock.tick)
+
 
 async def advance_clock(uow: UnitOfWork, *, meta: bool = False) -> int:
     """Advance the clock once per transaction (holding its row lock until the commit); ``meta``:
     this transaction changes more than results, so in-memory boards must load afresh."""
-    tick = uow.session.info.get("tick")
+    info = uow.session.info
+    tick = info.get("tick")
     if tick is None:
-        advance = update(Clock).where(Clock.id == 1).values(tick=Clock.tick + 1).returning(Clock.tick)
-        tick = await uow.session.scalar(advance)
+        tick = (await execute_prebuilt(uow.session, _TICK_META if meta else _TICK, {})).scalar()
+        info["meta"] = meta
         if tick is None:  # the first change this database sees
             tick = 1
             uow.session.add(Clock(id=1, tick=tick, meta_tick=tick))
             await uow.session.flush()
-        uow.session.info["tick"] = tick
-    if meta and not uow.session.info.get("meta"):
-        await uow.session.execute(update(Clock).where(Clock.id == 1).values(meta_tick=tick))
-        uow.session.info["meta"] = True
+        info["tick"] = tick
+    if meta and not info.get("meta"):
+        await execute_prebuilt(uow.session, _CLOCK, {"meta_tick": tick})
+        info["meta"] = True
     return tick
 
 
@@ -115,7 +123,7 @@ async def record_dataset(event: DatasetRegistered, uow: UnitOfWork) -> None:
 async def _insert(uow: UnitOfWork, entity: Any, **values: Any) -> None:
     """One row by a plain INSERT: registrations are most of the events projected here, and the
     ORM's flush of an added object costs several times the statement (a taken key still fails)."""
-    await uow.session.execute(insert(entity.__table__), values)
+    await execute_prebuilt(uow.session, insert_into(entity.__table__), values)
 
 
 def _cases(statistics: dict) -> int | None:

@@ -36,7 +36,7 @@ from shared.commands import (
     SubmitBenchmark,
 )
 from shared.containers import ContainerSpec
-from shared.db import UnitOfWork, insert_unless_exists
+from shared.db import UnitOfWork, execute_prebuilt, insert_unless_exists
 from shared.events import (
     AssociationRequested,
     BenchmarkApproved,
@@ -54,10 +54,11 @@ RACE = "another request claimed the same {what} at the same moment; read it agai
 
 async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome:
     async with uow:
-        # One statement, no ORM flush: the most frequent registration, and each statement through
-        # the async driver costs more than SQLite's work. The unique name decides a conflict.
+        # One prebuilt statement, no ORM flush: the most frequent registration, and SQLAlchemy's
+        # work around a statement costs more than SQLite's. The unique name decides a conflict.
         values = {"name": cmd.name, "owner": cmd.actor, "spec": cmd.spec.model_dump(mode="json"), "state": cmd.state}
-        container_id = await uow.session.scalar(_new_container(uow.session.bind.dialect.name), values)
+        inserted = await execute_prebuilt(uow.session, _new_container(uow.session.bind.dialect.name), values)
+        container_id = inserted.scalar()
         if container_id is None:
             return Outcome.refused("conflict", f"a container named {cmd.name!r} already exists; choose another name")
         uow.emit(
