@@ -178,3 +178,25 @@ async def test_a_session_goes_on_after_its_commit(db: Database) -> None:
         assert (await session.get(Thing, thing.id)) is thing
     async with db.sessions() as session:
         assert sorted((await session.scalars(select(Thing.name))).all()) == ["after", "core", "orm"]
+
+
+async def test_savepoints_roll_back_their_own_work_only(db: Database) -> None:
+    """On SQLite the SAVEPOINT statements skip SQLAlchemy's compiler (shared/sqlite.py); nested
+    ones, a rolled-back one among committed ones, and many of them in one transaction behave as on
+    PostgreSQL."""
+    async with db.sessions() as session:
+        await execute_prebuilt(session, insert_into(THINGS), row("before"))
+        for i in range(30):  # each savepoint has a new name
+            step = await session.begin_nested()
+            await execute_prebuilt(session, insert_into(THINGS), row(f"step-{i}"))
+            if i % 3 == 0:
+                await step.rollback()
+            else:
+                inner = await session.begin_nested()
+                await execute_prebuilt(session, insert_into(THINGS), row(f"inner-{i}"))
+                await inner.rollback()
+                await step.commit()
+        await session.commit()
+    async with db.sessions() as session:
+        names = set((await session.scalars(select(Thing.name))).all())
+    assert names == {"before"} | {f"step-{i}" for i in range(30) if i % 3}
