@@ -26,7 +26,7 @@ log = logging.getLogger("medperf.service")
 #: Projection events are pulled up to this many at a time, and committed a batch per transaction.
 PROJECTION_BATCH = 64
 #: ... and, when they trickle in, gathered this many seconds at most (``consume``'s ``linger``).
-PROJECTION_LINGER = 0.01
+PROJECTION_LINGER = 0.025
 #: A projection handler: one event, in a unit of work it enters and commits itself.
 Projection = Callable[[Any, UnitOfWork], Awaitable[None]]
 
