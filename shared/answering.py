@@ -107,14 +107,20 @@ class Answers:
         """Declare each command as a FastStream subscriber of ``router``, for the AsyncAPI
         document only: a broker that included the router would answer them a second time."""
         for command_type, handler in self.handlers.items():
+            router.subscriber(command_type.subject(), queue=self.queue)(_documented(command_type, handler))
 
-            async def documented(command: Any) -> Outcome:  # never called
-                raise NotImplementedError
 
-            documented.__annotations__ = {"command": command_type, "return": Outcome}
-            documented.__name__ = documented.__qualname__ = getattr(handler, "__name__", command_type.__name__)
-            documented.__doc__ = command_type.__doc__
-            router.subscriber(command_type.subject(), queue=self.queue)(documented)
+def _documented(command_type: type[Command], handler: Handler) -> Handler:
+    """``handler`` as FastStream reads a subscriber: its name, and the command type as its
+    message (the annotations say what the AsyncAPI document shows)."""
+
+    async def answer(command: Any) -> Outcome | bytes:
+        return await handler(command)
+
+    answer.__annotations__ = {"command": command_type, "return": Outcome}
+    answer.__name__ = answer.__qualname__ = getattr(handler, "__name__", command_type.__name__)
+    answer.__doc__ = command_type.__doc__
+    return answer
 
 
 async def _answer(command_type: type[Command], handler: Handler, data: bytes, subject: str) -> bytes:
