@@ -104,11 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_service(main: Coroutine[object, object, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
+    # uvloop: the services spend much of their CPU in the event loop and socket I/O, where it is
+    # leaner than asyncio's own loop (bench/registry.py).
+    import uvloop
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main)
 
