@@ -85,6 +85,10 @@ async def site_events(url: str, password: str) -> list[tuple[str, dict]]:
         for stream in ALL_STREAMS:
             if stream.sources:  # a copy of other streams (the console's FEED): each event is there again
                 continue
+            if stream.max_msgs_per_subject != -1:
+                # A last-value store (HEARTBEATS), not a history: its older messages are deleted, which leaves
+                # gaps between first_seq and last_seq once an agent has beaten twice.
+                continue
             info = await js.stream_info(stream.name)
             if info.state.messages:
                 for sequence in range(info.state.first_seq, info.state.last_seq + 1):
@@ -197,7 +201,7 @@ async def test_the_federation_survives_losing_a_nats_node_and_counts_every_resul
         # The board is fed by the stream, so the stream holds them all; wait in case the node read is behind.
         await eventually(all_results_on_the_stream, f"{expected} results on the SITES stream", timeout=30, interval=1)
         events = await history()
-        ids = Counter(e["event_id"] for stream, e in events if stream != "HEARTBEATS")
+        ids = Counter(e["event_id"] for _, e in events)
         assert [i for i, n in ids.items() if n > 1] == [], "an event reached JetStream twice"
         results = Counter(
             (e["model_id"], e["site"]) for s, e in events if s == "SITES" and e["type"] == "result.reported"
