@@ -73,9 +73,12 @@ class InlineSessions:
             connection = self._connection = self._engine.connect()
         else:
             # What the pool did on each return: roll back a transaction left open, by a session
-            # never closed or by a failed COMMIT (after which SQLAlchemy forgets it, SQLite not).
-            if connection.in_transaction():
-                connection.rollback()
+            # never closed or by a failed COMMIT. After a failed COMMIT SQLAlchemy keeps its
+            # transaction, inactive (in_transaction() is False), and begins no other until it is
+            # rolled back; SQLite may keep its own open too.
+            transaction = connection.get_transaction()
+            if transaction is not None:
+                transaction.rollback()
             dbapi_connection = connection.connection.dbapi_connection
             if dbapi_connection is not None and dbapi_connection.in_transaction:
                 dbapi_connection.rollback()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Integer, MetaData, String, bindparam, select, text, update
+from sqlalchemy import JSON, ForeignKey, Integer, MetaData, String, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -36,6 +36,14 @@ class Thing(Base):
     state: Mapped[str] = mapped_column(String(16), default="NEW")
     flag: Mapped[bool] = mapped_column(default=True)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Part(Base):
+    """Checked at COMMIT: a part whose thing is missing fails the COMMIT, not its INSERT."""
+
+    __tablename__ = "prebuilt_parts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey(Thing.id, deferrable=True, initially="DEFERRED"))
 
 
 THINGS = Thing.__table__
@@ -162,6 +170,26 @@ async def test_sqlite_sessions_share_a_connection_but_no_transaction(tmp_path: P
             assert (await session.scalars(select(Thing.name))).all() == ["kept"]
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize("orm", [False, True], ids=["core", "orm"])
+async def test_a_failed_commit_leaves_the_database_usable(db: Database, orm: bool) -> None:
+    """A COMMIT can fail (a deferred constraint, a full disk). On SQLite every session of the
+    process shares one connection, so what the failure leaves behind must not stop the next."""
+    async with db.sessions() as session:
+        await execute_prebuilt(session, insert_into(THINGS), row("doomed"))
+        if orm:
+            session.add(Part(thing_id=10**6))
+        else:
+            await execute_prebuilt(session, insert_into(Part.__table__), {"thing_id": 10**6})
+        with pytest.raises(IntegrityError):
+            await session.commit()
+    for _ in range(2):
+        async with db.transaction() as session:
+            await execute_prebuilt(session, insert_into(THINGS), row(f"kept-{_}"))
+    async with db.sessions() as session:
+        assert (await session.scalars(select(Thing.name).order_by(Thing.name))).all() == ["kept-0", "kept-1"]
+        assert (await session.scalars(select(Part.id))).all() == []
 
 
 async def test_a_session_goes_on_after_its_commit(db: Database) -> None:
