@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import annotated_types
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
+from fastapi.security import HTTPBearer
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -87,28 +87,34 @@ class Context:
         return outcome
 
 
-bearer = HTTPBearer(
+class Authorized(HTTPBearer):
+    """The one dependency of every route: authenticate, then apply the coarse part of the
+    permission table: anonymous callers get 401 and non-admins get 403 on admin-only endpoints,
+    before any service is asked. It is the bearer scheme itself (one dependency, not two, for
+    FastAPI to solve on each request), so OpenAPI still documents the scheme."""
+
+    async def __call__(self, request: Request) -> Context:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        gateway: Gateway = request.app.state.gateway
+        rule = rule_for(request.method, request.scope["route"].path)
+        try:
+            who = await gateway.auth.authenticate(credentials.credentials if credentials else None)
+        except AuthUnavailable as exc:
+            raise Refused(503, f"cannot check the token now ({exc}); retry shortly") from exc
+        if who is None:
+            if rule.public:
+                return Context(gateway, Caller("anonymous", False))
+            raise Refused(401, f"missing or unknown token: {gateway.auth.how_to()}")
+        if rule.admin_only and not who.is_admin:
+            raise Refused(403, f"{rule.method} {rule.path} is for admins only")
+        return Context(gateway, who)
+
+
+authorized = Authorized(
     auto_error=False,
+    scheme_name="HTTPBearer",
     description="an API token issued by an admin, a bootstrap token, or a JWT from the configured OIDC issuer",
 )
-
-
-async def authorized(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Context:
-    """Authenticate, then apply the coarse part of the permission table: anonymous callers get 401
-    and non-admins get 403 on admin-only endpoints, before any service is asked."""
-    gateway: Gateway = request.app.state.gateway
-    rule = rule_for(request.method, request.scope["route"].path)
-    try:
-        who = await gateway.auth.authenticate(credentials.credentials if credentials else None)
-    except AuthUnavailable as exc:
-        raise Refused(503, f"cannot check the token now ({exc}); retry shortly") from exc
-    if who is None:
-        if rule.public:
-            return Context(gateway, Caller("anonymous", False))
-        raise Refused(401, f"missing or unknown token: {gateway.auth.how_to()}")
-    if rule.admin_only and not who.is_admin:
-        raise Refused(403, f"{rule.method} {rule.path} is for admins only")
-    return Context(gateway, who)
 
 
 def _derive(command: type[Command], exclude: tuple[str, ...], name: str, config: ConfigDict) -> type[BaseModel]:
