@@ -68,6 +68,7 @@ class Database:
         # therefore queues on one asyncio lock (also much faster than colliding and retrying).
         self.serialize = url.startswith("sqlite")
         self.lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None
         self._sync_engine: Engine | None = None
         self._async_engine: AsyncEngine | None = None
         self._inline_sessions: InlineSessions | None = None
@@ -110,8 +111,17 @@ class Database:
         if not self.serialize:
             yield
             return
+        task = asyncio.current_task()
+        if self._holder is task:
+            # It would wait for itself forever, e.g. a command handler opening a session of its
+            # own inside a command group (ServiceHost.together) instead of using host.uow().
+            raise RuntimeError("this task already holds the database: use its unit of work, or a step of it")
         async with self.lock:
-            yield
+            self._holder = task
+            try:
+                yield
+            finally:
+                self._holder = None
 
     async def dispose(self) -> None:
         if self._inline_sessions is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import nats.errors
@@ -42,7 +43,11 @@ class ServiceHost:
         tables: MessagingTables,
         *,
         declare_streams: bool = True,
+        group_commands: bool = False,
     ) -> None:
+        """``group_commands``: on SQLite, answer the commands that queue while one is handled in one
+        transaction (``shared.answering``). Only for services whose command handlers wait on
+        nothing but their unit of work: the group holds the database meanwhile."""
         if not settings.nats_url:
             raise ValueError("ServiceHost needs settings.nats_url; the launcher starts an embedded server first")
         self.name = name
@@ -60,13 +65,33 @@ class ServiceHost:
         )
         self.relay = OutboxRelay(self.db, tables, self.broker)
         #: ``@host.answers(SomeCommand)`` decorates the handler of a command or query.
-        self.answers = Answers(name, workers=1 if self.db.serialize else 8)
+        if group_commands and self.db.serialize:
+            self.answers = Answers(name, together=self.together)
+        else:
+            self.answers = Answers(name, workers=1 if self.db.serialize else 8)
+        # The transaction of the command group being answered, in the answering task only: what
+        # other tasks (projections) open stays a transaction of its own.
+        self._group: ContextVar[UnitOfWork | None] = ContextVar(f"{name}-command-group", default=None)
         self._tables = tables
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
 
     def uow(self) -> UnitOfWork:
-        return UnitOfWork(self.db, self._tables, self.relay)
+        """A unit of work: a transaction, or a step of the command group being answered."""
+        group = self._group.get()
+        return UnitOfWork(self.db, self._tables, self.relay) if group is None else group.step()
+
+    @contextlib.asynccontextmanager
+    async def together(self) -> AsyncIterator[None]:
+        """One transaction for every unit of work opened inside (each is a step of it), committed
+        at the end; an error leaves nothing of it written."""
+        async with UnitOfWork(self.db, self._tables, self.relay) as group:
+            token = self._group.set(group)
+            try:
+                yield
+            finally:
+                self._group.reset(token)
+            await group.commit()
 
     def projects(
         self, router: NatsRouter, event_type: type[Event], project: Projection, batch_size: int = PROJECTION_BATCH

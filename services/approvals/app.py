@@ -38,7 +38,7 @@ from shared.settings import Settings
 
 
 def create_service(settings: Settings) -> ServiceHost:
-    host = ServiceHost("approvals", settings, Base.metadata, TABLES)
+    host = ServiceHost("approvals", settings, Base.metadata, TABLES, group_commands=True)
     router = NatsRouter()
     auto_approve_from = tuple(getattr(settings, "auto_approve_benchmarks_from", []))
 

@@ -45,7 +45,7 @@ from shared.settings import Settings
 
 
 def create_service(settings: Settings) -> ServiceHost:
-    host = ServiceHost("registry", settings, Base.metadata, TABLES)
+    host = ServiceHost("registry", settings, Base.metadata, TABLES, group_commands=True)
     router = NatsRouter()
 
     @host.answers(RegisterContainer)

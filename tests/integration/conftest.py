@@ -1,13 +1,27 @@
-"""Session-wide reporting for the integration tests: the trust figures (tests/integration/figures.py)."""
+"""What the integration tests share: a client of the test's nats-server, and session-wide reporting
+of the trust figures (tests/integration/figures.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import pytest
 from figures import FIGURES, render
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
+    """A plain nats-py client of the test's nats-server."""
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -133,15 +133,6 @@ def settings(nats_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
-    client = await nats.connect(nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 def js(nc: nats.NATS) -> JetStreamContext:
     return nc.jetstream()
 
