@@ -35,7 +35,7 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         description="Submit containers, models, benchmarks and decisions; read leaderboards. "
         "Every endpoint but /health needs 'Authorization: Bearer <token>'.",
         # No OpenTelemetry provider is configured here, yet FastAPI looks one up on every request
-        # (~10% of the ingress's CPU, bench/registry.py). Turn these on with a provider.
+        # while these are on. Turn them on with a provider.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = Gateway(broker, settings, auth)

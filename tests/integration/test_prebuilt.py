@@ -184,9 +184,9 @@ async def test_a_failed_commit_leaves_the_database_usable(db: Database, orm: boo
             await execute_prebuilt(session, insert_into(Part.__table__), {"thing_id": 10**6})
         with pytest.raises(IntegrityError):
             await session.commit()
-    for _ in range(2):
+    for i in range(2):
         async with db.transaction() as session:
-            await execute_prebuilt(session, insert_into(THINGS), row(f"kept-{_}"))
+            await execute_prebuilt(session, insert_into(THINGS), row(f"kept-{i}"))
     async with db.sessions() as session:
         assert (await session.scalars(select(Thing.name).order_by(Thing.name))).all() == ["kept-0", "kept-1"]
         assert (await session.scalars(select(Part.id))).all() == []
