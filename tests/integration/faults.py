@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from history import stream_messages
 from secured import free_port
 
 from services.executor.settings import LocalDataset
@@ -183,9 +184,7 @@ async def stored_events(url: str) -> list[Stored]:
         for stream in ALL_STREAMS:
             if stream.sources or stream.name == "HEARTBEATS":
                 continue
-            state = (await js.stream_info(stream.name)).state
-            for sequence in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-                message = await js.get_msg(stream.name, sequence)
+            for message in await stream_messages(js, stream.name):
                 try:
                     event = json.loads(message.data or b"")
                 except ValueError:

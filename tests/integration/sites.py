@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from history import stream_messages
 from waiting import eventually
 
 from cli.client import Client
@@ -91,9 +92,7 @@ class Federation:
         nc = await nats.connect(self.nats_url)
         try:
             js = nc.jetstream()
-            info = await js.stream_info("SITES")
-            messages = [await js.get_msg("SITES", s) for s in range(info.state.first_seq, info.state.last_seq + 1)]
-            return [json.loads(m.data) for m in messages if m.subject.endswith(suffix)] if info.state.messages else []
+            return [json.loads(m.data) for m in await stream_messages(js, "SITES") if m.subject.endswith(suffix)]
         finally:
             await nc.close()
 

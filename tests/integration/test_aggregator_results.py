@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from history import stream_messages
 from nats.js import JetStreamContext
 from waiting import eventually
 
@@ -150,11 +151,7 @@ async def board(aggregator: ServiceHost, **query: object) -> dict:
 
 
 async def dead_letters(js: JetStreamContext) -> list[DeadLetter]:
-    state = (await js.stream_info("DEADLETTER")).state
-    letters = []
-    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        letters.append(DeadLetter.model_validate_json((await js.get_msg("DEADLETTER", seq)).data))
-    return letters
+    return [DeadLetter.model_validate_json(m.data) for m in await stream_messages(js, "DEADLETTER")]
 
 
 def cells(shown: dict) -> dict[tuple[str, str], float]:

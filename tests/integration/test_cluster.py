@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from history import stream_messages
 from secured import SecuredNats, free_port
 from sites import USERS, Federation
 from waiting import eventually
@@ -89,11 +90,7 @@ async def site_events(url: str, password: str) -> list[tuple[str, dict]]:
                 # A last-value store (HEARTBEATS), not a history: its older messages are deleted, which leaves
                 # gaps between first_seq and last_seq once an agent has beaten twice.
                 continue
-            info = await js.stream_info(stream.name)
-            if info.state.messages:
-                for sequence in range(info.state.first_seq, info.state.last_seq + 1):
-                    message = await js.get_msg(stream.name, sequence)
-                    found.append((stream.name, json.loads(message.data)))
+            found += [(stream.name, json.loads(m.data)) for m in await stream_messages(js, stream.name)]
         return found
     finally:
         await nc.close()

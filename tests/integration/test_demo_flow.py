@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from history import stream_messages
 
 from cli.demo import DemoResult, run_demo
 from cli.main import main
@@ -27,10 +28,7 @@ async def _stream_messages(url: str, stream: str) -> list:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
-        if info.state.messages == 0:
-            return []
-        return [await js.get_msg(stream, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+        return await stream_messages(js, stream)
     finally:
         await nc.close()
 

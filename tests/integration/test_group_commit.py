@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from history import stream_messages
 from sqlalchemy import ForeignKey, Integer, MetaData, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from waiting import eventually
@@ -136,12 +137,7 @@ async def probe(nats_url: str, tmp_path: Path) -> AsyncIterator[Probe]:
 
 async def published(nc: nats.NATS) -> list[str]:
     """The names of the events on the APPROVALS stream."""
-    js = nc.jetstream()
-    state = (await js.stream_info("APPROVALS")).state
-    names = []
-    for sequence in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        names.append(json.loads((await js.get_msg("APPROVALS", sequence)).data)["name"])
-    return sorted(names)
+    return sorted(json.loads(m.data)["name"] for m in await stream_messages(nc.jetstream(), "APPROVALS"))
 
 
 async def test_queued_commands_share_a_transaction_and_each_stands_alone(probe: Probe, nc: nats.NATS) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import nats
 import pytest
 from faststream.nats import NatsRouter
+from history import stream_messages
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from sqlalchemy import Integer, MetaData, String, select
@@ -176,10 +177,8 @@ async def drained(js: JetStreamContext) -> bool:
 
 
 async def dead_letters(js: JetStreamContext) -> list[DeadLetter]:
-    state = (await js.stream_info("DEADLETTER")).state
     letters = []
-    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        msg = await js.get_msg("DEADLETTER", seq)
+    for msg in await stream_messages(js, "DEADLETTER"):
         assert msg.subject == deadletter_subject("probe")
         letters.append(DeadLetter.model_validate_json(msg.data))
     return letters

@@ -17,6 +17,7 @@ import nats
 import pytest
 from faults import consumers
 from figures import record
+from history import stream_messages
 from sites import USERS, Federation, site_settings
 from waiting import eventually
 
@@ -41,10 +42,7 @@ async def history(url: str) -> list[tuple[str, bytes]]:
         js = nc.jetstream()
         found = []
         for stream in EVENT_STREAMS:
-            state = (await js.stream_info(stream)).state
-            for sequence in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-                message = await js.get_msg(stream, sequence)
-                found.append((message.subject, message.data or b""))
+            found += [(m.subject, m.data or b"") for m in await stream_messages(js, stream)]
         return found
     finally:
         await nc.close()

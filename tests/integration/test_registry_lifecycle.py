@@ -19,6 +19,7 @@ from uuid import uuid4
 
 import nats
 import pytest
+from history import stream_messages
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -105,12 +106,7 @@ class Registry:
         return [item["id"] for item in outcome.data]
 
     async def raw_events(self) -> list[bytes]:
-        state = (await self.js.stream_info("REGISTRY")).state
-        if not state.messages:
-            return []
-        return [
-            (await self.js.get_msg("REGISTRY", seq)).data or b"" for seq in range(state.first_seq, state.last_seq + 1)
-        ]
+        return [m.data or b"" for m in await stream_messages(self.js, "REGISTRY")]
 
     async def events(self, until: Callable[[list[Event]], bool]) -> list[Event]:
         """The registry's events once ``until`` holds for them (they leave through the outbox relay)."""

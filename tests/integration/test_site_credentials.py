@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from history import stream_messages
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RawStreamMsg
 from secured import SecuredNats
@@ -74,15 +75,12 @@ def result(site: str, model_id: int = 1) -> ResultReported:
     )
 
 
-async def stream_messages(servers: SecuredNats, stream: str) -> list[RawStreamMsg]:
+async def read_as_operator(servers: SecuredNats, stream: str) -> list[RawStreamMsg]:
     """Every message of ``stream``, read as the operator."""
     nc = await nats.connect(**connect_options(servers.url, "operator", servers.passwords["operator"]))
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
-        if not info.state.messages:
-            return []
-        return [await js.get_msg(stream, s) for s in range(info.state.first_seq, info.state.last_seq + 1)]
+        return await stream_messages(js, stream)
     finally:
         await nc.close()
 
@@ -110,8 +108,8 @@ async def test_a_site_publishes_only_as_itself_and_never_approvals(secured: Secu
         await conn.violation("medperf.cmd.approvals.decide_association")
     finally:
         await nc.close()
-    assert [m.subject for m in await stream_messages(secured, "SITES")] == ["medperf.site.site-b.result.reported"]
-    assert await stream_messages(secured, "APPROVALS") == []
+    assert [m.subject for m in await read_as_operator(secured, "SITES")] == ["medperf.site.site-b.result.reported"]
+    assert await read_as_operator(secured, "APPROVALS") == []
 
 
 async def test_a_site_reads_only_through_its_own_consumers(secured: SecuredNats) -> None:
@@ -235,7 +233,7 @@ async def test_a_site_with_its_own_credentials_runs_the_flow_and_a_forged_result
                 await nc.close()
 
                 async def letters() -> list[dict]:
-                    return [json.loads(m.data) for m in await stream_messages(servers, "DEADLETTER")]
+                    return [json.loads(m.data) for m in await read_as_operator(servers, "DEADLETTER")]
 
                 await eventually(letters, "the forged result to be dead-lettered")
                 [letter] = await letters()
