@@ -34,6 +34,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from shared.commands import Command, Outcome
+from shared.limits import LimitExceeded, check_consumed, event_budget
 from shared.messaging import describe
 
 log = logging.getLogger("medperf.answering")
@@ -194,12 +195,21 @@ async def _answer(command_type: type[Command], handler: Handler, data: bytes, su
     """Commands always get an answer: a malformed one is refused with the reason, a crash is
     reported as unavailable (and logged) instead of leaving the caller to time out."""
     try:
+        check_consumed(data)
         command = command_type.model_validate_json(data)
+    except LimitExceeded as exc:
+        return Outcome.refused("too_large", str(exc)).model_dump_json().encode()
     except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return Outcome.refused("invalid", describe(exc)).model_dump_json().encode()
     try:
         outcome = await handler(command)
+    except LimitExceeded as exc:  # e.g. the event it would record is over the broker's limit
+        outcome = Outcome.refused("too_large", str(exc))
     except Exception:
         log.exception("command on %s failed", subject)
-        outcome = Outcome.refused("unavailable", "the service failed while handling this request; see its log")
-    return outcome if isinstance(outcome, bytes) else outcome.model_dump_json().encode()
+        outcome = Outcome.refused("internal", "the service failed while handling this request; see its log")
+    reply = outcome if isinstance(outcome, bytes) else outcome.model_dump_json().encode()
+    if len(reply) > event_budget():
+        too_large = LimitExceeded("the answer", len(reply), event_budget(), "the broker's max_payload")
+        return Outcome.refused("too_large", f"{too_large}; ask for fewer rows").model_dump_json().encode()
+    return reply

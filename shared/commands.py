@@ -34,7 +34,12 @@ MAX_LEADERBOARD_ROWS = 100
 #: A screenful: a row of a board shows every site's value, ~6 kB of JSON at two hundred sites.
 DEFAULT_LEADERBOARD_ROWS = 25
 
-RefusalCode = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "unavailable"]
+#: ``unavailable``: retrying can succeed (a service or the database is busy or restarting);
+#: ``internal``: a fault of the service's own, which a retry would only repeat (its log says more);
+#: ``too_large``: the request, the event it would record or the answer is past a limit (shared.limits).
+RefusalCode = Literal[
+    "invalid", "unauthenticated", "forbidden", "not_found", "conflict", "too_large", "unavailable", "internal"
+]
 
 
 class Command(BaseModel):
@@ -59,10 +64,11 @@ class Outcome(BaseModel):
     data: Any = None
     reason: str | None = None
     code: RefusalCode | None = None
+    next_offset: int | None = Field(default=None, description="a page with more rows after it: ask from this offset")
 
     @classmethod
-    def accepted(cls, id: int | None = None, data: Any = None) -> Outcome:
-        return cls(ok=True, id=id, data=data)
+    def accepted(cls, id: int | None = None, data: Any = None, next_offset: int | None = None) -> Outcome:
+        return cls(ok=True, id=id, data=data, next_offset=next_offset)
 
     @classmethod
     def refused(cls, code: RefusalCode, reason: str) -> Outcome:

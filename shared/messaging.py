@@ -30,6 +30,7 @@ from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from shared.events import DeadLetter, Event
+from shared.limits import LimitExceeded, check_consumed
 from shared.streams import ALL_STREAMS, deadletter_subject
 
 log = logging.getLogger("medperf.messaging")
@@ -133,8 +134,9 @@ def decode_batch(
     malformed: dict[int, Exception] = {}
     for index, (subject, payload) in enumerate(deliveries):
         try:
+            check_consumed(payload)
             decoded.append((index, subject, event_type.model_validate_json(payload)))
-        except ValidationError as exc:
+        except (ValidationError, LimitExceeded) as exc:
             malformed[index] = exc
     return decoded, malformed
 
@@ -205,7 +207,8 @@ class DeadLetters:
         return True
 
 
-MALFORMED = (ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+#: Refused at once: redelivering the same bytes cannot help (a message past a limit is one of them).
+MALFORMED = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, LimitExceeded)
 
 
 class _DeadLetterScope(BaseMiddleware):
@@ -222,6 +225,7 @@ class _DeadLetterScope(BaseMiddleware):
         if await self.policy.overdue(raw):
             return None
         try:
+            check_consumed(raw.data)
             result = await call_next(msg)
         except Exception as exc:
             await self.policy.settle(raw, exc)
@@ -322,6 +326,8 @@ def _is_jetstream(raw: Any) -> bool:
 
 
 def describe(exc: BaseException) -> str:
+    if isinstance(exc, LimitExceeded):
+        return f"malformed message: {exc}"
     if isinstance(exc, ValidationError):
         errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors()[:5])
         return f"malformed message: {errors}"

@@ -16,8 +16,10 @@ from nats.js.client import JetStreamContext
 from sqlalchemy import Table, bindparam, select, update
 
 from shared.db import Database, MessagingTables, execute_prebuilt
-from shared.events import utcnow
-from shared.streams import ALL_STREAMS
+from shared.events import DeadLetter, utcnow
+from shared.limits import HEADER_ROOM
+from shared.messaging import MAX_PAYLOAD_KEPT
+from shared.streams import ALL_STREAMS, DEADLETTER, deadletter_subject
 
 log = logging.getLogger("medperf.outbox")
 #: Seconds to wait for JetStream to acknowledge a batch of publishes.
@@ -50,6 +52,7 @@ class OutboxRelay:
 
     def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
         self._db = db
+        self._service = tables.outbox.name.removesuffix("_outbox")
         self._outbox = tables.outbox
         self._broker = broker
         self._sweep_interval = sweep_interval
@@ -154,9 +157,10 @@ class OutboxRelay:
         it are not marked even if they were stored: they go out again after it, and JetStream drops
         them as duplicates; only such a failure can let a consumer see them before it, and
         consumers take events out of order anyway (redeliveries, retries)."""
+        js = self._jetstream()
+        rows = await self._park_unpublishable(rows, done)
         acks: list[asyncio.Future[Any]] = []
         try:
-            js = self._jetstream()
             for row in rows:
                 stream = _stream_for(row.subject)  # an unroutable row stops the batch before it is sent
                 headers = {"Nats-Msg-Id": row.event_id, "content-type": "application/json"}
@@ -175,6 +179,49 @@ class OutboxRelay:
                 raise TimeoutError(f"JetStream did not acknowledge a publish within {PUBLISH_TIMEOUT} s")
             if (error := ack.exception()) is not None:
                 raise error
+
+    async def _park_unpublishable(self, rows: Sequence[Any], done: list[str]) -> Sequence[Any]:
+        """Dead-letter the rows the broker would refuse, and return the others.
+
+        NATS closes the connection of a client that sends more than its ``max_payload`` (headers
+        included, which nats-py does not count), so such a row sent again and again would stop
+        every later event of the service for good. ``UnitOfWork.emit`` refuses events over the
+        budget before they commit; a row stored before that, or under a larger broker's limit,
+        is parked here with the reason, and marked so the ones behind it go out."""
+        connection = self._broker.connection
+        assert connection is not None
+        room = connection.max_payload - HEADER_ROOM
+        if all(len(row.payload) * 4 <= room for row in rows):  # UTF-8: at most 4 bytes a character
+            return rows
+        publishable = []
+        for row in rows:
+            size = len(row.payload.encode())
+            if size <= room:
+                publishable.append(row)
+                continue
+            reason = (
+                f"the outbox relay cannot publish event {row.event_id}: it is {size:,} bytes and the broker "
+                f"takes at most {room:,} (max_payload {connection.max_payload:,} less header room). The change "
+                "it records is committed; the event stays in the service's outbox table"
+            )
+            letter = DeadLetter(
+                service=self._service,
+                consumer="outbox-relay",
+                subject=row.subject,
+                reason=reason,
+                deliveries=0,
+                payload=row.payload.encode()[:MAX_PAYLOAD_KEPT].decode("utf-8", errors="ignore"),
+            )
+            await self._broker.publish(
+                letter.model_dump_json().encode(),
+                deadletter_subject(self._service),
+                headers={"content-type": "application/json", "Nats-Msg-Id": f"outbox.{row.event_id}"},
+                stream=DEADLETTER.name,
+                timeout=PUBLISH_TIMEOUT,
+            )
+            log.error("parked %s: %s", row.subject, reason)
+            done.append(row.event_id)
+        return publishable
 
     def _jetstream(self) -> JetStreamContext:
         connection = self._broker.connection

@@ -18,6 +18,7 @@ from shared.broker import create_broker, ensure_streams
 from shared.commands import Command, Outcome
 from shared.db import Database, MessagingTables, UnitOfWork
 from shared.events import Event
+from shared.limits import LimitExceeded, event_budget, fit_to_broker
 from shared.messaging import consume, decode_batch
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
@@ -140,6 +141,7 @@ class ServiceHost:
             await ensure_streams(s.nats_url, s.nats_replicas, user=s.nats_user, password=s.nats_password)
         await self.db.create_all(self.metadata)
         await self._start_broker()
+        fit_to_broker(self.broker.connection.max_payload)  # no event or answer larger than it takes
         await self.answers.start(self.broker.connection)
         self.relay.start()
         await self.relay.publish_pending()  # events committed before a crash go out first
@@ -215,9 +217,10 @@ async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:
     A plain nats-py request on the broker's connection: FastStream's ``broker.request`` wraps the
     same request in its publisher middleware and message objects, ~0.3 ms of CPU per call on the
     ingress, whose every HTTP request makes one."""
-    reply = await broker.connection.request(
-        command.subject(), command.model_dump_json().encode(), timeout=timeout, headers=JSON_HEADERS
-    )
+    data = command.model_dump_json().encode()
+    if len(data) > event_budget():  # the broker would refuse it, and close the connection
+        raise LimitExceeded("the request", len(data), event_budget(), "the broker's max_payload less header room")
+    reply = await broker.connection.request(command.subject(), data, timeout=timeout, headers=JSON_HEADERS)
     return Outcome.model_validate_json(reply.data)
 
 

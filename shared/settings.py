@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.limits import Limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDPERF_", extra="ignore")
@@ -44,6 +46,7 @@ class Settings(BaseSettings):
     oidc_user_claim: str = Field(default="email", description="the JWT claim that names the user")
     request_timeout: float = Field(default=10.0, description="seconds to wait for a service to answer a command")
     max_deliveries: int = Field(default=5, description="attempts at handling an event before it is dead-lettered")
+    limits: Limits = Field(default_factory=Limits, description="every input's limit (MEDPERF_LIMIT_*)")
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

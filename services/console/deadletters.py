@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from shared.commands import DiscardDeadLetter, ListDeadLetters, Outcome, RetryDeadLetter
 from shared.events import DeadLetter
+from shared.limits import rows_that_fit
 from shared.messaging import MAX_PAYLOAD_KEPT
 from shared.streams import DEADLETTER
 
@@ -41,7 +42,8 @@ async def list_letters(query: ListDeadLetters, js: JetStreamContext) -> Outcome:
         letter = await _letter(js, sequence)
         if letter is not None:
             letters.append(view(sequence, letter))
-    return Outcome.accepted(data=letters)
+    kept = rows_that_fit(letters)  # each keeps up to 64 KiB of its payload
+    return Outcome.accepted(data=letters[:kept], next_offset=kept if kept < len(letters) else None)
 
 
 async def retry(cmd: RetryDeadLetter, js: JetStreamContext) -> Outcome:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -12,6 +13,7 @@ from services.console.store import Job, Site
 from shared.commands import ListHeldResults, ListJobs, ListSites, Outcome
 from shared.db import UnitOfWork
 from shared.events import JobEvent, ResultReported, SiteHeartbeat, utcnow
+from shared.limits import rows_that_fit
 
 ADMINS_ONLY = "only admins see every site's agents and jobs"
 
@@ -110,7 +112,13 @@ async def list_jobs(query: ListJobs, uow: UnitOfWork) -> Outcome:
         stmt = stmt.where(Job.model_id == query.model_id)
     async with uow:
         rows = (await uow.session.scalars(stmt.order_by(Job.last_event_at.desc()).limit(query.limit))).all()
-    return Outcome.accepted(data=[row.view() for row in rows])
+    return _fitted([row.view() for row in rows])
+
+
+def _fitted(views: list[dict[str, Any]]) -> Outcome:
+    """The newest views one answer can carry (log tails add up); ``next_offset`` says some were cut."""
+    kept = rows_that_fit(views)
+    return Outcome.accepted(data=views[:kept], next_offset=kept if kept < len(views) else None)
 
 
 async def held_results(query: ListHeldResults, uow: UnitOfWork) -> Outcome:
@@ -120,4 +128,4 @@ async def held_results(query: ListHeldResults, uow: UnitOfWork) -> Outcome:
         stmt = stmt.where(Job.owner == query.actor)
     async with uow:
         rows = (await uow.session.scalars(stmt.order_by(Job.site, Job.job_id))).all()
-    return Outcome.accepted(data=[row.view() for row in rows])
+    return _fitted([row.view() for row in rows])

@@ -20,10 +20,12 @@ from faststream.nats import NatsBroker
 
 from services.ingress import routes_approvals, routes_console, routes_entities, routes_provenance, routes_users
 from services.ingress.auth import Authenticator
+from services.ingress.edge import LimitedBodies, bounded_http
 from services.ingress.gateway import Gateway, Refused, explain
 from services.ingress.permissions import RULES
 from shared.broker import create_broker
 from shared.commands import Command, Outcome
+from shared.limits import fit_to_broker
 from shared.service import ask as ask_service
 from shared.settings import Settings
 
@@ -39,6 +41,7 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = Gateway(broker, settings, auth)
+    app.add_middleware(LimitedBodies, limits=settings.limits)
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:
@@ -99,6 +102,7 @@ class Ingress:
 
     async def start(self) -> None:
         await self.broker.connect()
+        fit_to_broker(self.broker.connection.max_payload)  # a request larger is refused, not sent
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
         # without it every response waits ~40 ms for the client's delayed ACK (23 vs 2,000 req/s).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -106,7 +110,7 @@ class Ingress:
         sock.bind((self.settings.http_host, self.settings.http_port))
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", http=bounded_http(self.settings.limits))
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ingress-http")
         while not self._server.started:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import annotated_types
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.security import HTTPBearer
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from services.ingress.auth import Authenticator, AuthUnavailable, Caller
 from services.ingress.permissions import rule_for
 from shared.commands import MAX_ID, Command, Outcome
+from shared.limits import LimitExceeded
 from shared.service import ask as ask_service
 from shared.settings import Settings
 
@@ -30,7 +31,9 @@ STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "too_large": 413,
     "unavailable": 503,
+    "internal": 500,
 }
 # Ids and counters are 32-bit on every database: a larger number is refused here with a 422.
 INT32_MAX = MAX_ID
@@ -51,6 +54,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "the caller may not do this"},
     404: {"model": ErrorBody, "description": "no such object, or not visible to the caller"},
     409: {"model": ErrorBody, "description": "the object's state does not allow this now"},
+    413: {"model": ErrorBody, "description": "the request (or what it would record) is past a limit, named"},
     422: {"model": ErrorBody, "description": "the request is malformed; the message names the field"},
     503: {"model": ErrorBody, "description": "the owning service did not answer; retry shortly"},
 }
@@ -80,6 +84,8 @@ class Context:
             raise Refused(422, explain(exc.errors())) from exc
         try:
             outcome = await self.gateway.send(command)
+        except LimitExceeded as exc:
+            raise Refused(413, f"the request is refused: {exc}") from exc
         except Exception as exc:  # no responder or timeout: the owning service is down
             raise Refused(503, f"the {command.SERVICE} service did not answer; try again shortly") from exc
         if not outcome.ok:
@@ -152,6 +158,15 @@ def fields_of(model: BaseModel) -> dict[str, Any]:
     as they are: the command accepts instances of its own field types without validating them
     again (a container spec's checks ran once already, on the body)."""
     return dict(model)
+
+
+def paged(outcome: Outcome, request: Request, response: Response) -> Any:
+    """A page of a list, with a ``Link: <…?offset=N>; rel="next"`` header (RFC 8288) when more
+    rows follow: a page stops early when its rows would not fit in one answer."""
+    if outcome.next_offset is not None:
+        following = request.url.include_query_params(offset=outcome.next_offset)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return outcome.data
 
 
 def created(outcome: Outcome) -> dict[str, Any]:

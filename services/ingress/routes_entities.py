@@ -10,9 +10,19 @@ of benchmarks, datasets and models comes from the approvals service.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from services.ingress.gateway import ERRORS, INT32_MAX, Context, authorized, body_of, created, fields_of, query_of
+from services.ingress.gateway import (
+    ERRORS,
+    INT32_MAX,
+    Context,
+    authorized,
+    body_of,
+    created,
+    fields_of,
+    paged,
+    query_of,
+)
 from services.ingress.permissions import ENTITY_PATHS
 from shared.commands import (
     AuditTrail,
@@ -51,15 +61,20 @@ def _add_routes(entity: str, plural: str) -> None:
 
     async def list_all(
         filters: Annotated[EntityFilters, Query()],  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
         ctx: Context = Depends(authorized),
     ) -> Any:
-        return (await ctx.ask(ListEntities, entity=entity, **fields_of(filters))).data
+        return paged(await ctx.ask(ListEntities, entity=entity, **fields_of(filters)), request, response)
 
     async def list_mine(
         filters: Annotated[MyEntityFilters, Query()],  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
         ctx: Context = Depends(authorized),
     ) -> Any:
-        return (await ctx.ask(ListEntities, entity=entity, **{**fields_of(filters), "mine": True})).data
+        outcome = await ctx.ask(ListEntities, entity=entity, **{**fields_of(filters), "mine": True})
+        return paged(outcome, request, response)
 
     async def read(entity_id: EntityId, ctx: Context = Depends(authorized)) -> Any:
         return (await ctx.ask(GetEntity, entity=entity, id=entity_id)).data

@@ -47,6 +47,7 @@ from shared.events import (
     ModelRegistered,
     utcnow,
 )
+from shared.limits import rows_that_fit
 from shared.messaging import PermanentFailure
 
 RACE = "another request claimed the same {what} at the same moment; read it again and retry"
@@ -299,10 +300,14 @@ async def list_entities(query: ListEntities, uow: UnitOfWork) -> Outcome:
     if query.name_contains:
         statement = statement.where(func.lower(table.name).contains(query.name_contains.lower(), autoescape=True))
     async with uow:
-        page = statement.order_by(table.id).offset(min(query.offset, domain.MAX_ID)).limit(query.limit)
+        # One row more than asked for tells whether another page follows.
+        page = statement.order_by(table.id).offset(min(query.offset, domain.MAX_ID)).limit(query.limit + 1)
         rows = (await uow.session.scalars(page)).all()
+        found = await views(uow.session, rows[: query.limit], query.actor, query.is_admin)
+        kept = rows_that_fit(found)
+        more = kept < len(found) or len(rows) > query.limit
         # A plain list of views: the agents, the demo and the ingress read it as such.
-        return Outcome.accepted(data=await views(uow.session, rows, query.actor, query.is_admin))
+        return Outcome.accepted(data=found[:kept], next_offset=query.offset + kept if more else None)
 
 
 def may_see(row: _Entity, actor: str, is_admin: bool) -> bool:

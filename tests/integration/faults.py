@@ -70,13 +70,19 @@ class KillableFederation:
     nats_port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
     broker: EmbeddedNats = field(init=False)
+    #: More lines for the nats-server's config (e.g. a lower max_payload).
+    nats_config: str = ""
+    #: More environment for the central services and the ingress (e.g. MEDPERF_LIMIT_*).
+    central_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         store = self.root / "nats"
         store.mkdir(parents=True, exist_ok=True)
         config = self.root / "nats.conf"
         # A fixed port: a restarted server must be where every client's reconnect loop looks.
-        config.write_text(f'listen: "127.0.0.1:{self.nats_port}"\njetstream {{ store_dir: "{store}" }}\n')
+        config.write_text(
+            f'listen: "127.0.0.1:{self.nats_port}"\njetstream {{ store_dir: "{store}" }}\n{self.nats_config}\n'
+        )
         self.broker = EmbeddedNats(store, config=config)
         central = {
             "MEDPERF_NATS_URL": self.url,
@@ -84,6 +90,7 @@ class KillableFederation:
             "MEDPERF_ADMINS": '["admin"]',
             "MEDPERF_API_TOKEN_DIGESTS": json.dumps(self.tokens),
             "MEDPERF_HTTP_PORT": str(self.http_port),
+            **self.central_env,
         }
         for name in (*CENTRAL, "ingress"):
             self._add(name, ["serve", name], central)

@@ -146,7 +146,7 @@ async def test_queued_commands_share_a_transaction_and_each_stands_alone(probe: 
     assert [(o.ok, o.code) for o in outcomes] == [
         (True, None),
         (False, "conflict"),
-        (False, "unavailable"),
+        (False, "internal"),  # a crash: the service's own fault, which a retry would repeat
         (True, None),
     ]
     # One transaction: every queued command wrote through the same session, the held one through its own.
@@ -191,6 +191,6 @@ async def test_stopping_answers_the_commands_already_taken(probe: Probe) -> None
 
 async def test_a_handler_that_opens_a_second_session_fails_instead_of_waiting_for_itself(probe: Probe) -> None:
     outcomes = await probe.answered_together(("a", "ok"), ("b", "own-session"))
-    assert [(o.ok, o.code) for o in outcomes] == [(True, None), (False, "unavailable")]
-    assert (await probe.ask("c", "own-session")).code == "unavailable"  # alone, in its own transaction
+    assert [(o.ok, o.code) for o in outcomes] == [(True, None), (False, "internal")]
+    assert (await probe.ask("c", "own-session")).code == "internal"  # alone, in its own transaction
     assert await probe.notes() == ["a", "held"]

@@ -467,11 +467,11 @@ async def test_commands_are_always_answered(probe: Probe, nc: nats.NATS) -> None
     garbage = Outcome.model_validate_json(reply.data)
     assert not garbage.ok and garbage.code == "invalid"
 
-    # The handler crashes: answered as unavailable, promptly, instead of a timeout.
+    # The handler crashes: answered as an internal fault (HTTP 500), promptly, instead of a timeout.
     started = time.monotonic()
     crashed = await ask(probe.host.broker, Ping(actor="alice", count=1, explode=True), timeout=DEADLINE)
     assert time.monotonic() - started < 2.0
-    assert not crashed.ok and crashed.code == "unavailable"
+    assert not crashed.ok and crashed.code == "internal"
     assert crashed.reason is not None and "fire" not in crashed.reason  # internals stay in the log
 
     # And the service still answers afterwards.

@@ -617,7 +617,9 @@ def test_outcome_constructors() -> None:
         "data": {"x": 1},
         "reason": None,
         "code": None,
+        "next_offset": None,
     }
+    assert commands.Outcome.accepted(data=[1, 2], next_offset=2).next_offset == 2
     refused = commands.Outcome.refused("forbidden", "ask an admin")
     assert (refused.ok, refused.code, refused.reason) == (False, "forbidden", "ask an admin")
     with pytest.raises(ValidationError):
