@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,23 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.patience
+        if method == "POST":
+            # One key for every attempt: a POST sent again after a lost answer gets that answer
+            # (the ingress keeps it for a day), so retrying it is safe.
+            headers = kwargs.pop("headers", None) or {}
+            kwargs["headers"] = {"Idempotency-Key": str(uuid.uuid4()), **headers}
         while True:
-            response = self._http.request(method, path, **kwargs)
-            if response.status_code != 503 or time.monotonic() > deadline:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                # The answer was lost: asking again is safe for all but PATCH (not idempotent in HTTP).
+                if time.monotonic() > deadline or method == "PATCH":
+                    raise
+                time.sleep(0.2)
+                continue
+            # 503, and 409 with Retry-After ("still running"), can change; other answers will not.
+            retry = response.status_code == 503 or (response.status_code == 409 and "retry-after" in response.headers)
+            if not retry or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         if response.status_code >= 400:

@@ -51,6 +51,8 @@ OWNED_SUBJECTS = {
     # An admin retrying a dead letter has the console republish it on its original subject, which
     # may be any stream's: the console is trusted like the admins who steer it.
     "console": "medperf.>",
+    # The first answer to each Idempotency-Key (services/ingress/idempotency.py).
+    "ingress": "$KV.IDEMPOTENCY.>",
 }
 
 Role = Literal["site", "service", "operator"]

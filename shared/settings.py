@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=10.0, description="seconds to wait for a service to answer a command")
     max_deliveries: int = Field(default=5, description="attempts at handling an event before it is dead-lettered")
     limits: Limits = Field(default_factory=Limits, description="every input's limit (MEDPERF_LIMIT_*)")
+    idempotency_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long the ingress keeps the first answer to each Idempotency-Key (a POST sent again "
+        "with the same key within it gets that answer)",
+    )
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

@@ -22,6 +22,7 @@ from services.ingress import routes_approvals, routes_console, routes_entities, 
 from services.ingress.auth import Authenticator
 from services.ingress.edge import LimitedBodies, bounded_http
 from services.ingress.gateway import Gateway, Refused, explain
+from services.ingress.idempotency import Idempotency, IdempotentPosts
 from services.ingress.permissions import RULES
 from shared.broker import create_broker
 from shared.commands import Command, Outcome
@@ -41,6 +42,9 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = Gateway(broker, settings, auth)
+    app.state.idempotency = None  # the store needs the broker: Ingress.start opens it
+    # Starlette runs the middleware added last first: the limits, then Idempotency-Key.
+    app.add_middleware(IdempotentPosts, holder=app.state)
     app.add_middleware(LimitedBodies, limits=settings.limits)
 
     @app.exception_handler(Refused)
@@ -103,6 +107,10 @@ class Ingress:
     async def start(self) -> None:
         await self.broker.connect()
         fit_to_broker(self.broker.connection.max_payload)  # a request larger is refused, not sent
+        s = self.settings
+        self.app.state.idempotency = await Idempotency.open(
+            self.broker.connection, s.idempotency_seconds, lease=2 * s.request_timeout + 5, replicas=s.nats_replicas
+        )
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
         # without it every response waits ~40 ms for the client's delayed ACK (23 vs 2,000 req/s).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

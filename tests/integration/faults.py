@@ -6,23 +6,28 @@ consumer's state, and rows of each process's own SQLite database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import nats
 from history import stream_messages
 from secured import free_port
 
 from services.executor.settings import LocalDataset
-from shared.broker import EmbeddedNats
+from services.ingress.auth import token_digest
+from shared.broker import EmbeddedNats, ensure_streams
 from shared.streams import ALL_STREAMS
 
 CENTRAL = ("registry", "approvals", "aggregator")
@@ -248,3 +253,26 @@ def subject_matches(pattern: str, subject: str) -> bool:
 def each(items: dict[str, int]) -> Iterator[str]:
     for key, count in sorted(items.items()):
         yield f"{key}={count}"
+
+
+def start_central(root: Path, tokens: dict[str, str], **options: Any) -> KillableFederation:
+    """The central services and the ingress as processes (no sites), once the ingress answers an
+    admin's list of containers; ``tokens`` maps each user to an API token, and "admin" is one."""
+    cluster = KillableFederation(root, (), {token_digest(t): u for u, t in tokens.items()}, **options)
+    cluster.start("nats")
+    asyncio.run(ensure_streams(cluster.url))
+    for name in cluster.processes:
+        cluster.start(name)
+    deadline = time.monotonic() + 60
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    while True:
+        cluster.check_alive()
+        try:
+            if httpx.get(f"{cluster.http_url}/containers", headers=headers, timeout=5).status_code == 200:
+                return cluster
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            cluster.stop()
+            raise AssertionError("the federation did not start")
+        time.sleep(0.2)

@@ -18,12 +18,10 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
-from faults import KillableFederation
+from faults import KillableFederation, start_central
 from history import stream_messages
 from waiting import eventually
 
-from services.ingress.auth import token_digest
-from shared.broker import ensure_streams
 from shared.limits import KiB, Limits, MiB
 
 TOKENS = {"admin": "t-admin", "committee": "t-committee"}
@@ -48,29 +46,12 @@ def nested(depth: int) -> dict:
     return value
 
 
-def start(root: Path, **options: object) -> KillableFederation:
-    cluster = KillableFederation(root, (), {token_digest(t): u for u, t in TOKENS.items()}, **options)  # type: ignore[arg-type]
-    cluster.start("nats")
-    asyncio.run(ensure_streams(cluster.url))
-    for name in cluster.processes:
-        cluster.start(name)
-    deadline = time.monotonic() + 60
-    while True:
-        cluster.check_alive()
-        try:
-            if httpx.get(f"{cluster.http_url}/containers", headers=ADMIN, timeout=5).status_code == 200:
-                return cluster
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("the federation did not start")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillableFederation]:
-    cluster = start(
-        tmp_path_factory.mktemp("limits"), central_env={"MEDPERF_LIMIT_HTTP_HEADER_SECONDS": str(HEADER_SECONDS)}
+    cluster = start_central(
+        tmp_path_factory.mktemp("limits"),
+        TOKENS,
+        central_env={"MEDPERF_LIMIT_HTTP_HEADER_SECONDS": str(HEADER_SECONDS)},
     )
     try:
         yield cluster
@@ -122,9 +103,8 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read_or_th
     federation: KillableFederation,
 ) -> None:
     # 50 MiB announced, none of it sent: the answer comes without waiting for a byte of it.
-    head = (
-        b"POST /containers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % (50 * MiB)
+    head = b"POST /containers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+        50 * MiB
     )
     status, body = await raw_request(federation.http_url, head, read_timeout=5)
     assert status == 413
@@ -180,9 +160,7 @@ async def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(federation
         assert response.status_code == 200
         assert time.monotonic() - started < 1.0
         # Past the head deadline each slow connection is answered 408 and closed.
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(reader.read() for reader, _ in writers)), HEADER_SECONDS + 10
-        )
+        answers = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader, _ in writers)), HEADER_SECONDS + 10)
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
         assert b"MEDPERF_LIMIT_HTTP_HEADER_SECONDS" in answers[0]
     finally:
@@ -191,7 +169,7 @@ async def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(federation
 
 
 def test_a_body_too_slow_to_arrive_is_408(tmp_path: Path) -> None:
-    cluster = start(tmp_path, central_env={"MEDPERF_LIMIT_HTTP_BODY_SECONDS": "1"})
+    cluster = start_central(tmp_path, TOKENS, central_env={"MEDPERF_LIMIT_HTTP_BODY_SECONDS": "1"})
     try:
         head = b"POST /containers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
         status, body = asyncio.run(raw_request(cluster.http_url, head, b"{", read_timeout=10))
@@ -290,7 +268,7 @@ async def test_a_list_of_large_entities_answers_in_pages_that_fit(federation: Ki
 @pytest.fixture(scope="module")
 def small_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillableFederation]:
     """A nats-server that takes at most 192 KiB a message: under the ingress's body limit."""
-    cluster = start(tmp_path_factory.mktemp("small"), nats_config=f"max_payload: {192 * KiB}")
+    cluster = start_central(tmp_path_factory.mktemp("small"), TOKENS, nats_config=f"max_payload: {192 * KiB}")
     try:
         yield cluster
     finally:
@@ -320,7 +298,11 @@ async def test_a_change_whose_event_the_broker_would_refuse_is_413_and_never_com
         # The registry goes on: the next registration is accepted and its event published.
         after = await http.post("/containers", json={"name": f"after-{tag}", "spec": spec()}, headers=COMMITTEE)
         assert after.status_code == 201, after.text
-    assert not small_broker.rows("registry", "SELECT event_id FROM registry_outbox WHERE published_at IS NULL")
+    await eventually(lambda: published_all(small_broker), "the registry's outbox to be published")
+
+
+async def published_all(cluster: KillableFederation) -> bool:
+    return not cluster.rows("registry", "SELECT event_id FROM registry_outbox WHERE published_at IS NULL")
 
 
 async def test_an_outbox_row_the_broker_refuses_is_parked_and_the_rest_go_out_even_after_a_restart(
@@ -356,4 +338,4 @@ async def test_an_outbox_row_the_broker_refuses_is_parked_and_the_rest_go_out_ev
     await eventually(parked, "the oversized row to be dead-lettered", timeout=15)
     letter = (await parked())[0]
     assert letter["consumer"] == "outbox-relay" and "max_payload" in letter["reason"]
-    assert not small_broker.rows("registry", "SELECT event_id FROM registry_outbox WHERE published_at IS NULL")
+    await eventually(lambda: published_all(small_broker), "the registry's outbox to be published")
