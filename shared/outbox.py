@@ -8,10 +8,13 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import nats.errors
 from faststream.nats import NatsBroker
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from sqlalchemy import Table, bindparam, select, update
 
@@ -19,11 +22,14 @@ from shared.db import Database, MessagingTables, execute_prebuilt
 from shared.events import DeadLetter, utcnow
 from shared.limits import HEADER_ROOM
 from shared.messaging import MAX_PAYLOAD_KEPT
-from shared.streams import ALL_STREAMS, DEADLETTER, deadletter_subject
+from shared.streams import ALL_STREAMS, DEADLETTER, DUPLICATE_WINDOW, deadletter_subject
 
 log = logging.getLogger("medperf.outbox")
 #: Seconds to wait for JetStream to acknowledge a batch of publishes.
 PUBLISH_TIMEOUT = 5.0
+#: How far the clocks of a service and of the nats-server may disagree (when a row was written
+#: against when the stream stored it).
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @functools.cache
@@ -50,8 +56,19 @@ class OutboxRelay:
     (another process, the site CLI), and after any failure, before anything else goes out.
     """
 
-    def __init__(self, db: Database, tables: MessagingTables, broker: NatsBroker, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tables: MessagingTables,
+        broker: NatsBroker,
+        sweep_interval: float = 1.0,
+        *,
+        reads_streams: bool = True,
+    ) -> None:
+        """``reads_streams``: whether this process may read the streams it publishes to (central
+        services may; a site's credentials allow no reads), to look for rows sent before."""
         self._db = db
+        self._reads_streams = reads_streams
         self._service = tables.outbox.name.removesuffix("_outbox")
         self._outbox = tables.outbox
         self._broker = broker
@@ -123,7 +140,7 @@ class OutboxRelay:
             async with self._db.transaction() as session:
                 rows = (
                     await session.execute(
-                        select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+                        select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.created_at)
                         .where(outbox.c.published_at.is_(None))
                         .order_by(outbox.c.id)
                         .limit(200)
@@ -159,6 +176,7 @@ class OutboxRelay:
         consumers take events out of order anyway (redeliveries, retries)."""
         js = self._jetstream()
         rows = await self._park_unpublishable(rows, done)
+        rows = await self._skip_stored(rows, done)
         acks: list[asyncio.Future[Any]] = []
         try:
             for row in rows:
@@ -222,6 +240,54 @@ class OutboxRelay:
             log.error("parked %s: %s", row.subject, reason)
             done.append(row.event_id)
         return publishable
+
+    async def _skip_stored(self, rows: Sequence[Any], done: list[str]) -> Sequence[Any]:
+        """Mark, without sending them again, the rows the stream already holds, and return the others.
+
+        A row is unmarked after a crash between its publish and its mark, or when an ack was
+        lost. Sent again within the duplicate window, JetStream drops it; later (a service down
+        for longer than the window) it would be stored twice, and the stream is the federation's
+        history. So a row older than half the window is looked up first: its subject's messages
+        since it was written, headers only, for its event id. The common path (rows sent
+        moments after their commit) never looks."""
+        horizon = utcnow() - timedelta(seconds=DUPLICATE_WINDOW / 2)
+        old = [row for row in rows if row.created_at < horizon]
+        if not old or not self._reads_streams:
+            return rows
+        stored: set[str] = set()
+        for subject in {row.subject for row in old}:
+            group = [row for row in old if row.subject == subject]
+            since = min(row.created_at for row in group) - CLOCK_SKEW
+            stored |= await self._stored_ids(subject, since, {row.event_id for row in group})
+        if stored:
+            log.info("%d outbox rows were on the stream already; marked without sending them again", len(stored))
+            done.extend(row.event_id for row in rows if row.event_id in stored)
+        return [row for row in rows if row.event_id not in stored]
+
+    async def _stored_ids(self, subject: str, since: datetime, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` event ids the stream holds on ``subject`` from ``since`` on."""
+        js = self._jetstream()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
+            headers_only=True,  # the ids are in the headers: no payload is read
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+        )
+        reader = await js.pull_subscribe(subject, stream=_stream_for(subject), config=config)
+        found: set[str] = set()
+        try:
+            while found != wanted:
+                try:
+                    messages = await reader.fetch(512, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    break  # nothing more since then
+                found |= {m.headers.get("Nats-Msg-Id", "") for m in messages if m.headers} & wanted
+                if messages[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await reader.unsubscribe()
+        return found
 
     def _jetstream(self) -> JetStreamContext:
         connection = self._broker.connection

@@ -64,7 +64,7 @@ class ServiceHost:
             user=settings.nats_user,
             password=settings.nats_password,
         )
-        self.relay = OutboxRelay(self.db, tables, self.broker)
+        self.relay = OutboxRelay(self.db, tables, self.broker, reads_streams=declare_streams)
         #: ``@host.answers(SomeCommand)`` decorates the handler of a command or query.
         if group_commands and self.db.serialize:
             self.answers = Answers(name, together=self.together)

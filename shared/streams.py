@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamSource
 
+#: Seconds JetStream remembers a ``Nats-Msg-Id`` and drops a second message with it. An outbox row
+#: sent again later than this is looked up on the stream first (``shared.outbox``).
+DUPLICATE_WINDOW = 120.0
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -33,7 +37,7 @@ class Stream:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
-            duplicate_window=120.0,
+            duplicate_window=DUPLICATE_WINDOW,
             # On a cluster, 3 copies survive the loss of one node (JetStream needs a majority).
             num_replicas=replicas,
         )
