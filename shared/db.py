@@ -39,7 +39,7 @@ from sqlalchemy.sql import Executable
 
 from shared.events import Event, utcnow
 from shared.limits import check_event_size
-from shared.sqlite import InlineSession, InlineSessions, Params, sqlite_engine
+from shared.sqlite import InlineSession, InlineSessions, Params, Synchronous, sqlite_engine
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -61,7 +61,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, synchronous: Synchronous = "FULL") -> None:
+        """``synchronous``: on SQLite, what a COMMIT waits for (``shared.sqlite.Synchronous``)."""
         self.url = url
         # SQLite has one writer at a time, and every transaction here takes the write lock at BEGIN;
         # its statements run inline (shared/sqlite.py), so a session waiting on SQLite's busy handler
@@ -74,7 +75,7 @@ class Database:
         self._async_engine: AsyncEngine | None = None
         self._inline_sessions: InlineSessions | None = None
         if self.serialize:
-            self._sync_engine = sqlite_engine(make_url(url), json_serializer=_json)
+            self._sync_engine = sqlite_engine(make_url(url), json_serializer=_json, synchronous=synchronous)
             self._inline_sessions = InlineSessions(self._sync_engine)
             # An InlineSession stands in for an AsyncSession (shared/sqlite.py).
             self._sessionmaker: Callable[[], AsyncSession] = self._inline_sessions  # type: ignore[assignment]

@@ -54,7 +54,7 @@ class ServiceHost:
         self.name = name
         self.settings = settings
         self.metadata = metadata
-        self.db = Database(settings.database_url_for(name))
+        self.db = Database(settings.database_url_for(name), settings.sqlite_synchronous)
         # A site agent with its own credentials may not manage streams; the central services declare them.
         self.declare_streams = declare_streams
         self.broker: NatsBroker = create_broker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,11 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy async URL shared by the services (each owns its own tables); "
         "empty means one SQLite file per service under the state directory",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="what a SQLite COMMIT waits for: FULL, the disk (an acknowledged write survives a power cut); "
+        "NORMAL, the OS (it survives a crash of the process only)",
     )
     state_dir: Path = Field(
         default=Path(".medperf"), description="where databases, caches and the embedded broker live"
