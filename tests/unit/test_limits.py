@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +212,13 @@ def test_rows_that_fit_stop_before_the_answer_would_be_too_large() -> None:
     assert rows_that_fit([row] * 3) == 3
     assert 8 <= rows_that_fit([row] * 50) <= 10  # ~1 MiB of 100 kB rows
     assert rows_that_fit([{"blob": "x" * 2_000_000}]) == 1  # one too large is reported, not hidden
+
+
+def test_the_docs_list_every_limit_with_its_default() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text().splitlines()
+    for name, field in Limits.model_fields.items():
+        rows = [line for line in docs if line.startswith(f"| `{name.upper()}` |")]
+        assert rows, f"docs/reliability.md's limits table lacks MEDPERF_LIMIT_{name.upper()}"
+        default = field.default
+        shown = str(int(default)) if default == int(default) else str(default)
+        assert rows[0].split("|")[2].strip().split(" ")[0] == shown, rows[0]
