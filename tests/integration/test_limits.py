@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 import nats
 import pytest
 from faults import KillableFederation, start_central
+from figures import record
 from history import stream_messages
 from waiting import eventually
 
@@ -29,6 +31,8 @@ ADMIN = {"Authorization": "Bearer t-admin"}
 COMMITTEE = {"Authorization": "Bearer t-committee"}
 LIMITS = Limits()
 HEADER_SECONDS = 2.0
+#: Hostile inputs sent to the module's federation, by kind, for the figures of the last test.
+TRIED: Counter[str] = Counter()
 
 
 def spec(parameters: object = None, **tasks: list[str]) -> dict:
@@ -107,6 +111,7 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read_or_th
         50 * MiB
     )
     status, body = await raw_request(federation.http_url, head, read_timeout=5)
+    TRIED["declared 50 MiB bodies"] += 1
     assert status == 413
     message = json.loads(body)["error"]
     assert f"{LIMITS.http_body_bytes:,}" in message and "MEDPERF_LIMIT_HTTP_BODY_BYTES" in message
@@ -130,6 +135,7 @@ async def test_concurrent_anonymous_streamed_bodies_cost_the_ingress_no_more_tha
             return response.status_code
 
     statuses = await asyncio.gather(*(stream_50_mib() for _ in range(8)))
+    TRIED["streamed 50 MiB bodies"] += len(statuses)
     assert set(statuses) <= {413, 0} and 413 in statuses, statuses
     grown_mib = (ingress_rss_kib(federation) - before) / 1024
     # Before the limits: 112 -> 564 MiB. Now each reads at most the limit before it is refused.
@@ -139,6 +145,7 @@ async def test_concurrent_anonymous_streamed_bodies_cost_the_ingress_no_more_tha
 async def test_headers_over_the_limit_are_431(federation: KillableFederation) -> None:
     head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (LIMITS.http_header_bytes + KiB) + b"\r\n\r\n"
     status, body = await raw_request(federation.http_url, head)
+    TRIED["oversized headers"] += 1
     assert status == 431
     assert "MEDPERF_LIMIT_HTTP_HEADER_BYTES" in json.loads(body)["error"]
     # Headers just under the limit are fine.
@@ -153,6 +160,7 @@ async def test_hundreds_of_slow_clients_do_not_delay_a_normal_request(federation
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers never finished
         writers.append((reader, writer))
+    TRIED["slow clients"] += len(writers)
     try:
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=5) as http:
@@ -192,6 +200,7 @@ async def test_json_at_the_depth_limit_is_accepted_everywhere_and_one_past_it_is
         container = created.json()["id"]
         past = {"name": "deeper", "spec": spec(parameters=nested(LIMITS.json_depth - 1))}
         refused = await http.post("/containers", json=past, headers=COMMITTEE)
+        TRIED["JSON past the depth or string limit"] += 3
         assert refused.status_code == 413
         assert f"is {LIMITS.json_depth + 1} levels; the limit is {LIMITS.json_depth}" in refused.json()["error"]
         # An edit at the limit (body, changes, the field: three levels) reaches every consumer.
@@ -217,6 +226,7 @@ async def test_a_message_deeper_than_any_ingress_admits_is_dead_lettered_with_th
     try:
         deep = json.dumps({"type": "model.registered", "junk": nested(200)}).encode()
         await nc.jetstream().publish("medperf.registry.model.registered", deep)
+        TRIED["messages past the consumer ceiling"] += 1
     finally:
         await nc.close()
 
@@ -339,3 +349,20 @@ async def test_an_outbox_row_the_broker_refuses_is_parked_and_the_rest_go_out_ev
     letter = (await parked())[0]
     assert letter["consumer"] == "outbox-relay" and "max_payload" in letter["reason"]
     await eventually(lambda: published_all(small_broker), "the registry's outbox to be published")
+
+
+async def test_the_federation_survived_every_hostile_input(federation: KillableFederation) -> None:
+    """Last in the module: no process died, and nothing the ingress accepted was refused later."""
+    federation.check_alive()
+    async with httpx.AsyncClient(base_url=federation.http_url, timeout=15) as http:
+        body = {"name": f"survivor-{uuid.uuid4().hex[:8]}", "spec": spec()}
+        assert (await http.post("/containers", json=body, headers=COMMITTEE)).status_code == 201
+    refused_later = await dead_letters(federation.url)
+    record(
+        "hostile input at the HTTP edge",
+        tried=sum(TRIED.values()),
+        **{kind.replace(" ", "_"): count for kind, count in sorted(TRIED.items())},
+        crashes=0,
+        accepted_then_dead_lettered=len(refused_later),
+    )
+    assert refused_later == []
