@@ -3,8 +3,10 @@ the first answer, not a 409 for the registration it made itself.
 
 The record of each key lives in a JetStream key-value bucket (``IDEMPOTENCY``), so every replica of
 the ingress sees it and it outlives a restart; the bucket's TTL is the window
-(``Settings.idempotency_seconds``, a day by default). A key is scoped to the caller (the sha256 of
-the ``Authorization`` header), so two callers cannot see or block each other's. The answer is kept
+(``Settings.idempotency_seconds``, a day by default). A key is scoped to the caller's credential
+(the sha256 of the ``Authorization`` header: the record is looked up before the token is checked),
+so two callers cannot see or block each other's; a client that renews its JWT between two tries
+starts afresh. The answer is kept
 encrypted with a key derived from the caller's token and the idempotency key, because some answers
 are secrets shown once (an issued API token): the bucket alone reveals none of them.
 
@@ -78,9 +80,6 @@ class Idempotency:
 
     async def handle(self, app: Any, scope: Scope, receive: Any, send: Any, key: bytes) -> None:
         """Run ``app`` for a POST carrying ``key``, or answer as its earlier run did."""
-        await self._handle(app, scope, receive, send, key)
-
-    async def _handle(self, app: Any, scope: Scope, receive: Any, send: Any, key: bytes) -> None:
         if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isascii() or not all(33 <= c <= 126 for c in key):
             await _answer(send, Answer(400, [], _error("Idempotency-Key: give 1 to 255 printable ASCII characters")))
             return
