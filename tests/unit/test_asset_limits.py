@@ -242,9 +242,8 @@ async def test_an_endless_download_stops_at_the_size_cap(hostile: HostileHost, t
     # What the host managed to send: the cap, plus what the sockets' buffers took in.
     assert hostile.sent[hostile.requests[0]] < 32 * MiB
     assert leftovers(cache) == []
-    print(
-        f"\n[figures] endless body, cap 4 MiB: the host got {hostile.sent[hostile.requests[0]]} B out before the hang-up"
-    )
+    sent = hostile.sent[hostile.requests[0]]
+    print(f"\n[figures] endless body, cap 4 MiB: the host got {sent} B out before the hang-up")
 
 
 async def test_a_content_length_over_the_cap_is_refused_before_reading(hostile: HostileHost, tmp_path: Path) -> None:
