@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 TaskName = Literal["prepare", "sanity_check", "statistics", "infer", "evaluate"]
 
@@ -56,10 +64,24 @@ class _Strict(BaseModel):
 
 
 class HostedFile(_Strict):
-    """A file hosted elsewhere: a direct-download URL or a ``synapse:`` ID, pinned by sha256."""
+    """A file hosted elsewhere: a direct-download URL or a ``synapse:`` ID, pinned by sha256, and
+    optionally by its size, which sites check while the bytes arrive (the hash only at the end)."""
 
     source: str = Field(description="https://… direct-download URL, 'direct:<url>' or 'synapse:syn123'")
     sha256: str = Field(description="hex sha256 of the file's bytes")
+    size: int | None = Field(
+        default=None, ge=0, description="the file's size in bytes; a site stops a download that is not this size"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_size(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # Left out when not given, so specs without a size serialize as before and agents that
+        # predate the field (they forbid unknown fields) still read them. No return annotation:
+        # with one, pydantic would describe the output by it instead of by this model's schema.
+        data = handler(self)
+        if self.size is None and isinstance(data, dict):
+            data.pop("size", None)
+        return data
 
     @field_validator("source")
     @classmethod

@@ -42,9 +42,13 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     host = ServiceHost(
         f"site-{site.name}", site_settings, Base.metadata, TABLES, declare_streams=not settings.nats_user
     )
-    workflow = Workflow(
-        runtime, AssetCache(site.work_dir / "cache", config_dir=settings.state_dir), site.work_dir, site.task_timeout
+    cache = AssetCache(
+        site.work_dir / "cache",
+        config_dir=settings.state_dir,
+        downloads=site.download_limits(),
+        extraction=site.extraction_limits(),
     )
+    workflow = Workflow(runtime, cache, site.work_dir, site.task_timeout, limits=site.task_limits())
 
     async def connect_engine() -> None:
         if workflow.runtime is None:  # connect at start, so building the app (e.g. for docs) needs no engine

@@ -1,9 +1,9 @@
 """Container runtime adapter: runs one task of a registered container in an isolated container.
 
 The executor hands a site's data to third-party code, so every run is locked down the same way:
-no network, read-only root filesystem, no capabilities, no privilege escalation, bounded memory
-and processes, a non-root user, inputs mounted read-only, and a hard time limit. The image is
-addressed by its ID, never a tag, so what runs is exactly what was registered.
+no network, read-only root filesystem, no capabilities, no privilege escalation, bounded memory,
+processes and CPUs, a non-root user, inputs mounted read-only, bounded outputs, and a hard time
+limit. The image is addressed by its ID, never a tag, so what runs is exactly what was registered.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
-from docker.types import DeviceRequest, LogConfig, Mount
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
+from services.executor.limits import DEFAULT_CPU_SHARE
+from services.executor.outputs import OutputWatcher, after_exit
 from shared.containers import IMAGE_DIGEST
 
 TASK_LABEL = "org.medperf.task"
@@ -55,6 +57,10 @@ class TaskRun:
     gpus: str | None = None
     shm_size: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: CPUs the task may use; None: ``DEFAULT_CPU_SHARE`` of the engine's.
+    cpus: float | None = None
+    #: Bytes its writable mounts may hold; None: no limit.
+    output_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,14 @@ class TaskOutcome:
     timed_out: bool
     duration_seconds: float
     log_tail: str
+    #: Which site limit the task went over (it was stopped, or failed at exit), for people; else "".
+    exceeded: str = ""
+    #: What its writable mounts held when it ended (measured only under an output limit).
+    output_bytes: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and self.exit_code == 0
+        return not self.timed_out and self.exit_code == 0 and not self.exceeded
 
 
 class EngineUnavailable(RuntimeError):
@@ -167,12 +177,16 @@ class DockerRuntime:
         memory_limit: str = "4g",
         pids_limit: int = 512,
         log_limit: int = LOG_LIMIT,
+        output_check_seconds: float = 1.0,
     ) -> None:
+        """``output_check_seconds``: how often a task's outputs are measured against its limit."""
         self.client = client if client is not None else _connect()
         self.uid, self.gid = parse_user(user) if user is not None else default_user()
         self.memory_limit = memory_limit
         self.pids_limit = pids_limit
         self.log_limit = log_limit
+        self.output_check_seconds = output_check_seconds
+        self._engine_cpus: int | None = None
 
     @classmethod
     def from_env(cls) -> DockerRuntime:
@@ -212,10 +226,12 @@ class DockerRuntime:
             except APIError as exc:
                 task.log_path.write_text(f"container failed to start: {exc.explanation or exc}\n")
                 raise TaskStartError(f"task {task.name} could not start: {exc.explanation or exc}") from exc
-            exit_code, timed_out = self._wait(container, task.timeout_seconds)
+            with self._watch_outputs(task, container) as watcher:
+                exit_code, timed_out = self._wait(container, task.timeout_seconds)
             duration = time.monotonic() - started
             self._save_logs(container, task.log_path, self.log_limit)
-            return TaskOutcome(exit_code, timed_out, duration, read_tail(task.log_path))
+            exceeded, used = after_exit(_outputs(task), task.output_limit, watcher)
+            return TaskOutcome(exit_code, timed_out, duration, read_tail(task.log_path), exceeded, used)
         finally:
             if container is not None:
                 self._remove(container)
@@ -238,6 +254,7 @@ class DockerRuntime:
             # Equal to mem_limit: swap would let a task exceed its memory budget, only slower.
             "memswap_limit": self.memory_limit,
             "pids_limit": self.pids_limit,
+            "nano_cpus": self._nano_cpus(task.cpus),
             # One file of at most the limit: the engine drops older output instead of growing without bound.
             "log_config": LogConfig(
                 type=LogConfig.types.JSON, config={"max-size": str(self.log_limit), "max-file": "1"}
@@ -252,7 +269,30 @@ class DockerRuntime:
             kwargs["device_requests"] = device_requests(task.gpus)
         if task.shm_size:
             kwargs["shm_size"] = task.shm_size
+        if task.output_limit is not None:
+            # No single file may pass the limit, stopped by the kernel as it is written; one byte
+            # over it, so that the check after exit sees the limit was reached and names it.
+            fsize = task.output_limit + 1
+            kwargs["ulimits"] = [Ulimit(name="fsize", soft=fsize, hard=fsize)]
         return kwargs
+
+    def _nano_cpus(self, cpus: float | None) -> int:
+        if self._engine_cpus is None:
+            self._engine_cpus = int(self.client.info()["NCPU"])
+        wanted = cpus if cpus is not None else max(1.0, DEFAULT_CPU_SHARE * self._engine_cpus)
+        # The engine refuses a limit above the CPUs it has; asking for more means all of them.
+        return int(min(wanted, self._engine_cpus) * 1e9)
+
+    def _watch_outputs(self, task: TaskRun, container: Container) -> contextlib.AbstractContextManager[Any]:
+        """While the task runs, stop it once its writable mounts hold more than its limit."""
+        if task.output_limit is None:
+            return contextlib.nullcontext()
+
+        def stop(_: int) -> None:
+            with contextlib.suppress(APIError, requests.RequestException):
+                self.client.api.kill(container.id)  # its wait returns at once; the outcome says why
+
+        return OutputWatcher(_outputs(task), task.output_limit, stop, self.output_check_seconds)
 
     def _prepare_outputs(self, binds: list[Bind]) -> None:
         """Hand output dirs to the container user up front, so the container never needs root."""
@@ -336,6 +376,10 @@ def _connect() -> docker.DockerClient:
             "or set DOCKER_HOST to the engine's socket, then retry."
         ) from exc
     return client
+
+
+def _outputs(task: TaskRun) -> list[Path]:
+    return [bind.host_path for bind in task.binds if not bind.read_only]
 
 
 def _walk(root: Path) -> Iterator[Path]:

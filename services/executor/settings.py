@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.executor import limits
+from services.executor.limits import DownloadLimits, ExtractionLimits, TaskLimits
 
 
 class LocalDataset(BaseModel):
@@ -31,7 +34,9 @@ class SiteSettings(BaseSettings):
     )
     work_dir: Path = Field(default=Path(".medperf/site"), description="prepared data, predictions, logs, cache")
     database_url: str | None = Field(default=None, description="the site's own database; default SQLite in work_dir")
-    task_timeout: float = Field(default=1800.0, gt=0, description="seconds a container task may run")
+    task_timeout: float = Field(
+        default=1800.0, gt=0, description="seconds a container task may run; caps a container's own timeout_seconds"
+    )
     max_jobs: int = Field(default=1, ge=1, le=64, description="jobs this site runs at once")
     release: Literal["auto", "review"] = Field(
         default="auto",
@@ -45,11 +50,52 @@ class SiteSettings(BaseSettings):
     ignore_model_errors: bool = Field(
         default=False, description="score what a failing model did predict, and mark the result partial"
     )
+    # Bounds on what containers bring and do (services/executor/limits.py has the reasons for each
+    # default). Sizes take a unit: 4GiB, 500MB, or a plain number of bytes.
+    extract_max_bytes: ByteSize = Field(
+        default=ByteSize(limits.EXTRACT_MAX_BYTES), gt=0, description="bytes one hosted tarball may unpack to"
+    )
+    extract_max_members: int = Field(
+        default=limits.EXTRACT_MAX_MEMBERS, gt=0, description="files, directories and links in one hosted tarball"
+    )
+    extract_max_ratio: float = Field(
+        default=limits.EXTRACT_MAX_RATIO,
+        gt=1,
+        description="bytes unpacked per byte of tarball (checked once 64 MiB are written)",
+    )
+    download_max_bytes: ByteSize = Field(
+        default=ByteSize(limits.DOWNLOAD_MAX_BYTES), gt=0, description="size of one hosted file"
+    )
+    download_deadline: float = Field(
+        default=limits.DOWNLOAD_DEADLINE, gt=0, description="seconds for the whole download of one hosted file"
+    )
+    results_max_bytes: ByteSize = Field(
+        default=ByteSize(limits.RESULTS_MAX_BYTES),
+        gt=0,
+        description="size of the results.json or statistics.json a container writes",
+    )
+    task_cpus: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs one task may use (as docker --cpus); default three quarters of the engine's, at least 1",
+    )
+    output_max_bytes: ByteSize = Field(
+        default=ByteSize(limits.OUTPUT_MAX_BYTES), gt=0, description="bytes one task's output directories may hold"
+    )
 
     @property
     def key_path(self) -> Path:
         """The site's Ed25519 signing key (mode 0600): created at the agent's first start, never sent."""
         return self.work_dir / "signing.key"
+
+    def extraction_limits(self) -> ExtractionLimits:
+        return ExtractionLimits(int(self.extract_max_bytes), self.extract_max_members, self.extract_max_ratio)
+
+    def download_limits(self) -> DownloadLimits:
+        return DownloadLimits(int(self.download_max_bytes), self.download_deadline)
+
+    def task_limits(self) -> TaskLimits:
+        return TaskLimits(self.task_cpus, int(self.output_max_bytes), int(self.results_max_bytes))
 
     def database(self) -> str:
         if self.database_url:

@@ -8,16 +8,20 @@ work directory; nothing here sends anything anywhere.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.executor.assets import AssetCache, InvalidArchive
+from services.executor.assets import AssetCache, RefusedAsset
+from services.executor.limits import TaskLimits, setting, size
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
-from shared.containers import ContainerSpec
+from shared.containers import ContainerSpec, TaskSpec
 
 #: Files the executor reads from output directories (the rest of the container contract is in
 #: ``shared.containers``).
@@ -27,7 +31,9 @@ RESULTS_FILE = "results.json"
 
 class TaskFailed(Exception):
     def __init__(self, task: str, outcome: TaskOutcome | None, detail: str = "") -> None:
-        if outcome is not None and outcome.timed_out:
+        if outcome is not None and outcome.exceeded:
+            detail = detail or outcome.exceeded
+        elif outcome is not None and outcome.timed_out:
             detail = detail or f"timed out after {outcome.duration_seconds:.0f} s"
         elif outcome is not None:
             detail = detail or f"exited with {outcome.exit_code}"
@@ -69,14 +75,67 @@ def tree_hash(*roots: Path) -> str:
     return digest.hexdigest()
 
 
+def time_limit(task: TaskSpec, site_timeout: float) -> tuple[float, str]:
+    """The seconds a task may run, and which limit that is: a container may ask for less time
+    than the site allows, never more."""
+    asked = task.timeout_seconds
+    if asked is not None and asked <= site_timeout:
+        return float(asked), "the container's own timeout_seconds"
+    also = f"; the container asked for {asked} s" if asked is not None else ""
+    return site_timeout, f"the site's task timeout ({setting('task_timeout')} raises it{also})"
+
+
+def read_report(path: Path, task: str, limit: int) -> dict:
+    """The JSON object a container left in ``path`` (results.json, statistics.json), read on the
+    host with care: at most ``limit`` bytes are read, the file must be a regular file (a link the
+    container wrote would lead anywhere on the host; a FIFO would block the agent), and anything
+    unreadable is the container's fault."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        why = "it is a symbolic link; only a regular file is read" if exc.errno == errno.ELOOP else exc.strerror
+        raise TaskFailed(task, None, f"it did not write a valid {path.name}: {why}") from exc
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise TaskFailed(task, None, f"{path.name} must be a regular file")
+        if info.st_size > limit:
+            raise _too_large(path, task, info.st_size, limit)
+        data = handle.read(limit + 1)  # never more, even if the file grew since fstat
+    if len(data) > limit:
+        raise _too_large(path, task, len(data), limit)
+    try:
+        report = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise TaskFailed(task, None, f"it did not write a valid {path.name}: {str(exc)[:200]}") from exc
+    if not isinstance(report, dict):
+        raise TaskFailed(task, None, f"{path.name} must hold a JSON object")
+    return report
+
+
+def _too_large(path: Path, task: str, found: int, limit: int) -> TaskFailed:
+    reason = f"{path.name} is {size(found)}, more than the site's limit of {size(limit)}"
+    return TaskFailed(task, None, f"{reason} ({setting('results_max_bytes')} raises it)")
+
+
 class Workflow:
     def __init__(
-        self, runtime: ContainerRuntime | None, cache: AssetCache, work_dir: Path, task_timeout: float
+        self,
+        runtime: ContainerRuntime | None,
+        cache: AssetCache,
+        work_dir: Path,
+        task_timeout: float,
+        *,
+        limits: TaskLimits | None = None,
     ) -> None:
+        """``task_timeout`` caps every task's time; ``limits`` bound the rest (default: the site
+        limits' defaults)."""
         self.runtime = runtime
         self.cache = cache
         self.work_dir = work_dir
         self.task_timeout = task_timeout
+        self.limits = limits or TaskLimits()
 
     async def prepare(self, preparator: ContainerSpec, raw_data: Path, raw_labels: Path, out: Path) -> PreparedData:
         """prepare -> sanity_check -> statistics; ``out`` is replaced by the prepared dataset."""
@@ -113,7 +172,7 @@ class Workflow:
                 "output_path": run / "statistics",
             },
         )
-        statistics = _read_json(run / "statistics" / STATISTICS_FILE, "statistics")
+        statistics = read_report(run / "statistics" / STATISTICS_FILE, "statistics", self.limits.results_bytes)
         prepared_hash = await asyncio.to_thread(tree_hash, staging / "data", staging / "labels")
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
@@ -155,7 +214,7 @@ class Workflow:
             },
             labels=labels,
         )
-        results = _read_json(run / "results" / RESULTS_FILE, "evaluate")
+        results = read_report(run / "results" / RESULTS_FILE, "evaluate", self.limits.results_bytes)
         numbers = {k: float(v) for k, v in results.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         return Scores(numbers, partial)
 
@@ -182,7 +241,8 @@ class Workflow:
             binds.append(Bind(mounts[key], mount.mount_path, read_only=False))
         runtime = self.runtime
         assert runtime is not None, "the agent connects its container engine at start"
-        await self._ensure_image(runtime, spec)
+        await self._ensure_image(runtime, spec, task_name)
+        timeout, which = time_limit(task, self.task_timeout)
         outcome = await asyncio.to_thread(
             runtime.run,
             TaskRun(
@@ -191,17 +251,21 @@ class Workflow:
                 command=list(task.command),
                 binds=binds,
                 environment=dict(task.environment),
-                timeout_seconds=task.timeout_seconds or self.task_timeout,
+                timeout_seconds=timeout,
                 log_path=run / "logs" / f"{task_name}.log",
                 gpus=task.gpus,
                 shm_size=task.shm_size,
                 labels=dict(labels or {}),
+                cpus=self.limits.cpus,
+                output_limit=self.limits.output_bytes,
             ),
         )
+        if outcome.timed_out and not outcome.exceeded:
+            raise TaskFailed(task_name, outcome, f"timed out after {timeout:g} s, {which}")
         if not outcome.ok:
             raise TaskFailed(task_name, outcome)
 
-    async def _ensure_image(self, runtime: ContainerRuntime, spec: ContainerSpec) -> None:
+    async def _ensure_image(self, runtime: ContainerRuntime, spec: ContainerSpec, task_name: str) -> None:
         """The image must be here; a spec with an ``image_archive`` brings its own, verified twice:
         the archive's sha256 on download, and the loaded image's ID against ``image_digest``."""
         try:
@@ -210,7 +274,11 @@ class Workflow:
         except ImageNotAvailable:
             if spec.image_archive is None:
                 raise
-        archive = await self.cache.fetch(spec.image_archive)
+        try:
+            archive = await self.cache.fetch(spec.image_archive)
+        except RefusedAsset as exc:  # too large, or not its declared size: its owner's to fix
+            source = spec.image_archive.source
+            raise TaskFailed(task_name, None, f"its image archive ({source}) was refused: {exc}") from exc
         await asyncio.to_thread(runtime.load_image, archive)
         try:
             await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
@@ -231,20 +299,12 @@ class Workflow:
             assert spec.additional_files is not None  # the spec validator guarantees it
             try:
                 return await self.cache.extracted(spec.additional_files)
-            except InvalidArchive as exc:
-                # Unsafe paths or links in the container's own files: its owner's fault, and
-                # downloading the same bytes again cannot help, so the task fails for good.
-                raise TaskFailed(task_name, None, f"its additional files were refused: {exc}") from exc
+            except RefusedAsset as exc:
+                # Unsafe paths or links in the container's own files, or files over a site limit:
+                # its owner's fault, and fetching the same bytes again cannot help, so the task
+                # fails for good.
+                source = spec.additional_files.source
+                raise TaskFailed(task_name, None, f"its additional files ({source}) were refused: {exc}") from exc
         if key not in mounts:
             raise TaskFailed("mount", None, f"the executor has no input for mount {key!r}")
         return mounts[key]
-
-
-def _read_json(path: Path, task: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TaskFailed(task, None, f"it did not write a valid {path.name}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TaskFailed(task, None, f"{path.name} must hold a JSON object")
-    return data

@@ -22,6 +22,8 @@ from services.executor.assets import (
     AssetCache,
     DirectSource,
     DownloadFailed,
+    DownloadTooLarge,
+    DownloadTooShort,
     HashMismatch,
     InvalidArchive,
     NotADirectDownload,
@@ -33,6 +35,7 @@ from services.executor.assets import (
     safe_extract,
     save_synapse_token,
 )
+from services.executor.limits import DownloadLimits
 from shared.containers import HostedFile
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB: several chunks, so interruptions land mid-stream
@@ -600,6 +603,24 @@ async def test_synapse_hash_mismatch(synapse: FakeSynapse, tmp_path: Path) -> No
     with pytest.raises(HashMismatch, match="synapse:syn123") as caught:
         await cache.fetch(HostedFile(source="synapse:syn123", sha256=sha(b"something else")))
     assert caught.value.actual == sha(PAYLOAD)
+
+
+async def test_synapse_sizes_are_checked_before_downloading(synapse: FakeSynapse, tmp_path: Path) -> None:
+    """Synapse records each file's size: a file over the site's cap, or not of its declared size,
+    is refused before a byte of it is fetched."""
+    config = tmp_path / "config"
+    save_synapse_token(TOKEN, config)
+    hosted = HostedFile(source="synapse:syn123", sha256=sha(PAYLOAD))
+    capped = AssetCache(tmp_path / "capped", [synapse.source(config)], downloads=DownloadLimits(max_bytes=1000))
+    with pytest.raises(DownloadTooLarge, match="MEDPERF_SITE_DOWNLOAD_MAX_BYTES"):
+        await capped.fetch(hosted)
+    cache = AssetCache(tmp_path / "cache", [synapse.source(config)])
+    with pytest.raises(DownloadTooLarge, match="declares 1000 bytes"):
+        await cache.fetch(hosted.model_copy(update={"size": 1000}))
+    with pytest.raises(DownloadTooShort):
+        await cache.fetch(hosted.model_copy(update={"size": len(PAYLOAD) + 1}))
+    assert not any(path.startswith("/download/") for _, path, _ in synapse.seen)
+    assert (await cache.fetch(hosted.model_copy(update={"size": len(PAYLOAD)}))).read_bytes() == PAYLOAD
 
 
 async def test_synapse_without_credentials_says_how_to_log_in(synapse: FakeSynapse, tmp_path: Path) -> None:

@@ -11,11 +11,16 @@ from services.executor.assets.cache import AssetCache, default_sources
 from services.executor.assets.credentials import SYNAPSE_CREDENTIALS_FILE, load_synapse_token, save_synapse_token
 from services.executor.assets.direct import DirectSource
 from services.executor.assets.errors import (
+    ArchiveTooLarge,
     AssetError,
     DownloadFailed,
+    DownloadTimedOut,
+    DownloadTooLarge,
+    DownloadTooShort,
     HashMismatch,
     InvalidArchive,
     NotADirectDownload,
+    RefusedAsset,
     SynapseLoginRequired,
     UnknownSource,
     UnsafeArchive,
@@ -24,14 +29,19 @@ from services.executor.assets.synapse import SynapseSource
 
 __all__ = [
     "SYNAPSE_CREDENTIALS_FILE",
+    "ArchiveTooLarge",
     "AssetCache",
     "AssetError",
     "DirectSource",
     "DownloadFailed",
+    "DownloadTimedOut",
+    "DownloadTooLarge",
+    "DownloadTooShort",
     "HashMismatch",
     "InvalidArchive",
     "NotADirectDownload",
     "ProgressCallback",
+    "RefusedAsset",
     "Source",
     "StreamHasher",
     "SynapseLoginRequired",

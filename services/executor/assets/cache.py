@@ -9,6 +9,10 @@ Layout under ``root``::
 A file is only ever stored under the hash computed while downloading it, so a lookup by the
 registered hash can never return bytes that were not verified against that hash. Nothing is keyed
 by URL: if a registration's hash changes, the old file simply stops being asked for.
+
+The site's limits apply here, whatever the source: each download is held to a size cap (and to
+the size its registration declares) as the bytes arrive, and to one deadline for the whole
+transfer, retries included; each extraction to the extraction limits.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from services.executor.assets.archive import safe_extract
 from services.executor.assets.base import ProgressCallback, Source, StreamHasher
 from services.executor.assets.direct import DirectSource
-from services.executor.assets.errors import HashMismatch, UnknownSource
+from services.executor.assets.errors import DownloadTimedOut, HashMismatch, UnknownSource
 from services.executor.assets.synapse import SynapseSource
+from services.executor.limits import DownloadLimits, ExtractionLimits, setting
 from shared.containers import HostedFile
 from shared.settings import Settings
 
@@ -38,10 +43,21 @@ def default_sources(config_dir: Path) -> list[Source]:
 
 
 class AssetCache:
-    def __init__(self, root: Path, sources: list[Source] | None = None, *, config_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sources: list[Source] | None = None,
+        *,
+        config_dir: Path | None = None,
+        downloads: DownloadLimits | None = None,
+        extraction: ExtractionLimits | None = None,
+    ) -> None:
         """``config_dir`` (where ``medperf auth synapse_login`` stored the token) is only used to
-        build the default sources; it defaults to the shared state directory."""
+        build the default sources; it defaults to the shared state directory. ``downloads`` and
+        ``extraction`` default to the site limits' defaults."""
         self.root = root
+        self.downloads = downloads or DownloadLimits()
+        self.extraction = extraction or ExtractionLimits()
         if sources is None:
             if config_dir is None:
                 config_dir = Settings().state_dir
@@ -68,7 +84,7 @@ class AssetCache:
         async with self._lock(f"file:{hosted.sha256}"):
             if final.is_file():
                 return final
-            async with self._download(hosted.source, on_progress) as (tmp, actual):
+            async with self._download(hosted.source, on_progress, hosted.size) as (tmp, actual):
                 if actual != hosted.sha256:
                     raise HashMismatch(hosted.source, hosted.sha256, actual)
                 _store(tmp, final)
@@ -95,14 +111,16 @@ class AssetCache:
         async with self._lock(f"tree:{hosted.sha256}"):
             if target.is_dir():
                 return target
-            await asyncio.to_thread(_unpack, archive, self._tmp, target)
+            await asyncio.to_thread(_unpack, archive, self._tmp, target, self.extraction)
         return target
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
     @asynccontextmanager
-    async def _download(self, source: str, on_progress: ProgressCallback | None) -> AsyncIterator[tuple[Path, str]]:
+    async def _download(
+        self, source: str, on_progress: ProgressCallback | None, declared: int | None = None
+    ) -> AsyncIterator[tuple[Path, str]]:
         """Fetch into a fresh temp file; yields it with its sha256 and deletes it unless moved."""
         handler = next((candidate for candidate in self.sources if candidate.matches(source)), None)
         if handler is None:
@@ -111,14 +129,33 @@ class AssetCache:
         os.close(fd)
         tmp = Path(name)
         try:
-            hasher = StreamHasher(on_progress)
-            await handler.fetch(source, tmp, hasher)
+            hasher = StreamHasher(on_progress, source=source, max_bytes=self.downloads.max_bytes, declared=declared)
+            await self._within_deadline(handler.fetch(source, tmp, hasher), source, hasher)
+            hasher.finish()
             yield tmp, hasher.hexdigest()
         finally:
             # Synchronous on purpose: this also runs when the task is being cancelled, where an
             # await could be interrupted and leak the file; removing one entry is quick anyway.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    async def _within_deadline(self, transfer: Awaitable[None], source: str, hasher: StreamHasher) -> None:
+        """One deadline for the whole transfer, retries and resumes included: a host that sends a
+        byte every few seconds never trips a per-read timeout."""
+        seconds = self.downloads.deadline_seconds
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                await transfer
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            # Not the file's fault as far as anyone here can tell: a trickling host and the site's
+            # own slow or congested link look the same, so this is an infrastructure failure,
+            # retried like the others (four attempts bound what it costs to four deadlines).
+            name = setting("download_deadline")
+            reason = f"not finished within {seconds:g} s ({name} raises it); {hasher.done} bytes had arrived"
+            raise DownloadTimedOut(source, reason) from exc
 
 
 def _store(tmp: Path, final: Path) -> None:
@@ -128,7 +165,7 @@ def _store(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _unpack(archive: Path, scratch_root: Path, target: Path) -> None:
+def _unpack(archive: Path, scratch_root: Path, target: Path, limits: ExtractionLimits) -> None:
     """Extract ``archive`` to ``target`` via a scratch directory renamed into place in one step.
 
     A crash or a refused member therefore never leaves a half-populated directory where a run
@@ -139,7 +176,7 @@ def _unpack(archive: Path, scratch_root: Path, target: Path) -> None:
     try:
         # mkdtemp makes the directory 0700; containers run as an unprivileged user and must read it.
         os.chmod(staging, 0o755)
-        safe_extract(archive, Path(staging))
+        safe_extract(archive, Path(staging), limits)
         try:
             os.rename(staging, target)
         except OSError:

@@ -142,12 +142,12 @@ class DirectSource(Source):
                     continue
                 chunk, sniff = bytes(head), False
                 _refuse_html(chunk, source)
+            hasher.update(chunk)  # first: it refuses a chunk over the size cap before it is stored
             out.write(chunk)
-            hasher.update(chunk)
         if sniff and head:
             _refuse_html(bytes(head), source)
-            out.write(head)
             hasher.update(bytes(head))
+            out.write(head)
 
 
 def _refuse_html(head: bytes, source: str) -> None:

@@ -11,6 +11,12 @@ class AssetError(Exception):
     """Base class: a hosted file could not be fetched, verified or unpacked."""
 
 
+class RefusedAsset(AssetError):
+    """The hosted file itself is refused (unsafe, unreadable, over a site limit): its container's
+    owner has to change it, and fetching the same file again cannot help, so the task that needed
+    it fails for good, as the container's fault."""
+
+
 class UnknownSource(AssetError):
     """No registered source understands the given address."""
 
@@ -65,7 +71,24 @@ class HashMismatch(AssetError):
         self.actual = actual
 
 
-class InvalidArchive(AssetError):
+class DownloadTooLarge(DownloadFailed, RefusedAsset):
+    """The file is larger than the site accepts, or than its registration declares."""
+
+    def __init__(self, source: str, reason: str, setting: str) -> None:
+        super().__init__(source, reason)
+        self.setting = setting
+
+
+class DownloadTooShort(DownloadFailed):
+    """The transfer ended before the size the registration declares: like a changed hash, this
+    may be the host's passing trouble or a replaced file, so it is retried."""
+
+
+class DownloadTimedOut(DownloadFailed):
+    """The whole transfer took longer than the site allows (MEDPERF_SITE_DOWNLOAD_DEADLINE)."""
+
+
+class InvalidArchive(RefusedAsset):
     """The file is not a tar archive this layer can read."""
 
 
@@ -76,3 +99,15 @@ class UnsafeArchive(InvalidArchive):
         super().__init__(f"refusing to extract archive member {member!r}: {reason}")
         self.member = member
         self.reason = reason
+
+
+class ArchiveTooLarge(InvalidArchive):
+    """Unpacking the archive would go over one of the site's extraction limits."""
+
+    def __init__(self, archive: str, reason: str, setting: str, written: int) -> None:
+        super().__init__(
+            f"refusing to extract {archive}: {reason} (the site's limit; {setting} raises it); "
+            f"stopped after writing {written} bytes"
+        )
+        self.setting = setting
+        self.written = written

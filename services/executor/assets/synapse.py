@@ -17,6 +17,11 @@ _SYNAPSE_ID = re.compile(r"^synapse:(syn\d+)$")
 class SynapseSource(Source):
     """Downloads Synapse entities with ``synapseclient`` into a scratch dir, then hashes them in.
 
+    The site's size limits apply as far as they can: Synapse records each file's size, which is
+    checked before the download starts, and the copy into the cache is counted byte by byte. The
+    client's own transfer runs in a thread that cannot be interrupted, so when the cache's deadline
+    passes the job stops waiting but the thread runs on until synapseclient gives up.
+
     Endpoints default to the public Synapse service (``None`` lets synapseclient choose); tests and
     private deployments pass their own.
     """
@@ -53,18 +58,19 @@ class SynapseSource(Source):
             )
         # The scratch dir sits next to dest (the cache's tmp dir): same filesystem, and removed even
         # when the download fails, so synapseclient's copies never accumulate.
-        with tempfile.TemporaryDirectory(dir=dest.parent, prefix="synapse-") as scratch:
+        # Cleanup errors are ignored: past the deadline the client's thread may still be writing here.
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix="synapse-", ignore_cleanup_errors=True) as scratch:
             # synapseclient is synchronous and runs its own event loop, so it gets a thread.
-            downloaded = await asyncio.to_thread(self._download, token, match.group(1), source, Path(scratch))
+            downloaded = await asyncio.to_thread(self._download, token, match.group(1), source, Path(scratch), hasher)
             with downloaded.open("rb") as src, dest.open("wb") as out:
                 hasher.expect(downloaded.stat().st_size)
                 while chunk := src.read(self.chunk_size):
-                    out.write(chunk)
                     hasher.update(chunk)
+                    out.write(chunk)
                     # Let other tasks run between chunks of a possibly multi-GB copy.
                     await asyncio.sleep(0)
 
-    def _download(self, token: str, entity_id: str, source: str, scratch: Path) -> Path:
+    def _download(self, token: str, entity_id: str, source: str, scratch: Path, hasher: StreamHasher) -> Path:
         # Imported here: synapseclient is slow to import and only sites with synapse: files need it.
         import synapseclient
         from synapseclient.core.exceptions import SynapseAuthenticationError, SynapseError
@@ -91,6 +97,9 @@ class SynapseSource(Source):
         except SynapseError as exc:
             raise DownloadFailed(source, f"could not log in to Synapse: {exc}") from exc
         try:
+            # The size Synapse records, against the site's cap and the declared size, before a byte
+            # is fetched (None for entities that are not files: refused below).
+            hasher.expect(syn.get(entity_id, downloadFile=False).get("fileSize"))
             entity = syn.get(entity_id, downloadLocation=str(scratch / "download"))
         except SynapseAuthenticationError as exc:
             raise SynapseLoginRequired(f"Synapse did not accept the stored token ({exc})") from exc
