@@ -24,6 +24,7 @@ from shared.events import (
     SharingPolicy,
     _finite,
 )
+from shared.limits import check_statistics_size
 
 #: Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number
 #: can only be a mistake, so every command refuses it before it reaches a database.
@@ -116,6 +117,7 @@ class RegisterDataset(Command):
     state: EntityState = "DEVELOPMENT"
 
     _check_finite = field_validator("statistics")(_finite)
+    _check_size = field_validator("statistics")(check_statistics_size)
 
 
 class EditEntity(Command):

@@ -167,6 +167,18 @@ def check_event_size(subject: str, payload: str) -> None:
         raise EventTooLarge(f"the event {subject}", size, budget, "the broker's max_payload less header room")
 
 
+#: A dataset's statistics, as JSON: they travel in its registration, its event and every list of
+#: datasets, so they are kept to a size that a page of datasets can carry by the dozen.
+STATISTICS_BYTES = 64 * KiB
+
+
+def check_statistics_size(statistics: dict[str, Any]) -> dict[str, Any]:
+    size = len(pydantic_core.to_json(statistics))
+    if size > STATISTICS_BYTES:
+        raise LimitExceeded("the statistics' JSON", size, STATISTICS_BYTES, "a dataset's statistics leave the site whole")
+    return statistics
+
+
 #: Room kept in an answer for what surrounds its rows (the Outcome's other fields).
 ANSWER_ROOM = 4 * KiB
 

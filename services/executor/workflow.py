@@ -11,6 +11,7 @@ import asyncio
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -18,10 +19,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.limits import TaskLimits, setting, size
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec, TaskSpec
+from shared.limits import LimitExceeded, check_statistics_size
 
 #: Files the executor reads from output directories (the rest of the container contract is in
 #: ``shared.containers``).
@@ -83,6 +87,46 @@ def time_limit(task: TaskSpec, site_timeout: float) -> tuple[float, str]:
         return float(asked), "the container's own timeout_seconds"
     also = f"; the container asked for {asked} s" if asked is not None else ""
     return site_timeout, f"the site's task timeout ({setting('task_timeout')} raises it{also})"
+
+
+def leaving_metrics(results: dict) -> dict[str, float]:
+    """The top-level numbers of results.json: the only part of it that leaves the site. JSON
+    allows NaN, infinities and integers too large for a float; no consumer can read them, so they
+    are the metrics container's fault, not a failure to retry."""
+    numbers = {}
+    for name, value in results.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise TaskFailed("evaluate", None, f"metric {name!r} in {RESULTS_FILE} is {value!r}; only finite numbers")
+        numbers[name] = number
+    return numbers
+
+
+def leaving_statistics(report: dict) -> dict[str, float | int | str]:
+    """statistics.json as it leaves the site with the dataset's registration: flat (names to
+    numbers or strings), finite, and small enough for every list and event that carries it."""
+    try:
+        statistics = _STATISTICS.validate_python(report, strict=True)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        message = f"{STATISTICS_FILE} must map names to numbers or strings ({where})"
+        raise TaskFailed("statistics", None, message) from exc
+    for name, value in statistics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TaskFailed("statistics", None, f"{STATISTICS_FILE}: {name!r} is {value}; only finite numbers")
+    try:
+        check_statistics_size(statistics)
+    except LimitExceeded as exc:
+        raise TaskFailed("statistics", None, f"{STATISTICS_FILE}: {exc}") from exc
+    return statistics
+
+
+_STATISTICS: TypeAdapter[dict[str, float | int | str]] = TypeAdapter(dict[str, float | int | str])
 
 
 def read_report(path: Path, task: str, limit: int) -> dict:
@@ -172,7 +216,9 @@ class Workflow:
                 "output_path": run / "statistics",
             },
         )
-        statistics = read_report(run / "statistics" / STATISTICS_FILE, "statistics", self.limits.results_bytes)
+        statistics = leaving_statistics(
+            read_report(run / "statistics" / STATISTICS_FILE, "statistics", self.limits.results_bytes)
+        )
         prepared_hash = await asyncio.to_thread(tree_hash, staging / "data", staging / "labels")
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
@@ -215,8 +261,7 @@ class Workflow:
             labels=labels,
         )
         results = read_report(run / "results" / RESULTS_FILE, "evaluate", self.limits.results_bytes)
-        numbers = {k: float(v) for k, v in results.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        return Scores(numbers, partial)
+        return Scores(leaving_metrics(results), partial)
 
     async def run_task(
         self,
