@@ -269,11 +269,13 @@ class DockerRuntime:
             kwargs["device_requests"] = device_requests(task.gpus)
         if task.shm_size:
             kwargs["shm_size"] = task.shm_size
+        # No core dumps: a crashing task's memory image would land on the host, outside every limit.
+        kwargs["ulimits"] = [Ulimit(name="core", soft=0, hard=0)]
         if task.output_limit is not None:
             # No single file may pass the limit, stopped by the kernel as it is written; one byte
             # over it, so that the check after exit sees the limit was reached and names it.
             fsize = task.output_limit + 1
-            kwargs["ulimits"] = [Ulimit(name="fsize", soft=fsize, hard=fsize)]
+            kwargs["ulimits"].append(Ulimit(name="fsize", soft=fsize, hard=fsize))
         return kwargs
 
     def _nano_cpus(self, cpus: float | None) -> int:

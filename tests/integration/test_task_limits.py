@@ -98,6 +98,13 @@ def test_the_default_cpu_limit_is_a_share_of_the_engines_cores(
     assert attrs["HostConfig"]["NanoCpus"] == int(max(1.0, 0.75 * cores) * 1e9)
 
 
+@pytest.mark.engine
+def test_a_task_dumps_no_core(runtime: DockerRuntime, busybox_image: str, tmp_path: Path) -> None:
+    outcome, attrs = run_inspected(runtime, make_task(tmp_path, busybox_image, "ulimit -c; sleep 1"))
+    assert outcome.ok and outcome.log_tail.split()[0] == "0"
+    assert {"Name": "core", "Soft": 0, "Hard": 0} in attrs["HostConfig"]["Ulimits"]
+
+
 # --- output size --------------------------------------------------------------------------------
 
 
