@@ -214,7 +214,7 @@ class LimitedBodies:
             except LimitExceeded as exc:
                 await _refuse(send, 413, f"the request body is refused: {exc}")
                 return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
 
 class _BodyTooLarge(Exception):
@@ -242,7 +242,7 @@ async def _read_body(receive: Any, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def replay(body: bytes, receive: Any) -> Any:
     """A receive that hands over the body read already, then whatever the client does next
     (a disconnect, which a streaming response watches for)."""
     sent = False

@@ -36,6 +36,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.ingress.edge import replay
+
 log = logging.getLogger("medperf.ingress.idempotency")
 
 BUCKET = "IDEMPOTENCY"
@@ -83,8 +85,7 @@ class Idempotency:
         if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isascii() or not all(33 <= c <= 126 for c in key):
             await _answer(send, Answer(400, [], _error("Idempotency-Key: give 1 to 255 printable ASCII characters")))
             return
-        request = await receive()  # the whole body: LimitedBodies read it within the limits
-        body = request.get("body", b"")
+        body = (await receive()).get("body", b"")  # the whole body: LimitedBodies read it within the limits
         authorization = _header(scope, b"authorization") or b""
         record = hashlib.sha256(b"%s\n%s" % (hashlib.sha256(authorization).digest(), key)).hexdigest()
         fingerprint = hashlib.sha256(
@@ -102,7 +103,7 @@ class Idempotency:
             await _answer(send, self._earlier(earlier, fingerprint, sealing))
             return
         try:
-            answer = await _run(app, scope, request, receive, send)
+            answer = await _run(app, scope, body, receive, send)
         except BaseException:
             await self._keep(record, fingerprint, None, sealing)
             raise
@@ -177,17 +178,9 @@ class IdempotentPosts:
             await store.handle(self.app, scope, receive, send, key)
 
 
-async def _run(app: Any, scope: Scope, request: dict[str, Any], receive: Any, send: Any) -> Answer | None:
+async def _run(app: Any, scope: Scope, body: bytes, receive: Any, send: Any) -> Answer | None:
     """Run the request, passing its answer on while keeping a copy (None: no answer was sent)."""
     status, headers, chunks = 0, [], []
-    given = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal given
-        if not given:
-            given = True
-            return request
-        return await receive()
 
     async def keep(message: dict[str, Any]) -> None:
         nonlocal status, headers
@@ -198,7 +191,7 @@ async def _run(app: Any, scope: Scope, request: dict[str, Any], receive: Any, se
             chunks.append(message.get("body", b""))
         await send(message)
 
-    await app(scope, replay, keep)
+    await app(scope, replay(body, receive), keep)
     return Answer(status, headers, b"".join(chunks)) if status else None
 
 
