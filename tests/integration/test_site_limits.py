@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import re
 import tarfile
 import threading
@@ -25,6 +24,7 @@ import sites
 from figures import record
 from sites import Federation, model
 from test_hostile import add_spec, file_host, with_files
+from zeros import Zeros
 
 from services.executor import domain
 from services.executor.runtime import DockerRuntime
@@ -56,27 +56,13 @@ async def federation(tmp_path: Path, image: str) -> AsyncIterator[Federation]:
         runtime.client.close()
 
 
-class _Zeros(io.RawIOBase):
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-        n = min(len(buffer), self.left)
-        buffer[:n] = bytes(n)
-        self.left -= n
-        return n
-
-
 def tarball(path: Path, members: list[tuple[str, int]]) -> str:
     """A gzip tarball of files of zeros, ``(name, size)`` each; returns its sha256."""
     with tarfile.open(path, "w:gz") as tar:
         for name, size in members:
             info = tarfile.TarInfo(name)
             info.size = size
-            tar.addfile(info, _Zeros(size))
+            tar.addfile(info, Zeros(size))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from zeros import Zeros
 
 from services.executor.assets import (
     ArchiveTooLarge,
@@ -31,22 +32,6 @@ from services.executor.assets import (
 )
 from services.executor.limits import DownloadLimits, ExtractionLimits, MiB
 from shared.containers import HostedFile
-
-
-class Zeros(io.RawIOBase):
-    """``size`` zero bytes, read as a file: archives of any size without holding them in memory."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-        n = min(len(buffer), self.left)
-        buffer[:n] = bytes(n)
-        self.left -= n
-        return n
 
 
 def regular(name: str, size: int, data: io.RawIOBase | io.BytesIO | None = None) -> tuple[tarfile.TarInfo, object]:

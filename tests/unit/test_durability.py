@@ -12,28 +12,21 @@ from shared.db import Database
 from shared.settings import Settings
 
 
-async def pragma(db: Database) -> int:
-    async with db.sessions() as session:
-        return (await session.execute(text("PRAGMA synchronous"))).scalar_one()
+async def pragma_in_a_service_database(state_dir: Path) -> int:
+    settings = Settings(state_dir=state_dir)
+    db = Database(settings.database_url_for("registry"), settings.sqlite_synchronous)
+    try:
+        async with db.sessions() as session:
+            return (await session.execute(text("PRAGMA synchronous"))).scalar_one()
+    finally:
+        await db.dispose()
 
 
 async def test_commits_wait_for_the_disk_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDPERF_SQLITE_SYNCHRONOUS", raising=False)
-    settings = Settings(state_dir=tmp_path)
-    db = Database(settings.database_url_for("registry"), settings.sqlite_synchronous)
-    try:
-        assert await pragma(db) == 2  # FULL
-    finally:
-        await db.dispose()
+    assert await pragma_in_a_service_database(tmp_path) == 2  # FULL
 
 
-async def test_an_operator_may_trade_power_cut_safety_for_speed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_operator_may_trade_safety_for_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDPERF_SQLITE_SYNCHRONOUS", "NORMAL")
-    settings = Settings(state_dir=tmp_path)
-    db = Database(settings.database_url_for("registry"), settings.sqlite_synchronous)
-    try:
-        assert await pragma(db) == 1  # NORMAL
-    finally:
-        await db.dispose()
+    assert await pragma_in_a_service_database(tmp_path) == 1  # NORMAL
