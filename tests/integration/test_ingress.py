@@ -178,14 +178,18 @@ async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(a
         "id"
     ]
     for _ in range(100):
-        # Approvals learns of the model from the registry's event. Until then the ingress asks the
-        # registry whether both exist, and for this caller the pending benchmark does not (only its
-        # committee and admins see it): 404, then 503 or the answer below once approvals knows.
-        early = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
-        if early.status_code not in (404, 503):
+        # Approvals learns of the model from the registry's event (503 until then). Only its
+        # committee and admins see a pending benchmark: to its committee it is not open yet...
+        early = await api["committee"].post(
+            f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model}
+        )
+        if early.status_code != 503:
             break
         await asyncio.sleep(0.05)
     assert early.status_code == 409 and "approves it" in early.json()["error"]
+    # ... and to the model's owner it does not exist, in the same words as a benchmark that does not.
+    hidden = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
+    assert hidden.status_code == 404 and hidden.json() == {"error": f"no benchmark {benchmark}"}
 
     await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
     requested = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
