@@ -44,6 +44,7 @@ from shared.commands import DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS, GetL
 from shared.containers import HostedFile
 from shared.events import (
     AssociationApproved,
+    BenchmarkApproved,
     BenchmarkSubmitted,
     DatasetRegistered,
     Event,
@@ -90,7 +91,8 @@ def setup_events(models: int, sites: int) -> list[Event]:
             demo_dataset=HostedFile(source="https://example.org/demo.tgz", sha256="c" * 64),
             metrics=METRICS,
             primary_metric="auc",
-        )
+        ),
+        BenchmarkApproved(actor="admin", benchmark_id=1, name="bench"),  # boards are shown beyond the committee
     ]
     for m in range(1, models + 1):
         events.append(

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from shared.private_files import write_private
+
 CONFIG_DIR = Path(os.environ.get("MEDPERF_CONFIG_DIR", Path.home() / ".medperf_config"))
 CREDENTIALS = CONFIG_DIR / "credentials.json"
 
@@ -23,11 +25,9 @@ class ApiError(Exception):
 
 
 def save_credentials(url: str, token: str) -> Path:
-    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token}, f)
-    return CREDENTIALS
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0600 even over a file that was world-readable before: the token is the user's identity.
+    return write_private(CREDENTIALS, json.dumps({"url": url, "token": token}))
 
 
 def load_credentials() -> tuple[str, str]:

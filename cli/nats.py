@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from shared.nats_config import CENTRAL, CredentialStore, render_authorization, render_node
+from shared.private_files import write_private
 
 DEFAULT_STORE = Path("nats-users.json")
 
@@ -74,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 1
-    args.auth_conf.write_text(render_authorization(store.users.values()))
-    args.auth_conf.chmod(0o600)
+    write_private(args.auth_conf, render_authorization(store.users.values()))
     reload = f"then reload every server: `nats-server --signal reload` (or SIGHUP) to apply {args.auth_conf}"
     if issued is None:
         print(f"revoked {args.user}; {reload}")

@@ -8,7 +8,6 @@ Both travel over core NATS request/reply on ``medperf.cmd.<service>.<name>``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +24,7 @@ from shared.events import (
     _finite,
 )
 from shared.limits import check_statistics_size
+from shared.timestamps import Timestamp
 
 #: Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number
 #: can only be a mistake, so every command refuses it before it reaches a database.
@@ -181,7 +181,7 @@ class RevokeSiteKey(Command):
     site: SiteName
     key_id: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="", max_length=500)
-    compromised_since: datetime | None = None
+    compromised_since: Timestamp | None = None
 
 
 class ListSiteKeys(Command):

@@ -15,6 +15,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from shared.containers import ContainerSpec, HostedFile
+from shared.timestamps import Timestamp
 
 AssociationKind = Literal["dataset", "model"]
 EntityKind = Literal["container", "model", "benchmark", "dataset"]
@@ -364,7 +365,7 @@ class SharingPolicy(BaseModel):
         "model's mean rank across the sites (ties: more sites, then the better primary value, then the older model)",
     )
     released: bool = Field(default=True, description="false: held (embargo) until the committee releases")
-    embargo_until: datetime | None = Field(default=None, description="held until this time, then shown at once")
+    embargo_until: Timestamp | None = Field(default=None, description="held until this time, then shown at once")
 
     def embargoed(self, now: datetime) -> bool:
         return not self.released or (self.embargo_until is not None and now < self.embargo_until)

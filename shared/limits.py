@@ -175,7 +175,9 @@ STATISTICS_BYTES = 64 * KiB
 def check_statistics_size(statistics: dict[str, Any]) -> dict[str, Any]:
     size = len(pydantic_core.to_json(statistics))
     if size > STATISTICS_BYTES:
-        raise LimitExceeded("the statistics' JSON", size, STATISTICS_BYTES, "a dataset's statistics leave the site whole")
+        raise LimitExceeded(
+            "the statistics' JSON", size, STATISTICS_BYTES, "a dataset's statistics leave the site whole"
+        )
     return statistics
 
 

@@ -29,6 +29,7 @@ import bcrypt
 from shared.commands import Command, GetEntity, ListAssociations, RegisterDataset, RegisterSiteKey, RequestAssociation
 from shared.events import AssociationApproved, AssociationRequested, BenchmarkApproved, Event
 from shared.messaging import durable_name, stream_name_of
+from shared.private_files import write_private
 from shared.streams import deadletter_subject, heartbeat_subject
 
 #: What a site agent consumes and asks; services/executor/app.py wires exactly these (a unit test
@@ -171,11 +172,8 @@ class CredentialStore:
             }
             for u in sorted(self.users.values(), key=lambda u: u.name)
         ]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"users": raw}, indent=2) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(self.path)  # atomic: a server reloading meanwhile never reads half a file
+        # Atomic (a server reloading meanwhile never reads half a file) and never readable by others.
+        write_private(self.path, json.dumps({"users": raw}, indent=2) + "\n")
 
 
 def render_authorization(users: Iterable[NatsUser]) -> str:

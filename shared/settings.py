@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.limits import Limits
 
+#: OpenID Connect's standard claims that an issuer may not have checked, and the claim saying it did.
+VERIFIED_BY_DEFAULT = {"email": "email_verified", "phone_number": "phone_number_verified"}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDPERF_", extra="ignore")
@@ -50,6 +53,17 @@ class Settings(BaseSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = Field(default=None, description="default: <issuer>/.well-known/jwks.json")
     oidc_user_claim: str = Field(default="email", description="the JWT claim that names the user")
+    oidc_verified_claim: str | None = Field(
+        default=None,
+        description="a claim that must be true for the user claim to count; default: email_verified for "
+        "the email claim (phone_number_verified for phone_number), none for others such as sub; empty: none",
+    )
+    oidc_jwks_deadline: float = Field(
+        default=3.0, gt=0, le=60, description="seconds a fetch of the issuer's keys may take in all"
+    )
+    oidc_jwks_max_age: float = Field(
+        default=300.0, gt=0, description="seconds after which the cached keys are refreshed (in the background)"
+    )
     request_timeout: float = Field(default=10.0, description="seconds to wait for a service to answer a command")
     max_deliveries: int = Field(default=5, description="attempts at handling an event before it is dead-lettered")
     limits: Limits = Field(default_factory=Limits, description="every input's limit (MEDPERF_LIMIT_*)")
@@ -59,6 +73,12 @@ class Settings(BaseSettings):
         description="how long the ingress keeps the first answer to each Idempotency-Key (a POST sent again "
         "with the same key within it gets that answer)",
     )
+
+    def oidc_required_claim(self) -> str | None:
+        """The claim that must be true for ``oidc_user_claim`` to count (None: no condition)."""
+        if self.oidc_verified_claim is not None:
+            return self.oidc_verified_claim or None
+        return VERIFIED_BY_DEFAULT.get(self.oidc_user_claim)
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

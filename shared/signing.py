@@ -21,7 +21,6 @@ import binascii
 import functools
 import hashlib
 import json
-import os
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
+
+from shared.private_files import write_private
 
 if TYPE_CHECKING:
     from shared.events import ResultReported
@@ -134,25 +135,29 @@ class SiteKey:
     def load_or_create(cls, path: Path) -> SiteKey:
         """The key at ``path`` (PEM, PKCS#8), created with mode 0600 on first use."""
         if path.exists():
-            if path.stat().st_mode & 0o077:
-                raise PermissionError(
-                    f"{path} is readable by other users; the site's signing key must be private: chmod 600 {path}"
-                )
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(private, Ed25519PrivateKey):
-                raise BadKey(f"{path} holds a {type(private).__name__}, not an Ed25519 private key")
-            return cls(private)
+            return cls.load(path)
         key = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
         pem = key._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        # O_EXCL with mode 0600 from the start: the key is never readable by others, even briefly,
-        # and two agents starting at once cannot both write one.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        # 0600 from the first byte, and complete before it has its name; exclusive, so of two agents
+        # starting at once exactly one key is written, and the other agent uses that one.
+        try:
+            write_private(path, pem, exclusive=True)
+        except FileExistsError:
+            return cls.load(path)
         return key
+
+    @classmethod
+    def load(cls, path: Path) -> SiteKey:
+        if path.stat().st_mode & 0o077:
+            raise PermissionError(
+                f"{path} is readable by other users; the site's signing key must be private: chmod 600 {path}"
+            )
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise BadKey(f"{path} holds a {type(private).__name__}, not an Ed25519 private key")
+        return cls(private)
 
     def sign(self, message: bytes) -> str:
         return base64.b64encode(self._private.sign(message)).decode()

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.aggregator import domain, policy
+from services.aggregator import domain, listings, policy
 from services.aggregator.store import BenchmarkInfo, Clock, ContainerInfo, DatasetInfo, ModelInfo, Participant, Result
 from shared.events import SharingPolicy
 
@@ -39,6 +39,7 @@ class Loaded:
     policy: SharingPolicy
     name: str
     metrics_digest: str | None
+    public: bool = False  # shown to everyone (approved and valid), not only its committee and admins
     replies: dict[Hashable, bytes] = field(default_factory=dict)  # encoded answers at this tick
 
     #: What the encoded answers of one benchmark may hold; the oldest go first.
@@ -133,7 +134,9 @@ class Boards:
             dataset_cases=cases,
             participants=frozenset(o for o in owners if o),
         )
-        return Loaded(benchmark_id, tick, facts, SharingPolicy.model_validate(benchmark.policy), benchmark.name, digest)
+        public = await listings.is_public(session, "benchmark", benchmark_id)
+        policy_ = SharingPolicy.model_validate(benchmark.policy)
+        return Loaded(benchmark_id, tick, facts, policy_, benchmark.name, digest, public)
 
 
 def _cell(row: Any, cases: dict[int, int | None], metrics_digest: str | None) -> domain.Cell:

@@ -7,16 +7,16 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.aggregator import domain, policy, trust
+from services.aggregator import domain, listings, policy, trust
 from services.aggregator.boards import Boards, Loaded
+from services.aggregator.clock import advance_clock
 from services.aggregator.store import (
     TABLES,
     BenchmarkInfo,
-    Clock,
     ContainerInfo,
     DatasetInfo,
     ModelInfo,
@@ -28,6 +28,8 @@ from shared.db import UnitOfWork, execute_prebuilt, insert_into
 from shared.events import (
     AssociationApproved,
     AssociationRejected,
+    BenchmarkApproved,
+    BenchmarkRejected,
     BenchmarkSubmitted,
     ContainerRegistered,
     DatasetRegistered,
@@ -42,32 +44,6 @@ from shared.events import (
     utcnow,
 )
 from shared.messaging import NotYet, PermanentFailure, decode_batch
-
-#: The clock's statements, built once for ``execute_prebuilt``: every projected change runs them.
-#: (Core columns: an ORM attribute would make them ORM statements, with the ORM's extra work.)
-_clock = Clock.__table__.c
-_CLOCK = update(Clock.__table__).where(_clock.id == 1)
-_TICK = _CLOCK.values(tick=_clock.tick + 1).returning(_clock.tick)
-_TICK_META = _CLOCK.values(tick=_clock.tick + 1, meta_tick=_clock.tick + 1).returning(_clock.tick)
-
-
-async def advance_clock(uow: UnitOfWork, *, meta: bool = False) -> int:
-    """Advance the clock once per transaction (holding its row lock until the commit); ``meta``:
-    this transaction changes more than results, so in-memory boards must load afresh."""
-    info = uow.session.info
-    tick = info.get("tick")
-    if tick is None:
-        tick = (await execute_prebuilt(uow.session, _TICK_META if meta else _TICK, {})).scalar()
-        info["meta"] = meta
-        if tick is None:  # the first change this database sees
-            tick = 1
-            uow.session.add(Clock(id=1, tick=tick, meta_tick=tick))
-            await uow.session.flush()
-        info["tick"] = tick
-    if meta and not info.get("meta"):
-        await execute_prebuilt(uow.session, _CLOCK, {"meta_tick": tick})
-        info["meta"] = True
-    return tick
 
 
 async def record_benchmark(event: BenchmarkSubmitted, uow: UnitOfWork) -> None:
@@ -154,6 +130,9 @@ async def record_edit(event: EntityEdited, uow: UnitOfWork) -> None:
         if not await uow.claim(event):
             return
         for name, change in event.changes.items():
+            if name == "is_valid" and event.entity in ("benchmark", "model"):  # who may see it
+                await listings.set_valid(uow, event.entity, event.entity_id, bool(change.new))
+                await advance_clock(uow, meta=True)
             if name not in followed:
                 continue
             table, column, convert = followed[name]
@@ -330,8 +309,10 @@ async def record_site_key_revoked(event: SiteKeyRevoked, uow: UnitOfWork) -> Non
 async def set_sharing_policy(cmd: SetSharingPolicy, uow: UnitOfWork) -> Outcome:
     async with uow:
         benchmark = await uow.session.get(BenchmarkInfo, cmd.benchmark_id)
-        if benchmark is None:
-            return Outcome.refused("not_found", f"no benchmark {cmd.benchmark_id} is known to the aggregator")
+        if benchmark is None or not await listings.sees(
+            uow.session, cmd, "benchmark", cmd.benchmark_id, benchmark.owner
+        ):
+            return listings.not_found("benchmark", cmd.benchmark_id)
         if not (cmd.is_admin or cmd.actor == benchmark.owner):
             return Outcome.refused(
                 "forbidden", "only the benchmark's committee (its owner) or an admin sets its policy"
@@ -375,8 +356,8 @@ async def leaderboard_reply(query: GetLeaderboard, uow: UnitOfWork, boards: Boar
 
 
 def _leaderboard(query: GetLeaderboard, loaded: Loaded | None, now: datetime) -> Outcome:
-    if loaded is None:
-        return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} has results here")
+    if loaded is None or not listings.may_see(loaded.facts.owner, query.actor, query.is_admin, loaded.public):
+        return listings.not_found("benchmark", query.benchmark_id)
     try:
         board = policy.view(
             loaded.facts,
@@ -397,6 +378,8 @@ def _leaderboard(query: GetLeaderboard, loaded: Loaded | None, now: datetime) ->
 #: these (results in batches), and a rebuild replays the history through the same functions.
 PROJECTIONS: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
     BenchmarkSubmitted: record_benchmark,
+    BenchmarkApproved: listings.record_decision,
+    BenchmarkRejected: listings.record_decision,
     ContainerRegistered: record_container,
     ModelRegistered: record_model,
     DatasetRegistered: record_dataset,

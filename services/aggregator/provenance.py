@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from services.aggregator import listings
 from services.aggregator.store import (
     BenchmarkInfo,
     ContainerInfo,
@@ -33,11 +34,11 @@ async def get_provenance(query: GetProvenance, uow: UnitOfWork) -> Outcome:
     async with uow:
         s = uow.session
         benchmark = await s.get(BenchmarkInfo, query.benchmark_id)
-        if benchmark is None:
-            return Outcome.refused("not_found", f"no benchmark {query.benchmark_id} is known to the aggregator")
+        if benchmark is None or not await listings.sees(s, query, "benchmark", query.benchmark_id, benchmark.owner):
+            return listings.not_found("benchmark", query.benchmark_id)
         model = await s.get(ModelInfo, query.model_id)
-        if model is None:
-            return Outcome.refused("not_found", f"no model {query.model_id} is known to the aggregator")
+        if model is None or not await listings.sees(s, query, "model", query.model_id, model.owner):
+            return listings.not_found("model", query.model_id)
         rows = (
             await s.execute(
                 select(Result, DatasetInfo, SiteKeyInfo)

@@ -32,6 +32,20 @@ class BenchmarkInfo(Base):
     policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=lambda: SharingPolicy().model_dump(mode="json"))
 
 
+class Listing(Base):
+    """Whether the registry shows a benchmark or model to everyone, from the approvals' decisions
+    and the registry's edits: a benchmark once approved and while valid, a model while valid (no
+    row: a benchmark not yet approved, a model never invalidated). Its owner and admins always see
+    it. A table of its own, so that a database from before it gains it at start; the decisions then
+    replay from the stream, but invalidations made before it are learnt only by a rebuild."""
+
+    __tablename__ = "aggregator_listings"
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entity_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    approval_status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    is_valid: Mapped[bool] = mapped_column(default=True)
+
+
 class Clock(Base):
     """One row: ``tick`` advances with every transaction that changes what a board shows (results
     carry the tick that wrote them); ``meta_tick`` is the last tick that changed anything else

@@ -231,6 +231,26 @@ def association_action(previous_status: str | None, status: str) -> str:
 # --- who may read what ----------------------------------------------------------------------------
 
 
+def may_see_benchmark(benchmark: BenchmarkFacts, actor: str, is_admin: bool) -> bool:
+    """The registry's rule (``registry.domain.may_see``): its owner and admins always; everyone
+    else once it is approved, while it is valid and not deleted. What a caller may not see is
+    answered as if it did not exist (404 with the same words), never 403."""
+    if is_admin or actor == benchmark.owner:
+        return True
+    return benchmark.status == "APPROVED" and benchmark.is_valid and not benchmark.deleted
+
+
+def may_see_component(component: ComponentFacts, actor: str, is_admin: bool) -> bool:
+    """A dataset or model: its owner and admins always; everyone else while it is valid."""
+    return is_admin or actor == component.owner or (component.is_valid and not component.deleted)
+
+
+def not_found(entity: str, entity_id: int) -> Refusal:
+    """The one answer for "no such thing" and "not yours to see": the registry's words for a
+    missing entity, so that nothing tells the two apart."""
+    return Refusal("not_found", f"no {entity} {entity_id}")
+
+
 @dataclass(frozen=True)
 class Visibility:
     """Associations a caller may list beyond those of the benchmarks and components they own."""

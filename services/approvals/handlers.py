@@ -78,8 +78,8 @@ async def decide_benchmark(cmd: DecideBenchmark, uow: UnitOfWork) -> Outcome:
 async def set_auto_approval(cmd: SetAutoApproval, uow: UnitOfWork) -> Outcome:
     async with uow:
         benchmark = await _benchmark(uow, cmd.benchmark_id)
-        if benchmark is None or benchmark.deleted:
-            return _unknown_benchmark(cmd.benchmark_id)
+        if benchmark is None or benchmark.deleted or not _sees(benchmark, cmd.actor, cmd.is_admin):
+            return _refused(domain.not_found("benchmark", cmd.benchmark_id))
         try:
             domain.may_configure(cmd.actor, benchmark.facts(), cmd.is_admin, f"its {cmd.kind} auto-approval")
             allowlist = domain.normalise_allowlist(cmd.allowlist)
@@ -115,8 +115,8 @@ async def set_auto_approval(cmd: SetAutoApproval, uow: UnitOfWork) -> Outcome:
 async def set_priority(cmd: SetPriority, uow: UnitOfWork) -> Outcome:
     async with uow:
         benchmark = await _benchmark(uow, cmd.benchmark_id)
-        if benchmark is None or benchmark.deleted:
-            return _unknown_benchmark(cmd.benchmark_id)
+        if benchmark is None or benchmark.deleted or not _sees(benchmark, cmd.actor, cmd.is_admin):
+            return _refused(domain.not_found("benchmark", cmd.benchmark_id))
         try:
             domain.may_configure(cmd.actor, benchmark.facts(), cmd.is_admin, "model priorities")
         except domain.Refusal as refusal:
@@ -167,6 +167,10 @@ async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outco
             return Outcome.refused(
                 "unavailable", f"{missing} is not known to the approvals service (yet); retry shortly"
             )
+        if not _sees(benchmark, cmd.actor, cmd.is_admin):
+            return _refused(domain.not_found("benchmark", cmd.benchmark_id))
+        if not domain.may_see_component(component.facts(), cmd.actor, cmd.is_admin):
+            return _refused(domain.not_found(cmd.kind, cmd.component_id))
         latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
         try:
             domain.may_request(
@@ -205,7 +209,10 @@ async def decide_association(cmd: DecideAssociation, uow: UnitOfWork) -> Outcome
         benchmark = await _benchmark(uow, cmd.benchmark_id)
         component = await uow.session.get(Component, (cmd.kind, cmd.component_id))
         latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
-        if benchmark is None or component is None or latest is None:
+        if (hidden := _hidden_side(cmd, benchmark, component, latest)) is not None:
+            return hidden
+        assert benchmark is not None and component is not None
+        if latest is None:
             return Outcome.refused(
                 "not_found", f"no association of {cmd.kind} {cmd.component_id} with benchmark {cmd.benchmark_id}"
             )
@@ -333,10 +340,30 @@ async def _benchmark(uow: UnitOfWork, benchmark_id: int) -> BenchmarkApproval | 
     return await uow.session.get(BenchmarkApproval, benchmark_id, with_for_update=True)
 
 
-def _unknown_benchmark(benchmark_id: int) -> Outcome:
-    return Outcome.refused(
-        "not_found", f"no benchmark {benchmark_id} is known to the approvals service (just submitted? retry shortly)"
-    )
+def _sees(benchmark: BenchmarkApproval, actor: str, is_admin: bool) -> bool:
+    return domain.may_see_benchmark(benchmark.facts(), actor, is_admin)
+
+
+def _hidden_side(
+    cmd: DecideAssociation,
+    benchmark: BenchmarkApproval | None,
+    component: Component | None,
+    latest: AssociationEntry | None,
+) -> Outcome | None:
+    """Not found, in the words used for a missing one, for the side the caller may not see; the
+    parties of an existing association see both sides, whatever became of either since."""
+    if (
+        benchmark is not None
+        and component is not None
+        and latest is not None
+        and domain.is_party(cmd.actor, benchmark.facts(), component.facts(), cmd.is_admin)
+    ):
+        return None
+    if benchmark is None or not _sees(benchmark, cmd.actor, cmd.is_admin):
+        return _refused(domain.not_found("benchmark", cmd.benchmark_id))
+    if component is None or not domain.may_see_component(component.facts(), cmd.actor, cmd.is_admin):
+        return _refused(domain.not_found(cmd.kind, cmd.component_id))
+    return None
 
 
 async def _latest(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: int) -> AssociationEntry | None:

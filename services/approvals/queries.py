@@ -19,6 +19,8 @@ async def list_associations(query: ListAssociations, uow: UnitOfWork) -> Outcome
     async with uow:
         s = uow.session
         benchmark = await s.get(BenchmarkApproval, query.benchmark_id) if query.benchmark_id is not None else None
+        if query.benchmark_id is not None and not query.involving_me and not _sees(benchmark, query):
+            return _refused(domain.not_found("benchmark", query.benchmark_id))
         own = await s.execute(
             select(AssociationEntry.benchmark_id, AssociationEntry.kind, AssociationEntry.status)
             .join(
@@ -38,7 +40,7 @@ async def list_associations(query: ListAssociations, uow: UnitOfWork) -> Outcome
                     query.benchmark_id,
                 )
         except domain.Refusal as refusal:
-            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+            return _refused(refusal)
         latest = _latest_ids()
         if query.benchmark_id is not None:
             latest = latest.where(AssociationEntry.benchmark_id == query.benchmark_id)
@@ -82,6 +84,15 @@ async def list_associations(query: ListAssociations, uow: UnitOfWork) -> Outcome
         return Outcome.accepted(data=[_association(entry, prio) for entry, prio in rows])
 
 
+def _sees(benchmark: BenchmarkApproval | None, query: ListAssociations | AuditTrail) -> bool:
+    """Does the benchmark exist for the caller? (Unknown and invisible get the same 404.)"""
+    return benchmark is not None and domain.may_see_benchmark(benchmark.facts(), query.actor, query.is_admin)
+
+
+def _refused(refusal: domain.Refusal) -> Outcome:
+    return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+
+
 def _latest_ids() -> Select[tuple[int]]:
     """The id of the latest entry of every (benchmark, kind, component): the authoritative one."""
     return select(func.max(AssociationEntry.id)).group_by(
@@ -111,15 +122,16 @@ async def audit_trail(query: AuditTrail, uow: UnitOfWork) -> Outcome:
         s = uow.session
         if query.entity == "benchmark":
             benchmark = await s.get(BenchmarkApproval, query.id)
-            if benchmark is None:
-                return Outcome.refused("not_found", f"no benchmark {query.id} is known to the approvals service")
+            if not _sees(benchmark, query):
+                return _refused(domain.not_found("benchmark", query.id))
+            assert benchmark is not None
             owner, owned = benchmark.owner, []
             entries_where = AssociationEntry.benchmark_id == query.id
             audit_where = AuditEntry.benchmark_id == query.id
         else:
             component = await s.get(Component, (query.entity, query.id))
-            if component is None:
-                return Outcome.refused("not_found", f"no {query.entity} {query.id} is known to the approvals service")
+            if component is None or not domain.may_see_component(component.facts(), query.actor, query.is_admin):
+                return _refused(domain.not_found(query.entity, query.id))
             owner = component.owner
             entries_where = and_(AssociationEntry.kind == query.entity, AssociationEntry.component_id == query.id)
             audit_where = and_(AuditEntry.kind == query.entity, AuditEntry.component_id == query.id)
@@ -134,7 +146,7 @@ async def audit_trail(query: AuditTrail, uow: UnitOfWork) -> Outcome:
         try:
             scope = domain.trail_scope(query.entity, query.actor, query.is_admin, owner, owned)
         except domain.Refusal as refusal:
-            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+            return _refused(refusal)
         if scope is not None:
             entries_where = and_(entries_where, AssociationEntry.benchmark_id.in_(scope))
             audit_where = and_(audit_where, AuditEntry.benchmark_id.in_(scope))

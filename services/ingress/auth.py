@@ -6,12 +6,12 @@
    positive answers are cached briefly so a busy client does not cost a round trip per request,
    and briefly enough that a revoked token stops working within two seconds;
 3. when ``settings.oidc_issuer`` is set, a JWT from that OpenID Connect issuer, checked against the
-   issuer's published keys (MedPerf itself authenticates with Auth0 RS256 JWTs).
+   issuer's published keys (MedPerf itself authenticates with Auth0 RS256 JWTs), whose user claim
+   counts only when the issuer asserts it (``email_verified`` for an email).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -23,6 +23,7 @@ from typing import Any
 
 import jwt
 
+from services.ingress.jwks import KeySet, KeysUnavailable, UnknownKey
 from shared.commands import Authenticate, Command, Outcome
 from shared.settings import Settings
 
@@ -54,37 +55,77 @@ def token_digest(token: str) -> str:
 Ask = Callable[[Command], Awaitable[Outcome]]
 
 
+class TokenRefused(Exception):
+    """A token that was checked and failed a check; the message says which (the 401 repeats it)."""
+
+
 class OidcVerifier:
-    """Checks JWTs from one issuer: signature against its JWKS, ``iss``, ``aud`` when configured,
-    ``exp`` and ``nbf``. Blocking (the JWKS is fetched with urllib), so callers use a thread."""
+    """Checks JWTs from one issuer: signature against its published keys (``KeySet``: cached, with a
+    deadline), ``iss``, ``aud`` when configured, ``exp`` and ``nbf``; then the user claim, which
+    counts only when the issuer asserts it (``verified_claim`` is true, e.g. ``email_verified``)."""
 
     def __init__(
         self,
         issuer: str,
         audience: str | None,
-        jwks_url: str | None,
+        keys: KeySet,
         user_claim: str,
+        verified_claim: str | None,
         admins: set[str],
         leeway: float = 30.0,
     ) -> None:
-        self.issuer, self.audience, self.user_claim = issuer, audience, user_claim
+        self.issuer, self.audience, self.keys = issuer, audience, keys
+        self.user_claim, self.verified_claim = user_claim, verified_claim
         self._admins = admins
         self._leeway = leeway
-        url = jwks_url or f"{issuer.rstrip('/')}/.well-known/jwks.json"
-        # The key set is cached for 5 minutes; an unknown kid refreshes it at most every 30 s,
-        # so garbage tokens cannot make the ingress hammer the identity provider.
-        self._keys = jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=300, timeout=5)
 
-    def verify(self, token: str) -> Caller | None:
+    @classmethod
+    def from_settings(cls, settings: Settings, admins: set[str]) -> OidcVerifier:
+        assert settings.oidc_issuer
+        url = settings.oidc_jwks_url or f"{settings.oidc_issuer.rstrip('/')}/.well-known/jwks.json"
+        keys = KeySet(url, deadline=settings.oidc_jwks_deadline, max_age=settings.oidc_jwks_max_age)
+        return cls(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            keys,
+            settings.oidc_user_claim,
+            settings.oidc_required_claim(),
+            admins,
+        )
+
+    async def verify(self, token: str) -> Caller:
+        """The caller the JWT names; raises TokenRefused, or AuthUnavailable when the issuer's keys
+        cannot be had now."""
+        claims = await self._claims(token)
+        user = claims.get(self.user_claim)
+        if not isinstance(user, str) or not user:
+            raise TokenRefused(f"the JWT has no {self.user_claim!r} claim to name its user")
+        if self.verified_claim and claims.get(self.verified_claim) is not True:
+            # An unverified email is a name anyone can type into the issuer's sign-up form.
+            raise TokenRefused(
+                f"the issuer does not assert the JWT's {self.user_claim!r} claim: "
+                f"{self.verified_claim!r} is {claims.get(self.verified_claim)!r}, not true"
+            )
+        return Caller(user, user in self._admins)
+
+    async def _claims(self, token: str) -> dict[str, Any]:
         try:
-            key = self._keys.get_signing_key_from_jwt(token)
-        except jwt.PyJWKClientConnectionError as exc:
-            raise AuthUnavailable(f"cannot reach the identity provider's keys: {exc}") from exc
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            log.info("JWT refused: %s", exc)
-            return None
+            raise TokenRefused(f"the JWT cannot be read: {exc}") from exc
+        if header.get("alg") not in SIGNING_ALGORITHMS:  # before any fetch: "none" and HS256 never count
+            raise TokenRefused(f"the JWT is signed with {header.get('alg')!r}; only {SIGNING_ALGORITHMS} are accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenRefused("the JWT does not name its signing key (no 'kid' in its header)")
         try:
-            claims: dict[str, Any] = jwt.decode(
+            key = await self.keys.key(kid)
+        except UnknownKey as exc:
+            raise TokenRefused(f"the JWT is signed with a key ({kid!r}) that {self.issuer} does not publish") from exc
+        except KeysUnavailable as exc:
+            raise AuthUnavailable(str(exc)) from exc
+        try:
+            return jwt.decode(
                 token,
                 key=key,
                 algorithms=SIGNING_ALGORITHMS,
@@ -94,13 +135,7 @@ class OidcVerifier:
                 options={"require": ["exp", "iss"], "verify_aud": self.audience is not None},
             )
         except jwt.PyJWTError as exc:
-            log.info("JWT refused: %s", exc)
-            return None
-        user = claims.get(self.user_claim)
-        if not isinstance(user, str) or not user:
-            log.info("JWT refused: no %r claim", self.user_claim)
-            return None
-        return Caller(user, user in self._admins)
+            raise TokenRefused(f"the JWT was refused: {exc}") from exc
 
 
 class Authenticator:
@@ -128,15 +163,7 @@ class Authenticator:
     @classmethod
     def from_settings(cls, settings: Settings, ask: Ask | None = None) -> Authenticator:
         admins = set(settings.admins)
-        oidc = None
-        if settings.oidc_issuer:
-            oidc = OidcVerifier(
-                settings.oidc_issuer,
-                settings.oidc_audience,
-                settings.oidc_jwks_url,
-                settings.oidc_user_claim,
-                admins,
-            )
+        oidc = OidcVerifier.from_settings(settings, admins) if settings.oidc_issuer else None
         return cls(dict(settings.api_token_digests), admins, ask, oidc)
 
     def how_to(self) -> str:
@@ -146,7 +173,8 @@ class Authenticator:
         return f"{HOW_TO_AUTHENTICATE}; or send a JWT issued by {self._oidc.issuer}"
 
     async def authenticate(self, token: str | None) -> Caller | None:
-        """The caller holding ``token``, or None; raises AuthUnavailable when it cannot tell."""
+        """The caller holding ``token``, or None; raises TokenRefused for a JWT that fails a check
+        (saying which), and AuthUnavailable when it cannot tell."""
         if not token:
             return None
         digest = token_digest(token)
@@ -154,7 +182,7 @@ class Authenticator:
             if hmac.compare_digest(known, digest):
                 return Caller(user, user in self._admins)
         if self._oidc is not None and JWT_SHAPE.match(token):
-            return await asyncio.to_thread(self._oidc.verify, token)
+            return await self._oidc.verify(token)
         if self._ask is not None:
             return await self._issued(digest)
         return None

@@ -18,7 +18,7 @@ from fastapi.security import HTTPBearer
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from services.ingress.auth import Authenticator, AuthUnavailable, Caller
+from services.ingress.auth import Authenticator, AuthUnavailable, Caller, TokenRefused
 from services.ingress.permissions import rule_for
 from shared.commands import MAX_ID, Command, Outcome
 from shared.limits import LimitExceeded
@@ -107,6 +107,8 @@ class Authorized(HTTPBearer):
             who = await gateway.auth.authenticate(credentials.credentials if credentials else None)
         except AuthUnavailable as exc:
             raise Refused(503, f"cannot check the token now ({exc}); retry shortly") from exc
+        except TokenRefused as exc:
+            raise Refused(401, f"{exc}; {gateway.auth.how_to()}") from exc
         if who is None:
             if rule.public:
                 return Context(gateway, Caller("anonymous", False))

@@ -11,8 +11,11 @@ association endpoint a data owner acts on its dataset's association and everyone
 Who enforces what: the ingress refuses anonymous callers everywhere except where ``anonymous`` is
 allowed (401), and refuses non-admins on ``admin_only`` endpoints (403) before asking any service.
 Every other "no" depends on who owns what, which only the owning service knows: it refuses with
-``forbidden`` (403) or, where the object must stay invisible, ``not_found`` (404).
-``tests/integration/test_permissions.py`` walks every cell of this table against the real services.
+``forbidden`` (403) what the caller can see but may not do, and answers ``not_found`` (404), in the
+words it uses for a missing id, on every route naming something the caller may not see (another's
+pending benchmark, another's invalidated entity, another's token).
+``tests/integration/test_permissions.py`` walks every cell of this table against the real services;
+``tests/integration/test_invisible.py`` walks every route with an id in its path for the 404s.
 """
 
 from __future__ import annotations

@@ -355,7 +355,8 @@ def check_admin(is_admin: bool, action: str) -> None:
 
 def check_revoke(token_id: int, token_user: str, revoked_at: datetime | None, actor: str, is_admin: bool) -> None:
     if actor != token_user and not is_admin:
-        raise Refusal("forbidden", f"token {token_id} is not yours; only its user or an admin may revoke it")
+        # Nobody sees another user's tokens: the same answer as for an id that does not exist.
+        raise Refusal("not_found", f"no token {token_id}")
     if revoked_at is not None:
         raise Refusal("conflict", f"token {token_id} is already revoked (since {revoked_at.isoformat()})")
 

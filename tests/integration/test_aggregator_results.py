@@ -23,6 +23,7 @@ from shared.broker import ensure_streams
 from shared.commands import GetLeaderboard
 from shared.containers import ContainerSpec, HostedFile
 from shared.events import (
+    BenchmarkApproved,
     BenchmarkSubmitted,
     ContainerRegistered,
     DatasetRegistered,
@@ -118,6 +119,7 @@ def setup_events() -> list[Event]:
             metrics=[MetricSpec(name="auc")],
             primary_metric="auc",
         ),
+        BenchmarkApproved(actor="admin", benchmark_id=1, name="bench"),  # shown beyond its committee
         *(ModelRegistered(actor="owner", model_id=m, name=f"model-{m}", owner="owner", container_id=4) for m in (1, 2)),
         *(
             DatasetRegistered(

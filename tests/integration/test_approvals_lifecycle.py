@@ -307,7 +307,7 @@ async def test_a_reused_id_does_not_inherit_anything(fed: Federation, caplog: py
     await fed.model(12, BOB)
     await fed.publish(EntityDeleted(actor=ADMIN, entity="model", entity_id=12))
     await fed.model(12, CAROL)
-    refused(await fed.request(CAROL, 1, "model", 12), "forbidden")  # still bob's (deleted) model
+    refused(await fed.request(CAROL, 1, "model", 12), "not_found")  # still bob's, deleted: none for carol
     assert "model 12 registered again (owner carol) after its deletion" in caplog.text
 
 

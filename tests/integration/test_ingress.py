@@ -17,6 +17,7 @@ from services.ingress.app import build_app
 from services.ingress.auth import Authenticator, token_digest
 from services.ingress.permissions import PERMISSIONS
 from shared.settings import Settings
+from shared.signing import SiteKey
 
 TOKENS = {"admin": "t-admin", "committee": "t-committee", "stranger": "t-stranger"}
 DIGEST = "sha256:" + "a" * 64
@@ -177,14 +178,18 @@ async def test_model_association_needs_an_approved_benchmark_and_a_passed_test(a
         "id"
     ]
     for _ in range(100):
-        # Approvals learns of the model from the registry's event. Until then the ingress asks the
-        # registry whether both exist, and for this caller the pending benchmark does not (only its
-        # committee and admins see it): 404, then 503 or the answer below once approvals knows.
-        early = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
-        if early.status_code not in (404, 503):
+        # Approvals learns of the model from the registry's event (503 until then). Only its
+        # committee and admins see a pending benchmark: to its committee it is not open yet...
+        early = await api["committee"].post(
+            f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model}
+        )
+        if early.status_code != 503:
             break
         await asyncio.sleep(0.05)
     assert early.status_code == 409 and "approves it" in early.json()["error"]
+    # ... and to the model's owner it does not exist, in the same words as a benchmark that does not.
+    hidden = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
+    assert hidden.status_code == 404 and hidden.json() == {"error": f"no benchmark {benchmark}"}
 
     await api["admin"].post(f"/benchmarks/{benchmark}/decision", json={"approve": True})
     requested = await s.post(f"/benchmarks/{benchmark}/associations", json={"kind": "model", "component_id": model})
@@ -300,3 +305,36 @@ def test_the_openapi_document_describes_every_body_and_every_endpoint_of_the_per
     assert set(new_user["properties"]) == {"name", "admin"}  # never actor or is_admin: those come from the token
     filters = {p["name"] for p in document["paths"]["/benchmarks"]["get"]["parameters"]}
     assert {"mine", "owner", "state", "is_valid", "approval_status", "name_contains", "limit", "offset"} <= filters
+
+
+# Each is a valid ISO 8601 time whose UTC equivalent falls outside what a datetime can hold.
+BEYOND_UTC = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+
+
+async def test_times_beyond_the_utc_range_or_without_a_zone_are_422_naming_the_field_and_the_range(
+    api: dict,
+) -> None:
+    admin, committee = api["admin"], api["committee"]
+    benchmark = await _benchmark(api)
+    key = SiteKey.generate()
+    assert (await admin.post("/sites/site-t/keys", json={"public_key": key.public_key})).status_code == 201
+    requests = {
+        "since_time": lambda t: admin.get("/console/events", params={"since_time": t, "follow": "false"}),
+        "compromised_since": lambda t: admin.post(
+            f"/sites/site-t/keys/{key.key_id}/revocation", json={"compromised_since": t}
+        ),
+        "embargo_until": lambda t: committee.put(
+            f"/benchmarks/{benchmark}/sharing-policy", json={"released": True, "embargo_until": t}
+        ),
+    }
+    for field, send in requests.items():
+        for time_given in BEYOND_UTC:
+            response = await send(time_given)
+            error = response.json()["error"] if response.status_code == 422 else response.text
+            assert response.status_code == 422, f"{field}={time_given}: {response.status_code} {error}"
+            assert field in error and "0001-01-01T00:00:00Z" in error and "9999-12-31T23:59:59Z" in error, error
+        naive = await send("2026-01-31T09:00:00")
+        assert naive.status_code == 422 and field in naive.json()["error"], f"{field}: {naive.text}"
+        assert "time zone" in naive.json()["error"], naive.text
+    earliest = await admin.get("/console/events", params={"since_time": "0001-01-01T00:00:00Z", "follow": "false"})
+    assert earliest.status_code == 200  # the edge of the range itself is fine

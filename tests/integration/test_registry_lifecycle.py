@@ -530,7 +530,7 @@ async def test_users_and_tokens(registry: Registry) -> None:
     assert (await who(second["token"])).data == {"user": "carol", "is_admin": True}
     unknown = await who("mpf_not-a-token")
     assert (unknown.ok, unknown.code, unknown.reason) == (False, "unauthenticated", "unknown or revoked token")
-    await registry.refused(RevokeToken(actor="carol", token_id=token_id), "forbidden")  # not hers, not an admin
+    await registry.refused(RevokeToken(actor="carol", token_id=token_id), "not_found")  # not hers: none for her
     await registry.ok(RevokeToken(actor="alice", token_id=token_id))
     assert (await registry.refused(RevokeToken(actor="alice", token_id=token_id), "conflict")).startswith(
         f"token {token_id} is already revoked"

@@ -25,6 +25,8 @@ from services.approvals.domain import (
     list_visibility,
     may_configure,
     may_request,
+    may_see_benchmark,
+    may_see_component,
     normalise_allowlist,
     trail_scope,
 )
@@ -533,3 +535,28 @@ def test_apply_edit_refuses_impossible_values(entity: str, changes: dict) -> Non
 def test_every_projected_entity_tracks_state_validity_and_deletion() -> None:
     for fields in TRACKED.values():
         assert {"state", "is_valid", "deleted"} <= fields
+
+
+@pytest.mark.parametrize(
+    ("status", "is_valid", "deleted", "stranger_sees"),
+    [
+        ("PENDING", True, False, False),
+        ("REJECTED", True, False, False),
+        ("APPROVED", True, False, True),
+        ("APPROVED", False, False, False),
+        ("APPROVED", True, True, False),
+    ],
+)
+def test_who_sees_a_benchmark_follows_the_registry(
+    status: str, is_valid: bool, deleted: bool, stranger_sees: bool
+) -> None:
+    facts = BenchmarkFacts(id=1, owner="committee", status=status, is_valid=is_valid, deleted=deleted)
+    assert may_see_benchmark(facts, "stranger", False) is stranger_sees
+    assert may_see_benchmark(facts, "committee", False) and may_see_benchmark(facts, "admin", True)
+
+
+def test_an_invalidated_component_is_seen_by_its_owner_and_admins_only() -> None:
+    hidden = ComponentFacts(kind="model", id=3, owner="bob", is_valid=False)
+    assert not may_see_component(hidden, "carol", False)
+    assert may_see_component(hidden, "bob", False) and may_see_component(hidden, "admin", True)
+    assert may_see_component(replace(hidden, is_valid=True), "carol", False)

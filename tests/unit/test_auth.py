@@ -1,27 +1,28 @@
 """Who is calling: bootstrap tokens, tokens the registry issued (cached at most 2 s, so revocation
 bites quickly), and JWTs from an OpenID Connect issuer checked against keys served by a real local
-HTTP server."""
+HTTP server (tests/oidc_issuer.py), whose user claim counts only when the issuer asserts it."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from oidc_issuer import AUDIENCE, Issuer
 
-from services.ingress.auth import Authenticator, AuthUnavailable, Caller, OidcVerifier, token_digest
+from services.ingress.auth import (
+    Authenticator,
+    AuthUnavailable,
+    Caller,
+    OidcVerifier,
+    TokenRefused,
+    token_digest,
+)
+from services.ingress.jwks import KeySet
 from shared.commands import Authenticate, Command, Outcome
 from shared.settings import Settings
-
-AUDIENCE = "medperf-api"
-
 
 # --- bootstrap and issued tokens ------------------------------------------------------------------
 
@@ -98,56 +99,11 @@ def test_a_cache_longer_than_two_seconds_is_refused() -> None:
 # --- OpenID Connect -------------------------------------------------------------------------------
 
 
-class Issuer:
-    """An identity provider: signing keys, and a JWKS served over HTTP on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ec = ec.generate_private_key(ec.SECP256R1())
-        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # not published
-        keys = [
-            {**RSAAlgorithm.to_jwk(self.rsa.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256", "use": "sig"},
-            {**ECAlgorithm.to_jwk(self.ec.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256", "use": "sig"},
-        ]
-        body = json.dumps({"keys": keys}).encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != "/.well-known/jwks.json":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, key: str = "rsa", kid: str | None = None, headers: dict | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        payload = {"iss": self.url, "aud": AUDIENCE, "email": "dana@hospital.example", "iat": now, "exp": now + 300}
-        payload.update(claims)
-        payload = {k: v for k, v in payload.items() if v is not None}
-        signer, algorithm, default_kid = {
-            "rsa": (self.rsa, "RS256", "rsa-1"),
-            "ec": (self.ec, "ES256", "ec-1"),
-            "other": (self.other, "RS256", "rsa-1"),  # claims a published kid, signed by another key
-        }[key]
-        return jwt.encode(payload, signer, algorithm=algorithm, headers={"kid": kid or default_kid, **(headers or {})})
-
-
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[Issuer]:
     provider = Issuer()
     yield provider
-    provider.server.shutdown()
-    provider.server.server_close()
+    provider.close()
 
 
 def _auth(issuer: Issuer, audience: str | None = AUDIENCE, **settings: Any) -> Authenticator:
@@ -163,8 +119,36 @@ async def test_a_valid_jwt_names_the_user_from_the_configured_claim(issuer: Issu
     assert await auth.authenticate(issuer.token(email="admin@hospital.example")) == Caller(
         "admin@hospital.example", True
     )
+    # A subject is the issuer's own identifier: nothing to verify, so no condition by default.
     by_subject = _auth(issuer, oidc_user_claim="sub")
-    assert await by_subject.authenticate(issuer.token(sub="auth0|42")) == Caller("auth0|42", False)
+    assert await by_subject.authenticate(issuer.token(sub="auth0|42", email_verified=None)) == Caller("auth0|42", False)
+
+
+@pytest.mark.parametrize(
+    ("case", "verified"),
+    [("false", False), ("missing", None), ("a string", "true"), ("a number", 1)],
+)
+async def test_an_email_counts_only_when_the_issuer_asserts_it_was_verified(
+    issuer: Issuer, case: str, verified: Any
+) -> None:
+    """Anyone can sign up at an issuer with an admin's address; only email_verified=true ties it to them."""
+    token = issuer.token(email="admin@hospital.example", email_verified=verified)
+    with pytest.raises(TokenRefused, match=r"'email_verified' is .*, not true") as refused:
+        await _auth(issuer).authenticate(token)
+    assert "'email'" in str(refused.value), case
+
+
+async def test_the_condition_on_the_user_claim_is_configurable(issuer: Issuer) -> None:
+    unverified = issuer.token(email_verified=False, staff=True)
+    # Another claim the issuer sets, e.g. for an issuer that never sends email_verified.
+    custom = _auth(issuer, oidc_verified_claim="staff")
+    assert await custom.authenticate(unverified) == Caller("dana@hospital.example", False)
+    with pytest.raises(TokenRefused, match="'staff' is None"):
+        await custom.authenticate(issuer.token(email_verified=True))
+    # Empty: no condition (the operator vouches that the issuer verifies every email).
+    assert await _auth(issuer, oidc_verified_claim="").authenticate(unverified) is not None
+    assert Settings(oidc_user_claim="phone_number").oidc_required_claim() == "phone_number_verified"
+    assert Settings(oidc_user_claim="preferred_username").oidc_required_claim() is None
 
 
 def test_a_refused_caller_is_told_how_to_get_a_token(issuer: Issuer) -> None:
@@ -177,38 +161,52 @@ async def test_without_a_configured_audience_any_audience_is_accepted(issuer: Is
 
 
 @pytest.mark.parametrize(
-    ("case", "token_args"),
+    ("case", "token_args", "why"),
     [
-        ("wrong issuer", {"iss": "https://evil.example"}),
-        ("wrong audience", {"aud": "another-api"}),
-        ("no audience", {"aud": None}),
-        ("expired", {"exp": int(time.time()) - 3600}),
-        ("not yet valid", {"nbf": int(time.time()) + 3600}),
-        ("no expiry", {"exp": None}),
-        ("bad signature", {"key": "other"}),
-        ("unknown kid", {"kid": "rotated-away"}),
-        ("no user claim", {"email": None}),
+        ("wrong issuer", {"iss": "https://evil.example"}, "Invalid issuer"),
+        ("wrong audience", {"aud": "another-api"}, "Audience"),
+        ("no audience", {"aud": None}, "aud"),
+        ("expired", {"exp": int(time.time()) - 3600}, "expired"),
+        ("not yet valid", {"nbf": int(time.time()) + 3600}, "not yet valid"),
+        ("no expiry", {"exp": None}, "exp"),
+        ("bad signature", {"key": "other"}, "Signature verification failed"),
+        ("unknown kid", {"kid": "rotated-away"}, "does not publish"),
+        ("no user claim", {"email": None}, "no 'email' claim"),
     ],
 )
-async def test_a_jwt_that_fails_any_check_is_refused(issuer: Issuer, case: str, token_args: dict) -> None:
-    assert await _auth(issuer).authenticate(issuer.token(**token_args)) is None, case
+async def test_a_jwt_that_fails_any_check_is_refused_saying_why(
+    issuer: Issuer, case: str, token_args: dict, why: str
+) -> None:
+    with pytest.raises(TokenRefused, match=why):
+        await _auth(issuer).authenticate(issuer.token(**token_args))
 
 
-async def test_symmetric_and_unsigned_jwts_are_refused(issuer: Issuer) -> None:
+async def test_symmetric_and_unsigned_jwts_are_refused_without_fetching_keys(issuer: Issuer) -> None:
     # Only RS256 and ES256 are accepted: an HMAC token would be verifiable with anything an
     # attacker can guess, and "none" is not a signature at all.
     claims = {"iss": issuer.url, "aud": AUDIENCE, "email": "mallory@example", "exp": int(time.time()) + 300}
     hmac_signed = jwt.encode(claims, "a-guessable-secret-of-32-bytes!!", algorithm="HS256", headers={"kid": "rsa-1"})
     unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": "rsa-1"})
-    assert await _auth(issuer).authenticate(hmac_signed) is None
-    assert await _auth(issuer).authenticate(unsigned) is None
+    asked = issuer.requests
+    for token in (hmac_signed, unsigned):
+        with pytest.raises(TokenRefused, match=r"only .*RS256.* accepted"):
+            await _auth(issuer).authenticate(token)
+    assert issuer.requests == asked
+
+
+async def test_a_jwt_that_does_not_name_its_key_is_refused(issuer: Issuer) -> None:
+    claims = {"iss": issuer.url, "aud": AUDIENCE, "email": "dana@hospital.example", "exp": int(time.time()) + 300}
+    with pytest.raises(TokenRefused, match="no 'kid'"):
+        await _auth(issuer).authenticate(jwt.encode(claims, issuer.rsa, algorithm="RS256"))
 
 
 async def test_an_unreachable_identity_provider_is_reported_not_mistaken_for_a_bad_token(issuer: Issuer) -> None:
-    verifier = OidcVerifier("http://127.0.0.1:9", None, None, "email", set())  # discard port: refused
-    auth = Authenticator({}, set(), oidc=verifier)
-    with pytest.raises(AuthUnavailable):
+    keys = KeySet("http://127.0.0.1:9/.well-known/jwks.json")  # the discard port: refused at once
+    auth = Authenticator({}, set(), oidc=OidcVerifier("http://127.0.0.1:9", None, keys, "email", None, set()))
+    started = time.monotonic()
+    with pytest.raises(AuthUnavailable, match="cannot fetch the identity provider's keys"):
         await auth.authenticate(issuer.token())
+    assert time.monotonic() - started < 1.0
 
 
 async def test_jwts_are_not_accepted_when_no_issuer_is_configured(issuer: Issuer) -> None:

@@ -491,7 +491,8 @@ def test_only_admins_administer_users() -> None:
     [
         ("alice", False, False, None),
         ("bob", True, False, None),
-        ("bob", False, False, "forbidden"),
+        ("bob", False, False, "not_found"),  # someone else's token: as if there were none
+        ("bob", False, True, "not_found"),
         ("alice", False, True, "conflict"),
     ],
 )

@@ -7,11 +7,10 @@ owner-only file rather than in a general config file that might be shared or log
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from services.executor.assets.errors import SynapseLoginRequired
+from shared.private_files import write_private
 
 SYNAPSE_CREDENTIALS_FILE = "synapse.json"
 
@@ -22,21 +21,8 @@ def save_synapse_token(token: str, config_dir: Path) -> Path:
     if not token:
         raise ValueError("the Synapse personal access token is empty")
     config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = config_dir / SYNAPSE_CREDENTIALS_FILE
-    # mkstemp creates the file 0600 from the start, so the token is never briefly world-readable,
-    # and the rename means a crash cannot leave a half-written credentials file behind.
-    fd, tmp_name = tempfile.mkstemp(dir=config_dir, prefix=".synapse-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"auth_token": token}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    # Never briefly world-readable, and a crash cannot leave half a credentials file behind.
+    return write_private(config_dir / SYNAPSE_CREDENTIALS_FILE, json.dumps({"auth_token": token}))
 
 
 def load_synapse_token(config_dir: Path) -> str | None:
