@@ -4,13 +4,12 @@ Two layers, both ahead of routing and authentication, so an anonymous caller cos
 the limits allow:
 
 - ``BoundedHttp``, uvicorn's httptools protocol with a cap on the request line and headers (431)
-  and a deadline for them (408): llhttp has no limit of its own, and httptools gathers a header's
-  value in memory until it ends, so a 64 MiB header was read whole; a client sending a byte now
-  and then kept its connection, and its memory, for ever.
+  and deadlines for them and for the body (408): llhttp has no limit of its own, and httptools
+  gathers a header's value in memory until it ends, so a 64 MiB header was read whole; a client
+  sending a byte now and then kept its connection, and its memory, for ever.
 - ``LimitedBodies``, ASGI middleware that refuses a body over the size limit (413) from its
-  Content-Length before reading it, or as soon as the bytes read pass it, gives the client a
-  deadline for the body (408), and measures a JSON body's depth and longest string before any
-  parser sees it (``shared.limits``).
+  Content-Length before reading it, or as soon as the bytes read pass it, and measures a JSON
+  body's depth and longest string before any parser sees it (``shared.limits``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.limits import LimitExceeded, Limits, check_document
 
+HEADER_SECONDS, BODY_SECONDS = "MEDPERF_LIMIT_HTTP_HEADER_SECONDS", "MEDPERF_LIMIT_HTTP_BODY_SECONDS"
+#: How often the deadlines of a server's connections are checked: each is kept to within this.
+SWEEP_SECONDS = 0.5
 #: How long a refused client may go on sending, its bytes discarded, before the connection closes.
 LINGER_SECONDS = 2.0
 Scope = dict[str, Any]
@@ -31,27 +33,65 @@ Message = dict[str, Any]
 
 def bounded_http(limits: Limits) -> type[HttpToolsProtocol]:
     """The protocol class uvicorn instantiates per connection, with ``limits`` applied."""
-    return type("BoundedHttp", (BoundedHttp,), {"limits": limits})
+    return type("BoundedHttp", (BoundedHttp,), {"limits": limits, "_sweeping": None})
 
 
 class BoundedHttp(HttpToolsProtocol):
+    """Each connection notes when what it is reading is due (``_due``, on the loop's clock); one
+    sweep a second for all of them refuses the late ones. A timer per request cost a tenth of
+    the ingress's CPU (a call_later and a cancel for the head and again for the body, against
+    ~30 us for uvicorn's whole protocol work on a request)."""
+
     limits: Limits
+    _sweeping: asyncio.TimerHandle | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
         self._lingering: asyncio.TimerHandle | None = None
-        self._head_deadline: asyncio.TimerHandle | None = None
         super().connection_made(_Lingering(transport, self))  # type: ignore[arg-type]
         self._start_head()
+        if type(self)._sweeping is None:
+            type(self)._sweeping = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    # --- deadlines ------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Refuse every connection of this server whose head or body is late; again in a second,
+        while there are connections."""
+        now = self.loop.time()
+        for connection in list(self.connections):
+            due = getattr(connection, "_due", None)
+            if due is not None and due <= now:
+                connection._too_slow()
+        cls = type(self)
+        cls._sweeping = self.loop.call_later(SWEEP_SECONDS, self._sweep) if self.connections else None
+
+    def _too_slow(self) -> None:
+        self._due = None
+        if self._raw.is_closing() or self._lingering is not None:
+            return
+        if self._reading_head:
+            if self._head_received == 0:  # idle since connecting or since its last answer: just close
+                self._raw.close()
+                return
+            seconds = self.limits.http_header_seconds
+            self._refuse(408, f"the request line and headers took over {seconds:g} s ({HEADER_SECONDS})")
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_started:
+            return
+        seconds = self.limits.http_body_seconds
+        self._refuse(408, f"the request body took over {seconds:g} s ({BODY_SECONDS})")
+        # The app waiting for the body hears that the client is gone, and answers nothing more.
+        cycle.disconnected = True
+        cycle.message_event.set()
 
     # --- the head: request line and headers ---------------------------------------------------
 
     def _start_head(self) -> None:
-        #: Bytes received since the head began (a bound on memory while it streams in), and the
-        #: size of what the parser has handed over (exact, once the head is complete).
-        self._reading_head, self._head_received, self._head_parsed = True, 0, 0
-        self._disarm_head_deadline()
-        self._head_deadline = self.loop.call_later(self.limits.http_header_seconds, self._head_too_slow)
+        #: Bytes received since the head began: a bound on memory while it streams in.
+        self._reading_head, self._head_received = True, 0
+        self._due: float | None = self.loop.time() + self.limits.http_header_seconds
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -69,22 +109,16 @@ class BoundedHttp(HttpToolsProtocol):
         if not self._reading_head:  # the next request on a kept-alive connection
             self._start_head()
 
-    def on_url(self, url: bytes) -> None:
-        self._head_parsed += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_parsed += len(name) + len(value) + 4
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         if self._lingering is not None:
             return  # a pipelined request behind a refused one: not served
-        self._disarm_head_deadline()
-        if self._head_parsed > self.limits.http_header_bytes:
+        # The head as parsed (the chunk that ended it may have carried body bytes too).
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.http_header_bytes:
             self._head_too_large()
             return
         self._reading_head = False
+        self._due = self.loop.time() + self.limits.http_body_seconds
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -93,32 +127,17 @@ class BoundedHttp(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         if self._lingering is None:
+            self._due = None
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # Between requests the keep-alive timeout applies; the next head gets its own deadline.
-        self._reading_head = False
-        self._disarm_head_deadline()
-
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        self._reading_head, self._due = False, None
 
     def _head_too_large(self) -> None:
         limit = self.limits.http_header_bytes
         self._refuse(431, f"the request line and headers exceed {limit:,} bytes (MEDPERF_LIMIT_HTTP_HEADER_BYTES)")
-
-    def _head_too_slow(self) -> None:
-        self._head_deadline = None
-        if not self._reading_head or self._raw.is_closing():
-            return
-        if self._head_received == 0:  # idle since connecting or since its last answer: just close
-            self._raw.close()
-            return
-        seconds = self.limits.http_header_seconds
-        self._refuse(408, f"the request line and headers took over {seconds:g} s (MEDPERF_LIMIT_HTTP_HEADER_SECONDS)")
 
     def _refuse(self, status: int, message: str) -> None:
         if self._raw.is_closing() or self._lingering is not None:
@@ -129,7 +148,7 @@ class BoundedHttp(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, phrase, len(body), body)
         )
-        self._disarm_head_deadline()
+        self._due = None
         self._linger()
 
     # --- closing ---------------------------------------------------------------------------------
@@ -160,24 +179,25 @@ class BoundedHttp(HttpToolsProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
+        self._due = None
         if self._lingering is not None:
             self._lingering.cancel()
         super().connection_lost(exc)
 
 
 class _Lingering:
-    """The connection's transport as uvicorn sees it, but ``close`` lingers (``close_gracefully``)."""
+    """The connection's transport as uvicorn sees it, but ``close`` lingers (``close_gracefully``).
+    The methods uvicorn calls per request are bound here once: through ``__getattr__`` each call
+    cost a lookup."""
 
     def __init__(self, transport: asyncio.Transport, protocol: BoundedHttp) -> None:
         self._transport = transport
-        self._protocol = protocol
+        self.close = protocol.close_gracefully
+        self.write, self.is_closing = transport.write, transport.is_closing
+        self.pause_reading, self.resume_reading = transport.pause_reading, transport.resume_reading
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-    def close(self) -> None:
-        self._protocol.close_gracefully()
 
 
 class LimitedBodies:
@@ -197,12 +217,7 @@ class LimitedBodies:
             await _refuse(send, 413, _too_large(declared, limit))
             return
         try:
-            async with asyncio.timeout(self.limits.http_body_seconds):
-                body = await _read_body(receive, limit)
-        except TimeoutError:
-            seconds = self.limits.http_body_seconds
-            await _refuse(send, 408, f"the request body took over {seconds:g} s (MEDPERF_LIMIT_HTTP_BODY_SECONDS)")
-            return
+            body = await _read_body(receive, limit)  # within the body's deadline (BoundedHttp)
         except _BodyTooLarge as exc:
             await _refuse(send, 413, _too_large(exc.size, limit, at_least=True))
             return
