@@ -192,8 +192,9 @@ def _documented(command_type: type[Command], handler: Handler) -> Handler:
 
 
 async def _answer(command_type: type[Command], handler: Handler, data: bytes, subject: str) -> bytes:
-    """Commands always get an answer: a malformed one is refused with the reason, a crash is
-    reported as unavailable (and logged) instead of leaving the caller to time out."""
+    """Commands always get an answer: a malformed one is refused with the reason, one past a
+    limit (or whose event or answer would be) as too large, and a crash is reported as an
+    internal fault (and logged) instead of leaving the caller to time out."""
     try:
         check_consumed(data)
         command = command_type.model_validate_json(data)

@@ -23,7 +23,7 @@ from shared.events import (
     SharingPolicy,
     _finite,
 )
-from shared.limits import check_statistics_size
+from shared.limits import check_statistics_size, rows_that_fit
 from shared.timestamps import Timestamp
 
 #: Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number
@@ -70,6 +70,14 @@ class Outcome(BaseModel):
     @classmethod
     def accepted(cls, id: int | None = None, data: Any = None, next_offset: int | None = None) -> Outcome:
         return cls(ok=True, id=id, data=data, next_offset=next_offset)
+
+    @classmethod
+    def page(cls, rows: list[Any], offset: int = 0, more: bool = False) -> Outcome:
+        """As many of ``rows`` as one answer can carry (``shared.limits.rows_that_fit``), and where
+        the next page starts when some were cut or ``more`` follow them."""
+        kept = rows_that_fit(rows)
+        follows = kept < len(rows) or more
+        return cls.accepted(data=rows[:kept], next_offset=offset + kept if follows else None)
 
     @classmethod
     def refused(cls, code: RefusalCode, reason: str) -> Outcome:

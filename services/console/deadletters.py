@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from shared.commands import DiscardDeadLetter, ListDeadLetters, Outcome, RetryDeadLetter
 from shared.events import DeadLetter
-from shared.limits import rows_that_fit
 from shared.messaging import MAX_PAYLOAD_KEPT
 from shared.streams import DEADLETTER
 
@@ -42,8 +41,7 @@ async def list_letters(query: ListDeadLetters, js: JetStreamContext) -> Outcome:
         letter = await _letter(js, sequence)
         if letter is not None:
             letters.append(view(sequence, letter))
-    kept = rows_that_fit(letters)  # each keeps up to 64 KiB of its payload
-    return Outcome.accepted(data=letters[:kept], next_offset=kept if kept < len(letters) else None)
+    return Outcome.page(letters)  # each keeps up to 64 KiB of its payload: a page may be cut
 
 
 async def retry(cmd: RetryDeadLetter, js: JetStreamContext) -> Outcome:

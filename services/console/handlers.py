@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 
@@ -13,7 +12,6 @@ from services.console.store import Job, Site
 from shared.commands import ListHeldResults, ListJobs, ListSites, Outcome
 from shared.db import UnitOfWork
 from shared.events import JobEvent, ResultReported, SiteHeartbeat, utcnow
-from shared.limits import rows_that_fit
 
 ADMINS_ONLY = "only admins see every site's agents and jobs"
 
@@ -112,13 +110,7 @@ async def list_jobs(query: ListJobs, uow: UnitOfWork) -> Outcome:
         stmt = stmt.where(Job.model_id == query.model_id)
     async with uow:
         rows = (await uow.session.scalars(stmt.order_by(Job.last_event_at.desc()).limit(query.limit))).all()
-    return _fitted([row.view() for row in rows])
-
-
-def _fitted(views: list[dict[str, Any]]) -> Outcome:
-    """The newest views one answer can carry (log tails add up); ``next_offset`` says some were cut."""
-    kept = rows_that_fit(views)
-    return Outcome.accepted(data=views[:kept], next_offset=kept if kept < len(views) else None)
+    return Outcome.page([row.view() for row in rows])  # log tails add up: a page may be cut
 
 
 async def held_results(query: ListHeldResults, uow: UnitOfWork) -> Outcome:
@@ -128,4 +120,4 @@ async def held_results(query: ListHeldResults, uow: UnitOfWork) -> Outcome:
         stmt = stmt.where(Job.owner == query.actor)
     async with uow:
         rows = (await uow.session.scalars(stmt.order_by(Job.site, Job.job_id))).all()
-    return _fitted([row.view() for row in rows])
+    return Outcome.page([row.view() for row in rows])

@@ -47,7 +47,6 @@ from shared.events import (
     ModelRegistered,
     utcnow,
 )
-from shared.limits import rows_that_fit
 from shared.messaging import PermanentFailure
 
 RACE = "another request claimed the same {what} at the same moment; read it again and retry"
@@ -304,10 +303,8 @@ async def list_entities(query: ListEntities, uow: UnitOfWork) -> Outcome:
         page = statement.order_by(table.id).offset(min(query.offset, domain.MAX_ID)).limit(query.limit + 1)
         rows = (await uow.session.scalars(page)).all()
         found = await views(uow.session, rows[: query.limit], query.actor, query.is_admin)
-        kept = rows_that_fit(found)
-        more = kept < len(found) or len(rows) > query.limit
         # A plain list of views: the agents, the demo and the ingress read it as such.
-        return Outcome.accepted(data=found[:kept], next_offset=query.offset + kept if more else None)
+        return Outcome.page(found, query.offset, more=len(rows) > query.limit)
 
 
 def may_see(row: _Entity, actor: str, is_admin: bool) -> bool:

@@ -620,6 +620,12 @@ def test_outcome_constructors() -> None:
         "next_offset": None,
     }
     assert commands.Outcome.accepted(data=[1, 2], next_offset=2).next_offset == 2
+    # A page carries what fits in one answer, and says where the next starts.
+    assert commands.Outcome.page([1, 2], offset=10).next_offset is None
+    assert commands.Outcome.page([1, 2], offset=10, more=True).next_offset == 12
+    large = [{"blob": "x" * 300_000}] * 5
+    cut = commands.Outcome.page(large, offset=10)
+    assert len(cut.data) == 3 and cut.next_offset == 13
     refused = commands.Outcome.refused("forbidden", "ask an admin")
     assert (refused.ok, refused.code, refused.reason) == (False, "forbidden", "ask an admin")
     with pytest.raises(ValidationError):
