@@ -21,7 +21,7 @@ import pydantic_core
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-KiB, MiB = 1024, 1024 * 1024
+KiB, MiB, GiB = 2**10, 2**20, 2**30
 #: No configuration of the ingress admits JSON deeper than this, or a string longer than that.
 JSON_DEPTH_CEILING = 64
 STRING_BYTES_CEILING = MiB

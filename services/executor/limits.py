@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KiB, MiB, GiB = 2**10, 2**20, 2**30
+from shared.limits import GiB, KiB, MiB
 
 # Hosted tarballs (additional_files, demo data) as unpacked: model weights are rarely over 2 GiB.
 EXTRACT_MAX_BYTES = 4 * GiB
