@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from users import stack_with_users
 
 from cli.main import main
-from cli.stack import Stack
 from services.ingress.app import build_app
-from services.ingress.auth import Authenticator, token_digest
+from services.ingress.auth import Authenticator
 from services.ingress.permissions import PERMISSIONS
 from shared.settings import Settings
 from shared.signing import SiteKey
@@ -33,23 +33,8 @@ def spec(*tasks: str) -> dict:
 
 @pytest.fixture
 async def api(tmp_path: Path, nats_url: str) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    settings = Settings(
-        nats_url=nats_url,
-        state_dir=tmp_path,
-        http_port=0,
-        admins=["admin"],
-        api_token_digests={token_digest(t): user for user, t in TOKENS.items()},
-    )
-    async with Stack(settings) as stack:
-        assert stack.ingress is not None
-        clients = {
-            user: httpx.AsyncClient(base_url=stack.ingress.url, headers={"Authorization": f"Bearer {token}"})
-            for user, token in TOKENS.items()
-        }
-        clients["anonymous"] = httpx.AsyncClient(base_url=stack.ingress.url)
+    async with stack_with_users(tmp_path, nats_url, TOKENS) as (_, clients):
         yield clients
-        for client in clients.values():
-            await client.aclose()
 
 
 async def _benchmark(api: dict[str, httpx.AsyncClient]) -> int:

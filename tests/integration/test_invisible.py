@@ -26,17 +26,15 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from users import stack_with_users
 
-from cli.stack import Stack
 from services.aggregator import listings
 from services.aggregator.store import TABLES, Base
-from services.ingress.auth import token_digest
 from services.ingress.gateway import INT32_MAX
 from services.ingress.permissions import RULES, rule_for
 from shared.broker import EmbeddedNats
 from shared.db import Database, UnitOfWork
 from shared.events import BenchmarkApproved, BenchmarkRejected
-from shared.settings import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -100,26 +98,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     root: Path = tmp_path_factory.mktemp("invisible")
     tokens = {user: f"t-{user}" for user in USERS}
     with EmbeddedNats(root / "nats") as nats_url:
-        settings = Settings(
-            nats_url=nats_url,
-            state_dir=root,
-            http_port=0,
-            admins=["admin"],
-            api_token_digests={token_digest(t): user for user, t in tokens.items()},
-        )
-        async with Stack(settings) as stack:
-            assert stack.ingress is not None
-            clients = {
-                u: httpx.AsyncClient(base_url=stack.ingress.url, headers={"Authorization": f"Bearer {t}"})
-                for u, t in tokens.items()
-            }
+        async with stack_with_users(root, nats_url, tokens) as (_, clients):
             world = World(clients)
-            try:
-                await _populate(world)
-                yield world
-            finally:
-                for client in clients.values():
-                    await client.aclose()
+            await _populate(world)
+            yield world
 
 
 async def _benchmark(w: World, name: str) -> int:

@@ -21,13 +21,11 @@ import httpx
 import nats
 import pytest
 import pytest_asyncio
+from users import stack_with_users
 
-from cli.stack import Stack
-from services.ingress.auth import token_digest
 from services.ingress.permissions import ENTITY_PATHS, PERMISSIONS, ROLES, Role, Rule
 from shared.broker import EmbeddedNats
 from shared.events import DeadLetter, JobCancelled
-from shared.settings import Settings
 from shared.signing import SiteKey
 from shared.streams import deadletter_subject
 
@@ -192,27 +190,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     root: Path = tmp_path_factory.mktemp("permissions")
     tokens = {user: f"t-{user}" for user in USERS}
     with EmbeddedNats(root / "nats") as nats_url:
-        settings = Settings(
-            nats_url=nats_url,
-            state_dir=root,
-            http_port=0,
-            admins=["admin"],
-            api_token_digests={token_digest(t): user for user, t in tokens.items()},
-        )
-        async with Stack(settings) as stack:
-            assert stack.ingress is not None
-            url = stack.ingress.url
-            clients = {
-                u: httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {t}"}) for u, t in tokens.items()
-            }
-            clients["anonymous"] = httpx.AsyncClient(base_url=url)
+        async with stack_with_users(root, nats_url, tokens) as (stack, clients):
             world = World(clients, nats_url=stack.settings.nats_url or "")
-            try:
-                await _populate(world)
-                yield world
-            finally:
-                for client in clients.values():
-                    await client.aclose()
+            await _populate(world)
+            yield world
 
 
 async def _populate(w: World) -> None:
