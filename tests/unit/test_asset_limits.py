@@ -169,6 +169,8 @@ class _HostileHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
+        # Before the headers: a client refusing them may hang up before the first byte goes out.
+        self.server.sent[self.path] = 0
         kind, size = self.path.strip("/").split("/")
         total = int(size)
         self.send_response(200)
