@@ -33,6 +33,7 @@ import sites
 from figures import record
 from secured import free_port
 from sites import Federation, model, task
+from waiting import eventually
 
 from services.executor import domain
 from services.executor.runner import SITE_LABEL
@@ -138,8 +139,13 @@ async def add_spec(fed: Federation, name: str, spec: dict) -> int:
 
 async def failure_of(fed: Federation, model_id: int) -> tuple[Any, list[dict]]:
     job = await fed.job_reaches(model_id, "failed", "succeeded")
-    events = [e for e in await fed.events(".job.failed") if e["job_id"] == job.id]
-    return job, events
+
+    async def reported() -> list[dict]:
+        return [e for e in await fed.events(".job.failed") if e["job_id"] == job.id]
+
+    if job.status == "failed":  # its JobFailed commits with the status, and reaches the stream a moment later
+        await eventually(reported, f"job {job.id}'s failure on the stream")
+    return job, await reported()
 
 
 async def test_hostile_models_are_contained_and_reported(tmp_path: Path, busybox_image: str) -> None:
