@@ -272,18 +272,22 @@ def replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the (lower-case) header ``name``, as the ASGI scope holds it."""
+    for found, value in scope["headers"]:
+        if found == name:
+            return value
     return None
 
 
+def _content_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return b"json" in value.lower()
-    return True  # FastAPI parses a body without a content type as JSON too
+    value = header(scope, b"content-type")
+    return value is None or b"json" in value.lower()  # FastAPI parses a body without a type as JSON too
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> str:

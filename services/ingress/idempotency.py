@@ -36,7 +36,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.ingress.edge import replay
+from services.ingress.edge import header, replay
 
 log = logging.getLogger("medperf.ingress.idempotency")
 
@@ -86,7 +86,7 @@ class Idempotency:
             await _answer(send, Answer(400, [], _error("Idempotency-Key: give 1 to 255 printable ASCII characters")))
             return
         body = (await receive()).get("body", b"")  # the whole body: LimitedBodies read it within the limits
-        authorization = _header(scope, b"authorization") or b""
+        authorization = header(scope, b"authorization") or b""
         record = hashlib.sha256(b"%s\n%s" % (hashlib.sha256(authorization).digest(), key)).hexdigest()
         fingerprint = hashlib.sha256(
             b"\n".join([scope["method"].encode(), scope["raw_path"], scope["query_string"], body])
@@ -171,7 +171,7 @@ class IdempotentPosts:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         store: Idempotency | None = getattr(self.holder, "idempotency", None)
-        key = _header(scope, HEADER) if scope["type"] == "http" and scope["method"] == "POST" else None
+        key = header(scope, HEADER) if scope["type"] == "http" and scope["method"] == "POST" else None
         if key is None or store is None:
             await self.app(scope, receive, send)
         else:
@@ -193,13 +193,6 @@ async def _run(app: Any, scope: Scope, body: bytes, receive: Any, send: Any) -> 
 
     await app(scope, replay(body, receive), keep)
     return Answer(status, headers, b"".join(chunks)) if status else None
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for header, value in scope["headers"]:
-        if header == name:
-            return value
-    return None
 
 
 def _error(message: str) -> bytes:
