@@ -126,7 +126,9 @@ class TaskSpec(_Strict):
 
 
 class ContainerSpec(_Strict):
-    """Equivalent of MedPerf's ``container_config`` plus its parameters and additional files."""
+    """A container, registered as metadata: MedPerf's ``container_config`` plus its parameters and
+    additional files. What the container must do when it runs (mount keys, the files it writes, the
+    limits it runs under) is docs/containers.md."""
 
     image: str = Field(min_length=1, description="image name and tag, for people; runs use image_digest")
     image_digest: str = Field(description="sha256:… image ID; the executor runs exactly this image")

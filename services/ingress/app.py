@@ -36,7 +36,8 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         title="MedPerf federation",
         version="0.1.0",
         description="Submit containers, models, benchmarks and decisions; read leaderboards. "
-        "Every endpoint but /health needs 'Authorization: Bearer <token>'.",
+        "Every endpoint but /health needs 'Authorization: Bearer <token>'. What a registered container "
+        "must do (mounts, statistics.json, results.json, limits) is docs/containers.md in the project.",
         # No OpenTelemetry provider is configured here, yet FastAPI looks one up on every request
         # while these are on. Turn them on with a provider.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -290,6 +290,9 @@ def test_the_openapi_document_describes_every_body_and_every_endpoint_of_the_per
     assert set(new_user["properties"]) == {"name", "admin"}  # never actor or is_admin: those come from the token
     filters = {p["name"] for p in document["paths"]["/benchmarks"]["get"]["parameters"]}
     assert {"mine", "owner", "state", "is_valid", "approval_status", "name_contains", "limit", "offset"} <= filters
+    # A container author finds the runtime contract from the API's own description.
+    assert "docs/containers.md" in document["info"]["description"]
+    assert "docs/containers.md" in document["components"]["schemas"]["ContainerSpec"]["description"]
 
 
 # Each is a valid ISO 8601 time whose UTC equivalent falls outside what a datetime can hold.
