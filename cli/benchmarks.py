@@ -232,7 +232,7 @@ def _decide(args: argparse.Namespace) -> int:
     verb = "approve" if args.approve else "reject"
     confirm(f"{verb} benchmark {args.id} ({client.entity('benchmark', args.id)['name']})?", args.yes)
     client.decide_benchmark(args.id, approve=args.approve, reason=args.reason)
-    print(f"benchmark {args.id} {verb}d")
+    print(f"benchmark {args.id} {verb.rstrip('e')}ed")
     return 0
 
 
@@ -259,7 +259,7 @@ def _decide_association(args: argparse.Namespace) -> int:
     client = connect()
     confirm(f"{verb} {kind} {component}'s association with benchmark {args.benchmark}?", args.yes)
     client.decide_association(args.benchmark, kind, component, approve=args.approve, reason=args.reason)
-    print(f"{kind} {component} on benchmark {args.benchmark}: {verb}d")
+    print(f"{kind} {component} on benchmark {args.benchmark}: {verb.rstrip('e')}ed")
     return 0
 
 

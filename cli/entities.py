@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from cli.output import UsageError, add_format, confirm, connect, listing, view
+from cli.client import ApiError, Client
+from cli.output import UsageError, add_format, confirm, connect, listing, view, waiting
 from cli.verbs import Verbs
 
 COLUMNS = {
@@ -121,11 +123,29 @@ def _submit_model(args: argparse.Namespace) -> int:
 
 def _associate(args: argparse.Namespace) -> int:
     client = connect()
-    client.request_association(args.benchmark, args.kind, args.id)
+    _request_when_known(client, args.benchmark, args.kind, args.id)
     found = client.associations(args.benchmark, kind=args.kind, component_id=args.id)
     status = found[0]["status"] if found else "PENDING"
     print(f"{args.kind} {args.id} asked to join benchmark {args.benchmark}: {status}")
     return 0
+
+
+def _request_when_known(client: Client, benchmark: int, kind: str, component: int, patience: float = 15.0) -> None:
+    """Ask to join; an entity made OPERATION a moment ago may not have reached the approvals service
+    yet (it learns from events): while the registry already says OPERATION, wait, showing why."""
+    deadline = time.monotonic() + patience
+    with waiting(f"waiting for the federation to see {kind} {component} as operational"):
+        while True:
+            try:
+                client.request_association(benchmark, kind, component)
+                return
+            except ApiError as exc:
+                still_travelling = exc.status == 409 and "DEVELOPMENT" in exc.message
+                if not still_travelling or time.monotonic() > deadline:
+                    raise
+                if client.entity(kind, component).get("state") != "OPERATION":
+                    raise
+            time.sleep(0.2)
 
 
 def _priority(args: argparse.Namespace) -> int:
