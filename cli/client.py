@@ -16,8 +16,9 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-class Unreachable(Exception):
-    """Nothing answers at the federation's URL (refused, no route, name unknown)."""
+class Unreachable(httpx.TransportError):
+    """Nothing answers at the federation's URL (refused, no route, name unknown); an httpx
+    transport error still, for callers that retry those."""
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach {url}: {reason}")
