@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-
-from shared.private_files import write_private
-
-CONFIG_DIR = Path(os.environ.get("MEDPERF_CONFIG_DIR", Path.home() / ".medperf_config"))
-CREDENTIALS = CONFIG_DIR / "credentials.json"
 
 
 class ApiError(Exception):
@@ -24,42 +16,47 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def save_credentials(url: str, token: str) -> Path:
-    CONFIG_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # 0600 even over a file that was world-readable before: the token is the user's identity.
-    return write_private(CREDENTIALS, json.dumps({"url": url, "token": token}))
+class Unreachable(httpx.TransportError):
+    """Nothing answers at the federation's URL (refused, no route, name unknown); an httpx
+    transport error still, for callers that retry those."""
 
-
-def load_credentials() -> tuple[str, str]:
-    url, token = os.environ.get("MEDPERF_URL"), os.environ.get("MEDPERF_TOKEN")
-    if (not url or not token) and CREDENTIALS.exists():
-        stored = json.loads(CREDENTIALS.read_text())
-        url, token = url or stored.get("url"), token or stored.get("token")
-    if not url or not token:
-        raise ApiError(
-            401,
-            "not logged in: run `medperf auth login --url URL --token TOKEN` (or set MEDPERF_URL and MEDPERF_TOKEN)",
-        )
-    return url, token
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {url}: {reason}")
+        self.url, self.reason = url, reason
 
 
 class Client:
     """One user's view of the federation over HTTP. 503 answers (a service catching up on
     events, or restarting) are retried for ``patience`` seconds."""
 
-    def __init__(self, url: str, token: str, patience: float = 15.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        patience: float = 15.0,
+        wait_for_server: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = url
         self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
         self.patience = patience
+        # A person at the CLI wants to hear at once that nothing listens; the demo waits for its server.
+        self.wait_for_server = wait_for_server
+        # Called with why while 503s are retried, then with "" when the wait is over (a spinner).
+        self.on_wait = on_wait or (lambda _why: None)
 
     @classmethod
-    def from_credentials(cls) -> Client:
-        return cls(*load_credentials())
+    def from_credentials(cls, on_wait: Callable[[str], None] | None = None) -> Client:
+        from cli.profiles import credentials
+
+        return cls(*credentials(), wait_for_server=False, on_wait=on_wait)
 
     def close(self) -> None:
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.patience
+        waited = False
         if method == "POST":
             # One key for every attempt: a POST sent again after a lost answer gets that answer
             # (the ingress keeps it for a day), so retrying it is safe.
@@ -68,23 +65,28 @@ class Client:
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError:
+            except httpx.ConnectError as exc:
+                if not self.wait_for_server or time.monotonic() > deadline:
+                    raise Unreachable(self.url, str(exc) or type(exc).__name__) from exc
+                time.sleep(0.2)
+                continue
+            except httpx.TransportError as exc:
                 # The answer was lost: asking again is safe for all but PATCH (not idempotent in HTTP).
                 if time.monotonic() > deadline or method == "PATCH":
-                    raise
+                    raise Unreachable(self.url, f"{type(exc).__name__} {exc}".strip()) from exc
                 time.sleep(0.2)
                 continue
             # 503, and 409 with Retry-After ("still running"), can change; other answers will not.
             retry = response.status_code == 503 or (response.status_code == 409 and "retry-after" in response.headers)
             if not retry or time.monotonic() > deadline:
                 break
+            waited = True
+            self.on_wait(_message(response))
             time.sleep(0.2)
+        if waited:
+            self.on_wait("")  # the wait is over, whatever the answer
         if response.status_code >= 400:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise ApiError(response.status_code, message)
+            raise ApiError(response.status_code, _message(response))
         return (
             response.json()
             if response.headers.get("content-type", "").startswith("application/json")
@@ -97,11 +99,7 @@ class Client:
         with self._http.stream("GET", path, params=query, timeout=httpx.Timeout(30.0, read=None)) as response:
             if response.status_code >= 400:
                 response.read()
-                try:
-                    message = response.json().get("error", response.text)
-                except ValueError:
-                    message = response.text
-                raise ApiError(response.status_code, message)
+                raise ApiError(response.status_code, _message(response))
             yield from response.iter_lines()
 
     def get(self, path: str, **params: Any) -> Any:
@@ -201,3 +199,11 @@ class Client:
 
     def leaderboard_csv(self, benchmark_id: int) -> str:
         return self.get(f"/benchmarks/{benchmark_id}/leaderboard", format="csv")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        answer = response.json()
+    except ValueError:
+        return response.text
+    return str(answer.get("error", answer)) if isinstance(answer, dict) else str(answer)

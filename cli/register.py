@@ -67,7 +67,12 @@ async def pin_hosted_files(spec: dict[str, Any], cache: AssetCache, say: Any = p
 
 
 def register_container(client: Client, name: str, spec_file: Path, state: str) -> int:
-    spec = json.loads(spec_file.read_text())
+    from cli.output import UsageError
+
+    try:
+        spec = json.loads(spec_file.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{spec_file} is not valid JSON: {exc}") from exc
     settings = Settings()
     spec = asyncio.run(pin_hosted_files(spec, AssetCache(settings.state_dir / "cache", config_dir=settings.state_dir)))
     return int(client.post("/containers", {"name": name, "spec": spec, "state": state})["id"])

@@ -8,30 +8,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cli.verbs import Verbs
 
 if TYPE_CHECKING:
     from services.executor.settings import SiteSettings
     from services.executor.store import Job
 
 
-def add_commands(commands: Any) -> None:
-    job = commands.add_parser("job", help="this site's jobs").add_subparsers(dest="job_command", required=True)
-    job.add_parser("ls", help="list this site's jobs")
+def add_commands(verbs: Verbs) -> None:
+    verbs.group("job", "this site's jobs")
+    verbs.verb("job", "ls", run, "list this site's jobs")
     for name, text in (("cancel", "cancel a queued or running job"), ("rerun", "run a finished job's work again")):
-        job.add_parser(name, help=text).add_argument("job_id", type=int)
+        verbs.verb("job", name, run, text).add_argument("job_id", type=int)
 
-    result = commands.add_parser("result", help="results this site holds for release").add_subparsers(
-        dest="result_command", required=True
+    release = verbs.verb("result", "release", run, "let results' metrics leave this site (held for your release)")
+    which = release.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "job_ids", nargs="*", type=int, default=[], metavar="ID", help="the jobs whose results to release"
     )
-    listing = result.add_parser("ls", help="list this site's results")
-    listing.add_argument("--pending", action="store_true", help="only those waiting for your release")
-    result.add_parser("release", help="let one result's metrics leave the site").add_argument("job_id", type=int)
+    which.add_argument("--all", action="store_true", help="every result waiting for your release")
 
-    site = commands.add_parser("site", help="this site's agent").add_subparsers(dest="site_command", required=True)
-    site.add_parser("drain", help="finish running jobs, start no new ones (maintenance)")
-    site.add_parser("resume", help="start taking jobs again after a drain")
-    key = site.add_parser("key", help="the key this site signs its results with").add_subparsers(
+    verbs.group("site", "this site's agent")
+    verbs.verb("site", "drain", run, "finish running jobs, start no new ones (maintenance)")
+    verbs.verb("site", "resume", run, "start taking jobs again after a drain")
+    key = verbs.verb("site", "key", run, "the key this site signs its results with").add_subparsers(
         dest="key_command", required=True
     )
     key.add_parser("show", help="this site's key id and public key (created if missing); and the registry's view")
@@ -59,7 +61,8 @@ def _key(args: argparse.Namespace, site: SiteSettings) -> int:
     Registering and revoking go through the federation's API, as the logged-in user."""
     import httpx
 
-    from cli.client import ApiError, Client
+    from cli.client import ApiError, Client, Unreachable
+    from cli.output import UsageError
     from shared.signing import SiteKey
 
     key = SiteKey.load_or_create(site.key_path)
@@ -68,7 +71,7 @@ def _key(args: argparse.Namespace, site: SiteSettings) -> int:
         print(f"public key: {key.public_key}\nfile:       {site.key_path}")
         try:
             registered = Client.from_credentials().get(f"/sites/{site.name}/keys")
-        except (ApiError, httpx.HTTPError) as exc:  # not logged in, or unreachable: the local part stands
+        except (ApiError, Unreachable, UsageError, httpx.HTTPError) as exc:  # not logged in, unreachable
             print(f"(the registry's view is unavailable: {exc})")
             return 0
         for row in registered:
@@ -117,8 +120,12 @@ async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
             jobs = await operations.jobs(uow(), pending_release=args.pending)
             _print_jobs([j for j in jobs if j.status == "succeeded" and (j.kind == "run" or j.release != "none")])
         elif args.command == "result":
-            job = await operations.release_result(uow(), site, args.job_id)
-            print(f"released the result of job {job.id}: {job.metrics}")
+            ids = [j.id for j in await operations.jobs(uow(), pending_release=True)] if args.all else args.job_ids
+            if not ids:
+                print("no result waits for your release")
+            for job_id in ids:
+                job = await operations.release_result(uow(), site, job_id)
+                print(f"released the result of job {job.id}: {job.metrics}")
         else:
             await operations.set_draining(uow(), args.site_command == "drain")
             print("draining: running jobs finish, queued ones wait" if args.site_command == "drain" else "resumed")

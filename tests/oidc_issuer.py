@@ -1,13 +1,18 @@
 """An OpenID Connect identity provider for tests: real RSA and EC signing keys, real JWTs signed
 with PyJWT, and its JWKS served over HTTP on 127.0.0.1 by a server in its own threads, which can be
-told to misbehave the way a sick issuer does: accept and never answer, or answer a byte at a time."""
+told to misbehave the way a sick issuer does: accept and never answer, or answer a byte at a time.
+It also does OAuth 2.0's device authorization grant (RFC 8628), as Auth0 does for MedPerf's CLI:
+discovery, device codes, and a token endpoint that answers ``authorization_pending`` until the
+test, playing the user at a browser, approves the code (``approve``)."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import secrets
 import threading
 import time
+import urllib.parse
 from typing import Any, Literal
 
 import jwt
@@ -16,6 +21,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 AUDIENCE = "medperf-api"
 JWKS_PATH = "/.well-known/jwks.json"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 #: serve: answer at once; slow: answer after SLOW_SECONDS; silent: accept, read the request, never
 #: answer; trickle: answer one byte every TRICKLE_SECONDS; error: HTTP 500.
 Mode = Literal["serve", "slow", "silent", "trickle", "error"]
@@ -31,6 +38,8 @@ class Issuer:
         self.published: dict[str, Any] = {"rsa-1": self.rsa, "ec-1": self.ec}
         self.mode: Mode = "serve"
         self.requests = 0  # JWKS requests received
+        self.devices: dict[str, dict[str, Any]] = {}  # device code -> user code, client, approved email
+        self.polls = 0  # token requests with a device code
         self._closing = threading.Event()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -69,6 +78,26 @@ class Issuer:
         }[key]
         return jwt.encode(payload, signer, algorithm=algorithm, headers={"kid": kid or default_kid, **(headers or {})})
 
+    def approve(self, user_code: str, email: str = "dana@hospital.example") -> None:
+        """The user confirmed ``user_code`` in a browser, logged in as ``email``."""
+        for device in self.devices.values():
+            if device["user_code"] == user_code:
+                device["email"] = email
+                return
+        raise KeyError(user_code)
+
+    def _device_answer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type") != DEVICE_GRANT:
+            return 400, {"error": "unsupported_grant_type"}
+        self.polls += 1
+        device = self.devices.get(form.get("device_code", ""))
+        if device is None or device["client_id"] != form.get("client_id"):
+            return 400, {"error": "invalid_grant"}
+        if device["email"] is None:
+            return 400, {"error": "authorization_pending"}
+        del self.devices[form["device_code"]]  # a device code buys one token
+        return 200, {"access_token": self.token(email=device["email"]), "token_type": "Bearer", "expires_in": 300}
+
     def close(self) -> None:
         self._closing.set()  # releases the handlers that are hanging
         self.server.shutdown()
@@ -78,7 +107,52 @@ class Issuer:
         issuer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                if self.path == "/oauth/device/code":
+                    device_code, user_code = secrets.token_urlsafe(16), secrets.token_hex(4).upper()
+                    issuer.devices[device_code] = {
+                        "user_code": user_code,
+                        "client_id": form.get("client_id"),
+                        "email": None,
+                    }
+                    self._json(
+                        200,
+                        {
+                            "device_code": device_code,
+                            "user_code": user_code,
+                            "verification_uri": f"{issuer.url}/activate",
+                            "verification_uri_complete": f"{issuer.url}/activate?user_code={user_code}",
+                            "expires_in": 60,
+                            "interval": 0.05,
+                        },
+                    )
+                elif self.path == "/oauth/token":
+                    self._json(*issuer._device_answer(form))
+                else:
+                    self.send_error(404)
+
+            def _json(self, status: int, answer: dict[str, Any]) -> None:
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
+                if self.path == DISCOVERY_PATH:
+                    self._json(
+                        200,
+                        {
+                            "issuer": issuer.url,
+                            "jwks_uri": issuer.url + JWKS_PATH,
+                            "device_authorization_endpoint": f"{issuer.url}/oauth/device/code",
+                            "token_endpoint": f"{issuer.url}/oauth/token",
+                        },
+                    )
+                    return
                 if self.path != JWKS_PATH:
                     self.send_error(404)
                     return

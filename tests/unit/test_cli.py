@@ -82,7 +82,7 @@ def test_a_query_without_credentials_says_how_to_log_in(
 ) -> None:
     monkeypatch.delenv("MEDPERF_URL", raising=False)
     monkeypatch.delenv("MEDPERF_TOKEN", raising=False)
-    monkeypatch.setattr("cli.client.CREDENTIALS", tmp_path / "none.json")
+    monkeypatch.setenv("MEDPERF_CONFIG_DIR", str(tmp_path))
     assert main(argv) == 1
     assert "medperf auth login" in capsys.readouterr().err
 

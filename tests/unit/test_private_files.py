@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-import cli.client
 import shared.signing
 from cli.main import main
 from services.executor.assets import load_synapse_token, save_synapse_token
@@ -91,11 +90,10 @@ def test_exclusive_never_replaces_an_existing_file(tmp_path: Path) -> None:
 
 
 def _cli_credentials(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    monkeypatch.setattr(cli.client, "CONFIG_DIR", directory)
-    monkeypatch.setattr(cli.client, "CREDENTIALS", directory / "credentials.json")
-    cli.client.save_credentials("https://medperf.example", SECRET)
-    assert json.loads((directory / "credentials.json").read_text())["token"] == SECRET
-    return [directory / "credentials.json"]
+    monkeypatch.setenv("MEDPERF_CONFIG_DIR", str(directory))
+    assert main(["auth", "login", "--url", "https://medperf.example", "--token", SECRET]) == 0
+    assert json.loads((directory / "profiles.json").read_text())["profiles"]["default"]["token"] == SECRET
+    return [directory / "profiles.json"]
 
 
 def _synapse_token(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -112,7 +110,7 @@ def _nats_credentials(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[
 
 
 WRITERS: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch], list[Path]], tuple[str, ...]]] = {
-    "cli credentials.json": (_cli_credentials, ("credentials.json",)),
+    "cli profiles.json": (_cli_credentials, ("profiles.json",)),
     "synapse token": (_synapse_token, ("synapse.json",)),
     "medperf nats store and auth.conf": (_nats_credentials, ("nats-users.json", "auth.conf")),
 }
