@@ -107,9 +107,9 @@ class Federation:
         finally:
             await nc.close()
 
-    async def join(self, sites: int = 1) -> None:
+    async def join(self, sites: int = 1, demo_dataset: dict | None = None) -> None:
         """Committee registers and submits, admin approves, the site (each of ``sites``) prepares and
-        asks to join, the committee approves the dataset(s)."""
+        asks to join, the committee approves the dataset(s). ``demo_dataset``: a hosted file."""
         committee = "committee"
         prep = await self.call(
             committee, "post", "/containers", {"name": "prep", "spec": preparator(self.image), "state": "OPERATION"}
@@ -137,7 +137,7 @@ class Federation:
             data_preparator_id=prep_id,
             reference_model_id=ref,
             metrics_container_id=metrics_id,
-            demo_dataset={"source": "https://example.org/demo.tgz", "sha256": "ab" * 32},
+            demo_dataset=demo_dataset or {"source": "https://example.org/demo.tgz", "sha256": "ab" * 32},
             metrics=[{"name": "auc"}],
             primary_metric="auc",
             state="OPERATION",
