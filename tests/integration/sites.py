@@ -215,10 +215,17 @@ def site_settings(tmp_path: Path, **options: Any) -> SiteSettings:
 
 @asynccontextmanager
 async def federation(
-    tmp_path: Path, image: str, *, name: str = SITE, runtime: ContainerRuntime | None = None, **site_options: Any
+    tmp_path: Path,
+    image: str,
+    *,
+    name: str = SITE,
+    runtime: ContainerRuntime | None = None,
+    max_deliveries: int = 5,
+    **site_options: Any,
 ) -> AsyncIterator[Federation]:
     """The central services and one site agent called ``name`` (with ``site_options``), in this process."""
     settings = Settings(
+        max_deliveries=max_deliveries,
         state_dir=tmp_path / "state",
         http_port=0,
         admins=["admin"],

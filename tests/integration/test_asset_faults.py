@@ -135,3 +135,30 @@ async def test_a_model_whose_files_fail_their_hash_fails_as_its_own_fault_once(
         assert "does not match its registered hash" in job.detail
         (event,) = [e for e in await fed.events(".job.failed") if e["model_id"] == model_id]
         assert event["failure"] == "model" and event["will_retry"] is False
+
+
+async def test_after_the_last_delivery_the_failure_is_final(tmp_path: Path, busybox_image: str) -> None:
+    """The demo data's host is down (connection refused): the site's infrastructure, retried with
+    the event until it is dead-lettered; the last failure, and the console's job, say it is final."""
+    closed = {"source": "http://127.0.0.1:9/demo.tgz", "sha256": "ab" * 32}  # the discard port: nothing listens
+    async with federation(tmp_path, busybox_image, committee_for=["bench"], max_deliveries=2) as fed:
+        await fed.join(demo_dataset=closed)
+        model_id = await ask_to_join(fed, "candidate", model(busybox_image))
+
+        async def failures() -> list[dict] | None:
+            found = [e for e in await fed.events(".job.failed") if e["kind"] == "compatibility"]
+            return found if len(found) == 2 else None
+
+        await eventually(failures, "both deliveries to fail", timeout=60)
+        found = await failures()
+        assert found is not None
+        assert [(e["model_id"], e["failure"], e["will_retry"]) for e in found] == [
+            (model_id, "infrastructure", True),
+            (model_id, "infrastructure", False),
+        ]
+
+        async def console_says_final() -> list[dict]:
+            jobs = await fed.call("admin", "get", "/console/jobs", model_id=model_id, status="failed")
+            return [j for j in jobs if j["job_id"] == found[-1]["job_id"] and j["will_retry"] is False]
+
+        await eventually(console_says_final, "the console to show the last failure as final")
