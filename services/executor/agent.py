@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from services.executor import domain
 from services.executor.demo import prepare_demo
-from services.executor.runner import JobRunner, add_job, release
+from services.executor.runner import JobRunner, add_job, job_event, release
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
@@ -48,6 +48,7 @@ from shared.events import (
     BenchmarkApproved,
     CompatibilityReport,
     CompatibilityTested,
+    JobSucceeded,
 )
 from shared.messaging import NotYet, PermanentFailure
 from shared.service import ask
@@ -255,6 +256,8 @@ class SiteAgent:
                         release(uow, job, self.site, self.runner.key)
                     else:
                         job.release = "held"
+                        # Told again, now held: the data owner's pending list comes from this event.
+                        uow.emit(job_event(JobSucceeded, self.site, job, partial=job.partial, held=True))
                     await uow.commit()
                     return
             if any(domain.blocks_new_run(job.status, job.failure) for job in earlier):

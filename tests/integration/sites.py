@@ -25,7 +25,13 @@ from services.ingress.auth import token_digest
 from shared.db import UnitOfWork
 from shared.settings import Settings
 
-USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler", "stranger": "t-stranger"}
+USERS = {
+    "admin": "t-admin",
+    "committee": "t-committee",
+    "modeler": "t-modeler",
+    "stranger": "t-stranger",
+    "hospital-a": "t-hospital-a",  # the site's data owner
+}
 SITE = "site-a"
 
 
