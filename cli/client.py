@@ -142,6 +142,11 @@ class Client:
             {"approve": approve, "reason": reason},
         )
 
+    def console_jobs(self, **filters: Any) -> list[dict]:
+        """Jobs at the sites and why each failed: every job for an admin; otherwise those of the
+        caller's sites, models and benchmarks (filters: site, status, benchmark_id, model_id, limit)."""
+        return self.get("/console/jobs", **filters)
+
     def associations(
         self, benchmark_id: int, kind: str | None = None, status: str | None = None, **filters: Any
     ) -> list[dict]:

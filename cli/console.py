@@ -32,7 +32,11 @@ def add_commands(commands: Any) -> None:
 
     sub.add_parser("pending", help="what waits for a decision, and the command that decides each")
     sub.add_parser("sites", help="every site agent: heartbeat, running and queued jobs, failures, silence (admins)")
-    jobs = sub.add_parser("jobs", help="jobs at the sites, and why the failed ones failed (admins)")
+    jobs = sub.add_parser(
+        "jobs",
+        help="jobs and why the failed ones failed: every site's for admins; otherwise your sites', and your "
+        "models' and benchmarks' at every site (their log tails stay at the site)",
+    )
     jobs.add_argument("--site")
     jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--benchmark", type=int)
@@ -61,10 +65,13 @@ def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> i
     elif command == "sites":
         print(render.sites_text(client.get("/console/sites")), file=out)
     elif command == "jobs":
-        found = client.get(
-            "/console/jobs", site=args.site, status=args.status, benchmark_id=args.benchmark, model_id=args.model
-        )
+        filters = {"site": args.site, "status": args.status, "benchmark_id": args.benchmark, "model_id": args.model}
+        found = client.console_jobs(**filters)
         print(render.jobs_text(found), file=out)
+        kept = sorted({j["site"] for j in found if j.get("log_tail_kept_at_site")})
+        if kept:
+            where = ", ".join(kept)
+            print(f"\nLog tails may quote patient data: they stay at the site ({where}) with its data owner.", file=out)
     elif command == "dead-letters":
         if args.letters_command == "ls":
             print(render.dead_letters_text(client.get("/console/dead-letters")), file=out)

@@ -344,7 +344,9 @@ class ListSites(Command):
 
 
 class ListJobs(Command):
-    """Admins only: jobs as the sites reported them, newest first, with why each failure happened."""
+    """Jobs as the sites reported them, newest first, with why each failure happened: every job for
+    admins; for others those of their sites, their models and their benchmarks, with log tails
+    (which may quote patient data) only from their own sites."""
 
     SERVICE, NAME = "console", "jobs"
     site: str | None = Field(default=None, max_length=63)

@@ -21,6 +21,11 @@ AssociationKind = Literal["dataset", "model"]
 EntityKind = Literal["container", "model", "benchmark", "dataset"]
 EntityState = Literal["DEVELOPMENT", "OPERATION"]
 ApprovalMode = Literal["NEVER", "ALWAYS", "ALLOWLIST"]
+#: Whose fault a failure was, so that it reaches who can fix it: a model's owner, the benchmark's
+#: committee (its metrics container, or its own registration: demo data, the data preparator's
+#: hosted files), the site's data owner, or the site's infrastructure (engine, disk, network), the
+#: only one retried.
+FailureKind = Literal["model", "metrics", "benchmark", "data", "infrastructure"]
 
 
 def utcnow() -> datetime:
@@ -249,6 +254,7 @@ class CompatibilityReport(BaseModel):
     passed: bool
     metrics: dict[str, float] = Field(default_factory=dict)
     detail: str = ""
+    failure: FailureKind | None = Field(default=None, description="whose fault a failed test was")
 
     _check_finite = field_validator("metrics")(_finite)
 
@@ -383,8 +389,6 @@ class SharingPolicyChanged(Event):
 
 JobKind = Literal["prepare", "compatibility", "run"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-#: Whose fault a failure was: only ``infrastructure`` (engine, disk, download) is retried.
-FailureKind = Literal["model", "metrics", "data", "infrastructure"]
 
 
 class JobEvent(SiteEvent):

@@ -1,5 +1,6 @@
 """The console service: a read model of the site agents and their jobs for the admin console
-(fed by job events, results and heartbeats through durable consumers), and the dead-letter desk."""
+(fed by job events, results and heartbeats through durable consumers, and by the registry's events
+for who owns which model and benchmark), and the dead-letter desk."""
 
 from __future__ import annotations
 
@@ -21,7 +22,17 @@ from shared.commands import (
     Outcome,
     RetryDeadLetter,
 )
-from shared.events import JobCancelled, JobFailed, JobQueued, JobStarted, JobSucceeded, ResultReported, SiteHeartbeat
+from shared.events import (
+    BenchmarkSubmitted,
+    JobCancelled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    ModelRegistered,
+    ResultReported,
+    SiteHeartbeat,
+)
 from shared.messaging import consume
 from shared.service import ServiceHost
 from shared.settings import Settings
@@ -57,6 +68,15 @@ def create_service(settings: Settings) -> ServiceHost:
     @router.subscriber(**consume(host.name, ResultReported))
     async def on_result(event: ResultReported) -> None:
         await handlers.record_result(event, host.uow())
+
+    # Who owns which model and benchmark, so that owners read the jobs of what they own.
+    @router.subscriber(**consume(host.name, ModelRegistered))
+    async def on_model(event: ModelRegistered) -> None:
+        await handlers.record_owner(event, host.uow())
+
+    @router.subscriber(**consume(host.name, BenchmarkSubmitted))
+    async def on_benchmark(event: BenchmarkSubmitted) -> None:
+        await handlers.record_owner(event, host.uow())
 
     @router.subscriber(**_durable("heartbeats", "medperf.heartbeat.*", HEARTBEATS.name))
     async def on_heartbeat(beat: SiteHeartbeat) -> None:

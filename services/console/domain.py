@@ -142,6 +142,21 @@ def fold(state: JobState | None, event: dict[str, Any], occurred_at: datetime) -
     return state
 
 
+@dataclass(frozen=True)
+class Reader:
+    """A non-admin reading jobs, and what they own as the registry's events told the console: a
+    data owner reads their sites' jobs, a model owner their models' at every site, a committee
+    every job of its benchmarks (``handlers.list_jobs`` asks the database for exactly those)."""
+
+    user: str
+    models: frozenset[int]
+    benchmarks: frozenset[int]
+
+    def sees_log_tail(self, site_owner: str) -> bool:
+        """A log tail may quote the site's patient data: it is for the site's data owner only."""
+        return site_owner == self.user
+
+
 def association_decision(item: dict[str, Any]) -> dict[str, Any]:
     """A pending association as the console shows it: what it is, and the commands that decide it."""
     bench, kind, component = item["benchmark_id"], item["kind"], item["component_id"]

@@ -5,15 +5,27 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from services.console import domain
-from services.console.store import Job, Site
+from services.console.store import Job, Owner, Site
 from shared.commands import ListHeldResults, ListJobs, ListSites, Outcome
 from shared.db import UnitOfWork
-from shared.events import JobEvent, ResultReported, SiteHeartbeat, utcnow
+from shared.events import BenchmarkSubmitted, JobEvent, ModelRegistered, ResultReported, SiteHeartbeat, utcnow
 
-ADMINS_ONLY = "only admins see every site's agents and jobs"
+ADMINS_ONLY = "only admins see every site's agents"
+
+
+async def record_owner(event: ModelRegistered | BenchmarkSubmitted, uow: UnitOfWork) -> None:
+    async with uow:
+        if not await uow.claim(event):
+            return
+        if isinstance(event, ModelRegistered):
+            entity, entity_id = "model", event.model_id
+        else:
+            entity, entity_id = "benchmark", event.benchmark_id
+        await uow.session.merge(Owner(entity=entity, entity_id=entity_id, owner=event.owner))
+        await uow.commit()
 
 
 async def record_job_event(event: JobEvent, uow: UnitOfWork) -> None:
@@ -96,9 +108,18 @@ async def list_sites(query: ListSites, uow: UnitOfWork, now: datetime | None = N
     )
 
 
+async def reader(uow: UnitOfWork, user: str) -> domain.Reader:
+    owned = (await uow.session.execute(select(Owner.entity, Owner.entity_id).where(Owner.owner == user))).all()
+    return domain.Reader(
+        user,
+        frozenset(i for kind, i in owned if kind == "model"),
+        frozenset(i for kind, i in owned if kind == "benchmark"),
+    )
+
+
 async def list_jobs(query: ListJobs, uow: UnitOfWork) -> Outcome:
-    if not query.is_admin:
-        return Outcome.refused("forbidden", ADMINS_ONLY)
+    """Admins see every job; others the jobs of what they own (``domain.Reader``), with log tails
+    only from their own sites."""
     stmt = select(Job)
     if query.site is not None:
         stmt = stmt.where(Job.site == query.site)
@@ -109,8 +130,14 @@ async def list_jobs(query: ListJobs, uow: UnitOfWork) -> Outcome:
     if query.model_id is not None:
         stmt = stmt.where(Job.model_id == query.model_id)
     async with uow:
+        me = None if query.is_admin else await reader(uow, query.actor)
+        if me is not None:
+            stmt = stmt.where(
+                or_(Job.owner == me.user, Job.model_id.in_(me.models), Job.benchmark_id.in_(me.benchmarks))
+            )
         rows = (await uow.session.scalars(stmt.order_by(Job.last_event_at.desc()).limit(query.limit))).all()
-    return Outcome.page([row.view() for row in rows])  # log tails add up: a page may be cut
+    # Log tails add up: a page may be cut.
+    return Outcome.page([row.view(with_log_tail=me is None or me.sees_log_tail(row.owner)) for row in rows])
 
 
 async def held_results(query: ListHeldResults, uow: UnitOfWork) -> Outcome:

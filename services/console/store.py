@@ -31,6 +31,16 @@ class Site(Base):
     draining: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Owner(Base):
+    """Who registered each model and benchmark, from the registry's events (owners never change):
+    a model's owner reads its jobs at every site, a benchmark's committee every job of it."""
+
+    __tablename__ = "console_owners"
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entity_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+
+
 class Job(Base):
     """A job at a site, folded from its ``medperf.site.<site>.job.*`` events."""
 
@@ -62,10 +72,15 @@ class Job(Base):
         for f in self.STATE_FIELDS:
             setattr(self, f, getattr(state, f))
 
-    def view(self) -> dict:
-        return {
+    def view(self, with_log_tail: bool = True) -> dict:
+        """The job as the console shows it; without ``with_log_tail`` the tail (which may quote
+        patient data) stays at the site, and the view says one was kept there."""
+        view = {
             "site": self.site,
             "job_id": self.job_id,
             **{f: getattr(self, f) for f in self.STATE_FIELDS if f != "last_event_at"},
             "last_event_at": self.last_event_at.isoformat(),
         }
+        if not with_log_tail:
+            view["log_tail"], view["log_tail_kept_at_site"] = "", bool(self.log_tail)
+        return view

@@ -27,7 +27,8 @@ from faststream.nats import NatsBroker
 from sqlalchemy import select
 
 from services.executor import domain
-from services.executor.runner import JobRunner, add_job, release
+from services.executor.demo import prepare_demo
+from services.executor.runner import JobRunner, add_job, job_event, release
 from services.executor.settings import LocalDataset, SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
@@ -47,6 +48,7 @@ from shared.events import (
     BenchmarkApproved,
     CompatibilityReport,
     CompatibilityTested,
+    JobSucceeded,
 )
 from shared.messaging import NotYet, PermanentFailure
 from shared.service import ask
@@ -90,10 +92,13 @@ class SiteAgent:
 
     # --- event handlers -----------------------------------------------------------------------
 
-    async def on_benchmark_approved(self, event: BenchmarkApproved) -> None:
+    # ``last_try``: the event's last delivery before it is dead-lettered, so a job that fails now on
+    # the infrastructure must say it will not be retried.
+
+    async def on_benchmark_approved(self, event: BenchmarkApproved, last_try: bool = False) -> None:
         for local in self.site.datasets:
             if local.benchmark == event.name:
-                await self.join(event.benchmark_id, local)
+                await self.join(event.benchmark_id, local, last_try)
 
     async def on_association_approved(self, event: AssociationApproved) -> None:
         async with self.uow() as uow:
@@ -126,13 +131,13 @@ class SiteAgent:
             for model_id in [parts.reference_model_id, *[m for m in models if m != parts.reference_model_id]]:
                 await self.enqueue(parts, model_id, dataset, reason=f"{event.kind} association approved")
 
-    async def on_association_requested(self, event: AssociationRequested) -> None:
+    async def on_association_requested(self, event: AssociationRequested, last_try: bool = False) -> None:
         if event.kind != "model" or event.compatibility is not None:
             return
         parts = await self.benchmark(event.benchmark_id)
         if parts.name not in self.site.committee_for:
             return
-        report = await self.test_on_demo_data(parts, event.component_id)
+        report = await self.test_on_demo_data(parts, event.component_id, last_try)
         async with self.uow() as uow:
             uow.emit(
                 CompatibilityTested(
@@ -149,7 +154,7 @@ class SiteAgent:
 
     # --- steps ----------------------------------------------------------------------------------
 
-    async def join(self, benchmark_id: int, local: LocalDataset) -> None:
+    async def join(self, benchmark_id: int, local: LocalDataset, last_try: bool = False) -> None:
         parts = await self.benchmark(benchmark_id)
         async with self.uow() as uow:
             row = await uow.session.scalar(
@@ -163,7 +168,7 @@ class SiteAgent:
         out = self.site.work_dir / "datasets" / f"b{benchmark_id}-{local.name}"
         key = _key("prepare", benchmark_id, local.name, parts.preparator.image_digest)
         try:
-            async with self.runner.inline("prepare", benchmark_id, key, reason="benchmark approved"):
+            async with self.runner.inline("prepare", benchmark_id, key, "benchmark approved", last_try):
                 prepared = await self.workflow.prepare(parts.preparator, local.data_path, local.labels_path, out)
         except TaskFailed as failed:  # the data (or its preparator) is at fault: trying again cannot help
             raise PermanentFailure(f"preparing {local.name} failed: {failed}") from failed
@@ -197,8 +202,10 @@ class SiteAgent:
             await uow.commit()
         # The compatibility test is the reference model's real run; it is kept and released only
         # if the association is approved, so the reference model never runs twice.
-        job = await self.compatibility_run(parts, row)
-        report = CompatibilityReport(passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail)
+        job = await self.compatibility_run(parts, row, last_try)
+        report = CompatibilityReport(
+            passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail, failure=job.failure
+        )
         outcome = await ask(
             self.broker,
             RequestAssociation(
@@ -249,6 +256,8 @@ class SiteAgent:
                         release(uow, job, self.site, self.runner.key)
                     else:
                         job.release = "held"
+                        # Told again, now held: the data owner's pending list comes from this event.
+                        uow.emit(job_event(JobSucceeded, self.site, job, partial=job.partial, held=True))
                     await uow.commit()
                     return
             if any(domain.blocks_new_run(job.status, job.failure) for job in earlier):
@@ -266,7 +275,7 @@ class SiteAgent:
             await uow.commit()
         self.runner.wake()
 
-    async def compatibility_run(self, parts: BenchmarkParts, dataset: PreparedDataset) -> Job:
+    async def compatibility_run(self, parts: BenchmarkParts, dataset: PreparedDataset, last_try: bool = False) -> Job:
         """Run the reference model on a freshly prepared dataset now, as a job of its own."""
         model = await self.model_spec(parts.reference_model_id)
         key = _job_key(parts, parts.reference_model_id, model, dataset)
@@ -287,7 +296,7 @@ class SiteAgent:
                 await add_job(uow, self.site, job, "dataset prepared")
                 await uow.commit()
         if job.status == "queued":
-            job = await self.runner.run_now(job.id)
+            job = await self.runner.run_now(job.id, last_try)
         if job.status not in ("succeeded", "failed"):
             # An infrastructure failure: this event is redelivered later, and the job tried again.
             raise RuntimeError(f"compatibility run (job {job.id}) did not finish: {job.detail}")
@@ -320,22 +329,23 @@ class SiteAgent:
         declared = {name: scores.metrics[name] for name in parts.metric_names if name in scores.metrics}
         return Scores(declared, scores.partial)
 
-    async def test_on_demo_data(self, parts: BenchmarkParts, model_id: int) -> CompatibilityReport:
+    async def test_on_demo_data(
+        self, parts: BenchmarkParts, model_id: int, last_try: bool = False
+    ) -> CompatibilityReport:
+        """A failure that is not the site's (the model's, or the benchmark's own demo data) is the
+        test's outcome: reported as failed, with whose fault and why, for the committee to decide."""
         model = await self.model_spec(model_id)
         base = self.site.work_dir / "demo" / parts.demo_dataset.sha256[:16]
         key = _key("demo", parts.benchmark_id, model_id, model.image_digest, parts.demo_dataset.sha256)
         try:
             async with self.runner.inline(
-                "compatibility", parts.benchmark_id, key, reason="model asked to join", model_id=model_id
+                "compatibility", parts.benchmark_id, key, "model asked to join", last_try, model_id=model_id
             ):
-                demo = await self.workflow.cache.extracted(parts.demo_dataset)
-                paths = json.loads((demo / "paths.json").read_text())
-                prepared = await self.workflow.prepare(
-                    parts.preparator, demo / paths["data_path"], demo / paths["labels_path"], base / "prepared"
-                )
+                prepared = await prepare_demo(self.workflow, parts.demo_dataset, parts.preparator, base / "prepared")
                 scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
-        except TaskFailed as failure:
-            return CompatibilityReport(passed=False, detail=str(failure))
+        except TaskFailed as failed:
+            detail = f"{failed} (the {failed.fault}'s fault)"
+            return CompatibilityReport(passed=False, detail=detail, failure=failed.fault)
         metrics = scores.metrics
         return CompatibilityReport(passed=True, metrics={n: metrics[n] for n in parts.metric_names if n in metrics})
 

@@ -61,6 +61,10 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     async def load_key() -> None:  # before the runner starts: releasing a result signs it
         agent.runner.key = await keys.start()
 
+    def last_try(msg: NatsMessage) -> bool:
+        # The delivery after which shared.messaging parks the event: a failure now is final.
+        return msg.raw_message.metadata.num_delivered >= settings.max_deliveries
+
     host.on_start(load_key)
     host.on_start(agent.runner.start)
     host.on_stop(agent.runner.stop)
@@ -70,7 +74,7 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     @router.subscriber(**consume(host.name, BenchmarkApproved, ack_wait=ACK_WAIT, user=settings.nats_user))
     async def on_benchmark_approved(event: BenchmarkApproved, msg: NatsMessage) -> None:
         async with still_working(msg, ACK_WAIT):
-            await agent.on_benchmark_approved(event)
+            await agent.on_benchmark_approved(event, last_try(msg))
 
     @router.subscriber(**consume(host.name, AssociationApproved, ack_wait=ACK_WAIT, user=settings.nats_user))
     async def on_association_approved(event: AssociationApproved, msg: NatsMessage) -> None:
@@ -80,7 +84,7 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=ACK_WAIT, user=settings.nats_user))
     async def on_association_requested(event: AssociationRequested, msg: NatsMessage) -> None:
         async with still_working(msg, ACK_WAIT):
-            await agent.on_association_requested(event)
+            await agent.on_association_requested(event, last_try(msg))
 
     host.include(
         router,

@@ -43,9 +43,25 @@ def fault_of_task(task: str) -> FailureKind:
     return TASK_FAULT.get(task, "infrastructure")
 
 
+#: Whose fault a refused hosted file (image archive, additional files) is: whoever registered the
+#: container the task belongs to. The data preparator is the benchmark's, not the site's data.
+ASSET_FAULT: dict[str, FailureKind] = {
+    "infer": "model",
+    "evaluate": "metrics",
+    "prepare": "benchmark",
+    "sanity_check": "benchmark",
+    "statistics": "benchmark",
+}
+
+
+def fault_of_asset(task: str) -> FailureKind:
+    return ASSET_FAULT.get(task, "infrastructure")
+
+
 def retry_after(failure: FailureKind, attempts: int, first_delay: float = 5.0) -> float | None:
     """Seconds to wait before the next attempt, or None when the job must fail for good: only
-    infrastructure is retried (a model that crashed will crash again), with backoff."""
+    infrastructure is retried (a model that crashed, or a file that fails its hash, will again),
+    with backoff."""
     if failure != "infrastructure" or attempts >= MAX_ATTEMPTS:
         return None
     return min(first_delay * 2 ** (attempts - 1), 300.0)

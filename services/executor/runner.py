@@ -211,16 +211,17 @@ class JobRunner:
         for job in jobs:
             self.running[job.id] = asyncio.create_task(self._attempt(job), name=f"job-{job.id}")
 
-    async def run_now(self, job_id: int) -> Job:
+    async def run_now(self, job_id: int, last_try: bool = False) -> Job:
         """Run a queued job in the caller's task, outside the queue and the concurrency limit
         (a compatibility run that an association request waits for); returns it finished, or
-        queued again after an infrastructure failure."""
+        queued again after an infrastructure failure, unless this is the caller's ``last_try``
+        (its event is dead-lettered next): then the job fails for good and says so."""
         async with self.uow() as uow:
             job = await uow.session.get(Job, job_id)
             assert job is not None
             self._mark_started(uow, job)
             await uow.commit()
-        await self._attempt(job)
+        await self._attempt(job, requeue=not last_try)
         async with self.uow() as uow:
             finished = await uow.session.get(Job, job_id)
             assert finished is not None
@@ -232,16 +233,16 @@ class JobRunner:
         job.started_at = job.heartbeat_at = utcnow()
         uow.emit(job_event(JobStarted, self.site, job, attempt=job.attempts))
 
-    async def _attempt(self, job: Job) -> None:
+    async def _attempt(self, job: Job, requeue: bool = True) -> None:
         try:
             scores = await self.execute(job, self.labels(job.id))
         except asyncio.CancelledError:
             raise  # cancelled by the data owner (recorded by _cancel_requested) or by shutdown
         except TaskFailed as failed:
-            await self._failed(job.id, domain.fault_of_task(failed.task), str(failed), failed.log_tail)
+            await self._failed(job.id, failed.fault, str(failed), failed.log_tail, requeue)
         except Exception as exc:  # the engine, the disk, a download, another service: not the job's fault
             log.warning("%s: job %d hit an infrastructure error: %s", self.site.name, job.id, exc)
-            await self._failed(job.id, "infrastructure", f"{type(exc).__name__}: {exc}", "")
+            await self._failed(job.id, "infrastructure", f"{type(exc).__name__}: {exc}", "", requeue)
         else:
             await self._succeeded(job.id, scores)
         finally:
@@ -268,11 +269,12 @@ class JobRunner:
 
     @asynccontextmanager
     async def inline(
-        self, kind: JobKind, benchmark_id: int, key: str, reason: str, **ids: int | None
+        self, kind: JobKind, benchmark_id: int, key: str, reason: str, last_try: bool = False, **ids: int | None
     ) -> AsyncIterator[Job]:
         """Record work that its event handler does itself (preparing data, testing a candidate model
         on the demo data) as a job with the same transitions and events as queued runs. A failure
-        is recorded and re-raised; the handler's event is redelivered if it was infrastructure's."""
+        is recorded and re-raised; the handler's event is redelivered if it was infrastructure's,
+        unless this is its ``last_try`` (it is dead-lettered next: the failure says it is final)."""
         async with self.uow() as uow:
             job = await add_job(uow, self.site, Job(key=key, kind=kind, benchmark_id=benchmark_id, **ids), reason)
             self._mark_started(uow, job)
@@ -280,19 +282,27 @@ class JobRunner:
         try:
             yield job
         except TaskFailed as failed:
-            await self._failed(job.id, domain.fault_of_task(failed.task), str(failed), failed.log_tail, requeue=False)
+            await self._failed(job.id, failed.fault, str(failed), failed.log_tail, requeue=False)
             raise
         except Exception as exc:
-            await self._failed(job.id, "infrastructure", f"{type(exc).__name__}: {exc}", "", requeue=False)
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._failed(job.id, "infrastructure", reason, "", requeue=False, redelivered=not last_try)
             raise
         else:
             await self._succeeded(job.id, Scores({}))
 
     async def _failed(
-        self, job_id: int, failure: domain.FailureKind, reason: str, log_tail: str, requeue: bool = True
+        self,
+        job_id: int,
+        failure: domain.FailureKind,
+        reason: str,
+        log_tail: str,
+        requeue: bool = True,
+        redelivered: bool = False,
     ) -> None:
-        """Record a failure; a queued job whose failure is retryable goes back to the queue. An
-        inline job (``requeue=False``) fails for good: its event's redelivery retries it as a new job."""
+        """Record a failure; a queued job whose failure is retryable goes back to the queue. A job
+        not requeued fails for good; ``redelivered``: its event's redelivery retries the work as a
+        new job, so the failure still says it will be retried."""
         async with self.uow() as uow:
             job = await uow.session.get(Job, job_id)
             assert job is not None
@@ -306,7 +316,7 @@ class JobRunner:
             else:
                 job.status = domain.transition(job.status, "queued")
                 job.not_before = utcnow() + timedelta(seconds=delay)
-            will_retry = delay is not None or (not requeue and failure == "infrastructure")
+            will_retry = delay is not None or (redelivered and failure == "infrastructure")
             uow.emit(
                 job_event(
                     JobFailed, self.site, job, failure=failure, will_retry=will_retry, reason=reason, log_tail=log_tail

@@ -22,9 +22,11 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from services.executor.assets import AssetCache, RefusedAsset
+from services.executor.domain import fault_of_asset, fault_of_task
 from services.executor.limits import TaskLimits, setting, size
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec, TaskSpec
+from shared.events import FailureKind
 from shared.limits import LimitExceeded, check_statistics_size
 
 #: Files the executor reads from output directories (the rest of the container contract is in
@@ -34,7 +36,12 @@ RESULTS_FILE = "results.json"
 
 
 class TaskFailed(Exception):
-    def __init__(self, task: str, outcome: TaskOutcome | None, detail: str = "") -> None:
+    """A task failed for a reason that is not the site's: ``fault`` says whose (by default the
+    task's container's, ``domain.TASK_FAULT``), and it is final, never retried."""
+
+    def __init__(
+        self, task: str, outcome: TaskOutcome | None, detail: str = "", fault: FailureKind | None = None
+    ) -> None:
         if outcome is not None and outcome.exceeded:
             detail = detail or outcome.exceeded
         elif outcome is not None and outcome.timed_out:
@@ -43,6 +50,7 @@ class TaskFailed(Exception):
             detail = detail or f"exited with {outcome.exit_code}"
         super().__init__(f"{task} failed: {detail}")
         self.task = task
+        self.fault: FailureKind = fault or fault_of_task(task)
         self.log_tail = outcome.log_tail if outcome else ""
 
 
@@ -321,16 +329,17 @@ class Workflow:
                 raise
         try:
             archive = await self.cache.fetch(spec.image_archive)
-        except RefusedAsset as exc:  # too large, or not its declared size: its owner's to fix
+        except RefusedAsset as exc:  # not its hash, a web page, too large: its owner's to fix
             source = spec.image_archive.source
-            raise TaskFailed(task_name, None, f"its image archive ({source}) was refused: {exc}") from exc
+            detail = f"its image archive ({source}) was refused: {exc}"
+            raise TaskFailed(task_name, None, detail, fault=fault_of_asset(task_name)) from exc
         await asyncio.to_thread(runtime.load_image, archive)
         try:
             await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
         except ImageNotAvailable as exc:
-            raise ImageNotAvailable(
-                f"the image archive {spec.image_archive.source} does not hold image {spec.image_digest}"
-            ) from exc
+            # The archive passed its hash, so it is the registered file: it names the wrong image.
+            detail = f"the image archive {spec.image_archive.source} does not hold image {spec.image_digest}"
+            raise TaskFailed(task_name, None, detail, fault=fault_of_asset(task_name)) from exc
 
     async def _input_path(
         self, spec: ContainerSpec, task_name: str, key: str, run: Path, mounts: dict[str, Path]
@@ -345,11 +354,12 @@ class Workflow:
             try:
                 return await self.cache.extracted(spec.additional_files)
             except RefusedAsset as exc:
-                # Unsafe paths or links in the container's own files, or files over a site limit:
-                # its owner's fault, and fetching the same bytes again cannot help, so the task
-                # fails for good.
+                # Not the registered hash, a web page, unsafe paths or links, over a site limit:
+                # the container owner's fault, and fetching the same bytes again cannot help, so
+                # the task fails for good.
                 source = spec.additional_files.source
-                raise TaskFailed(task_name, None, f"its additional files ({source}) were refused: {exc}") from exc
+                detail = f"its additional files ({source}) were refused: {exc}"
+                raise TaskFailed(task_name, None, detail, fault=fault_of_asset(task_name)) from exc
         if key not in mounts:
             raise TaskFailed("mount", None, f"the executor has no input for mount {key!r}")
         return mounts[key]

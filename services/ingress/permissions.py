@@ -204,7 +204,14 @@ PERMISSIONS: tuple[Rule, ...] = (
             "for admins, their own sites' otherwise)",
         ),
         Rule("GET", "/console/sites", ADMIN, "every site's agent and its state: admins only", admin_only=True),
-        Rule("GET", "/console/jobs", ADMIN, "every site's jobs, with failure logs: admins only", admin_only=True),
+        Rule(
+            "GET",
+            "/console/jobs",
+            AUTHENTICATED,
+            "jobs and why they failed (whose fault, the reason): every job for admins; a data owner its sites' "
+            "(with log tails), a model owner its models' at every site and a committee its benchmarks' (log "
+            "tails stay at the site: they may quote patient data); anyone else an empty list",
+        ),
         Rule("GET", "/console/dead-letters", ADMIN, "parked messages carry any payload: admins only", admin_only=True),
         Rule(
             "POST",

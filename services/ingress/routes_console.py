@@ -96,7 +96,7 @@ async def sites(ctx: Context = Depends(authorized)) -> Any:
     return (await ctx.ask(ListSites)).data
 
 
-@router.get("/console/jobs", summary="jobs as the sites reported them, with why each failed (admins only)")
+@router.get("/console/jobs", summary="jobs of what the caller owns (all for admins), with why each failed")
 async def jobs(
     filters: Annotated[JobFilters, Query()],  # type: ignore[valid-type]
     ctx: Context = Depends(authorized),

@@ -25,7 +25,13 @@ from services.ingress.auth import token_digest
 from shared.db import UnitOfWork
 from shared.settings import Settings
 
-USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler", "stranger": "t-stranger"}
+USERS = {
+    "admin": "t-admin",
+    "committee": "t-committee",
+    "modeler": "t-modeler",
+    "stranger": "t-stranger",
+    "hospital-a": "t-hospital-a",  # the site's data owner
+}
 SITE = "site-a"
 
 
@@ -107,9 +113,9 @@ class Federation:
         finally:
             await nc.close()
 
-    async def join(self, sites: int = 1) -> None:
+    async def join(self, sites: int = 1, demo_dataset: dict | None = None) -> None:
         """Committee registers and submits, admin approves, the site (each of ``sites``) prepares and
-        asks to join, the committee approves the dataset(s)."""
+        asks to join, the committee approves the dataset(s). ``demo_dataset``: a hosted file."""
         committee = "committee"
         prep = await self.call(
             committee, "post", "/containers", {"name": "prep", "spec": preparator(self.image), "state": "OPERATION"}
@@ -137,7 +143,7 @@ class Federation:
             data_preparator_id=prep_id,
             reference_model_id=ref,
             metrics_container_id=metrics_id,
-            demo_dataset={"source": "https://example.org/demo.tgz", "sha256": "ab" * 32},
+            demo_dataset=demo_dataset or {"source": "https://example.org/demo.tgz", "sha256": "ab" * 32},
             metrics=[{"name": "auc"}],
             primary_metric="auc",
             state="OPERATION",
@@ -215,10 +221,17 @@ def site_settings(tmp_path: Path, **options: Any) -> SiteSettings:
 
 @asynccontextmanager
 async def federation(
-    tmp_path: Path, image: str, *, name: str = SITE, runtime: ContainerRuntime | None = None, **site_options: Any
+    tmp_path: Path,
+    image: str,
+    *,
+    name: str = SITE,
+    runtime: ContainerRuntime | None = None,
+    max_deliveries: int = 5,
+    **site_options: Any,
 ) -> AsyncIterator[Federation]:
     """The central services and one site agent called ``name`` (with ``site_options``), in this process."""
     settings = Settings(
+        max_deliveries=max_deliveries,
         state_dir=tmp_path / "state",
         http_port=0,
         admins=["admin"],

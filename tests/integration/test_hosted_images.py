@@ -21,8 +21,8 @@ import pytest
 from cli.register import pin_hosted_files
 from services.executor.assets import AssetCache
 from services.executor.assets.direct import DirectSource
-from services.executor.runtime import DockerRuntime, ImageNotAvailable
-from services.executor.workflow import Workflow
+from services.executor.runtime import DockerRuntime
+from services.executor.workflow import TaskFailed, Workflow
 from shared.containers import ContainerSpec
 
 
@@ -96,8 +96,9 @@ async def test_an_image_archive_is_loaded_only_when_it_holds_the_registered_imag
 
         impostor = spec_for(wanted, f"{url}/other.tar", root / "other.tar")
         engine.images.remove(wanted, force=True)
-        with pytest.raises(ImageNotAvailable, match="does not hold image"):
+        with pytest.raises(TaskFailed, match="does not hold image") as caught:
             await workflow.run_task(impostor, "infer", tmp_path / "run2", {"output_path": tmp_path / "out2"})
+        assert caught.value.fault == "model"  # the archive is the registered file: its owner's to fix
         assert not (tmp_path / "out2" / "p").exists()
     finally:
         for digest in (wanted, other):

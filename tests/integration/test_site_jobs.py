@@ -43,8 +43,19 @@ async def test_review_policy_holds_results_until_the_data_owner_releases_them(
         jobs = await fed.jobs()
         assert [(j.kind, j.status) for j in jobs][:2] == [("prepare", "succeeded"), ("compatibility", "succeeded")]
         for earlier in jobs[:2]:
-            history = [e["type"] for e in await fed.events("") if e.get("job_id") == earlier.id]
-            assert history == ["job.queued", "job.started", "job.succeeded"]
+            history = [(e["type"], e.get("held")) for e in await fed.events("") if e.get("job_id") == earlier.id]
+            done = [("job.queued", None), ("job.started", None), ("job.succeeded", False)]
+            # The reference model's run is kept for the association; once approved it is held, and told.
+            assert history == done + ([("job.succeeded", True)] if earlier.kind == "compatibility" else [])
+
+        # The data owner's pending list (the console's) names both held results, the reference's too.
+        reference = jobs[1].id
+
+        async def both_pending() -> bool:
+            held = (await fed.call("hospital-a", "get", "/console/pending"))["held_results"]
+            return {h["id"] for h in held} == {job.id, reference}
+
+        await eventually(both_pending, "both held results in the data owner's pending list")
 
         await operations.release_result(fed.uow(), fed.site, job.id)
 

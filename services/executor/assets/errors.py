@@ -12,9 +12,9 @@ class AssetError(Exception):
 
 
 class RefusedAsset(AssetError):
-    """The hosted file itself is refused (unsafe, unreadable, over a site limit): its container's
-    owner has to change it, and fetching the same file again cannot help, so the task that needed
-    it fails for good, as the container's fault."""
+    """The hosted file itself is refused (not its registered hash, a web page instead of the file,
+    unsafe, unreadable, over a site limit): whoever registered it has to change it, and fetching
+    the same file again cannot help, so the task that needed it fails for good, as their fault."""
 
 
 class UnknownSource(AssetError):
@@ -37,7 +37,7 @@ class DownloadFailed(AssetError):
         self.reason = reason
 
 
-class NotADirectDownload(DownloadFailed):
+class NotADirectDownload(DownloadFailed, RefusedAsset):
     """The URL serves a web page (a file viewer or login page), not the file's bytes."""
 
     def __init__(self, source: str) -> None:
@@ -57,7 +57,7 @@ class SynapseLoginRequired(AssetError):
         super().__init__(f"{detail}; run `medperf auth synapse_login` to store a Synapse personal access token")
 
 
-class HashMismatch(AssetError):
+class HashMismatch(RefusedAsset):
     """The downloaded bytes do not have the registered sha256."""
 
     def __init__(self, source: str, expected: str, actual: str) -> None:
@@ -80,8 +80,9 @@ class DownloadTooLarge(DownloadFailed, RefusedAsset):
 
 
 class DownloadTooShort(DownloadFailed):
-    """The transfer ended before the size the registration declares: like a changed hash, this
-    may be the host's passing trouble or a replaced file, so it is retried."""
+    """The transfer ended before the size the registration declares: a connection cut short is
+    the network's passing trouble as often as a replaced file, so it is retried. (A complete
+    transfer with another hash is the file's: ``HashMismatch``.)"""
 
 
 class DownloadTimedOut(DownloadFailed):
