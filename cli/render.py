@@ -30,15 +30,22 @@ def _table(board: dict, title: str) -> str:
         name += " (partial)" if row.get("partial") else ""
         name += " (stale)" if row.get("stale") else ""
         name += " (withheld: too few sites)" if row.get("withheld") else ""
+        failed = row.get("failed") or {}
+        if row.get("sites_failed") and not failed:  # an aggregate view counts them, naming no site
+            name += f" (failed at {row['sites_failed']} site{'s' if row['sites_failed'] > 1 else ''})"
         values = [_num(summary["value"]), _num(summary["min"]), _num(summary["max"])]
         if by_rank:
             values.insert(0, "-" if row.get("mean_rank") is None else f"{row['mean_rank']:.2f}")
-        lines.append([str(row["rank"] or "-"), name, *values, *(_num(row["per_dataset"].get(d)) for d in datasets)])
+        cells = [failed_cell(failed[d]) if d in failed else _num(row["per_dataset"].get(d)) for d in datasets]
+        lines.append([str(row["rank"] or "-"), name, *values, *cells])
     better = "higher" if board["higher_is_better"] else "lower"
     how = f"mean rank across sites by {primary}" if by_rank else f"{aggregate} {primary} across sites"
     out = [f"{title}  (ranked by {how}, {better} is better)", *_aligned(lines, left=2)]
     if any(not r["complete"] for r in board["rows"]):
         out.append("* missing results from some datasets; shown as '-' and not filled in")
+    for row in board["rows"]:  # whose fault and why, for those who can fix it (never the log tail)
+        for site, failure in (row.get("failed") or {}).items():
+            out.append(f"{failed_cell(failure)}: {row['model']} at {site}: {failure['reason']}")
     if any(r.get("stale") for r in board["rows"]):
         out.append("(stale): scored by a metrics container the benchmark no longer uses, until the site scores again")
     shown_to = board.get("offset", 0) + len(board["rows"])
@@ -47,6 +54,11 @@ def _table(board: dict, title: str) -> str:
             f"rows {board.get('offset', 0) + 1}-{shown_to} of {board['total_rows']}: --offset {shown_to} for more"
         )
     return "\n".join(out)
+
+
+def failed_cell(failure: dict) -> str:
+    """A failed model x site cell, saying whose fault (model, metrics, data, benchmark, infrastructure)."""
+    return f"failed ({failure['fault']})"
 
 
 def provenance_table(shown: dict) -> str:

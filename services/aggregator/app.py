@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
-from services.aggregator import handlers, provenance, trust
+from services.aggregator import failures, handlers, provenance, trust
 from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
 from shared.commands import GetLeaderboard, GetProvenance, Outcome, SetSharingPolicy
-from shared.events import ResultReported, SharingPolicyChanged
+from shared.events import JobFailed, ResultReported, SharingPolicyChanged
 from shared.messaging import consume
-from shared.service import ServiceHost
+from shared.service import PROJECTION_BATCH, PROJECTION_LINGER, ServiceHost
 from shared.settings import Settings
 
 #: Results arrive by the thousand: pulled up to 1,024 at a time, and committed a batch per
@@ -38,8 +38,13 @@ def create_service(settings: Settings) -> ServiceHost:
     for _ in range(RESULT_PIPELINES):
         router.subscriber(**consume(host.name, ResultReported, batch_size=RESULT_BATCH))(on_results_reported)
 
+    # Failed runs: the site in the subject is checked against the body's, as for results.
+    @router.subscriber(**consume(host.name, JobFailed, batch_size=PROJECTION_BATCH, linger=PROJECTION_LINGER))
+    async def on_job_failed(deliveries: list[tuple[str, bytes]]) -> dict[int, Exception]:
+        return await failures.record_failures(deliveries, host.uow())
+
     for event_type, project in handlers.PROJECTIONS.items():
-        if event_type is not ResultReported and event_type is not SharingPolicyChanged:  # ours: see handlers
+        if event_type not in (ResultReported, JobFailed, SharingPolicyChanged):  # subscribed above, or ours
             host.projects(router, event_type, project)
 
     @host.answers(GetLeaderboard)

@@ -1,7 +1,7 @@
 """The leaderboards in memory: each benchmark's standings, kept current from the database.
 
 A query compares the database's clock (``store.Clock``) with the tick its copy was loaded at:
-unchanged, nothing more is read; only new results since then, just those rows are read and put
+unchanged, nothing more is read; only new results (or failed runs) since then, just those rows are read and put
 into the standings (whose summaries are recomputed for the models they touch); anything else
 changed (names, participants, the policy, the metrics container), the benchmark loads afresh.
 Several replicas sharing one database each keep their own copy this way, and a process that
@@ -18,8 +18,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.aggregator import domain, listings, policy
-from services.aggregator.store import BenchmarkInfo, Clock, ContainerInfo, DatasetInfo, ModelInfo, Participant, Result
+from services.aggregator import domain, failures, listings, policy
+from services.aggregator.store import (
+    BenchmarkInfo,
+    Clock,
+    ContainerInfo,
+    DatasetInfo,
+    FailedRun,
+    ModelInfo,
+    Participant,
+    Result,
+)
 from shared.events import SharingPolicy
 
 _CELL_COLUMNS = (
@@ -29,6 +38,7 @@ _CELL_COLUMNS = (
     Result.partial,
     Result.container_digests,
 )
+_FAILURE_COLUMNS = (FailedRun.model_id, FailedRun.dataset_id, FailedRun.fault, FailedRun.reason)
 
 
 @dataclass
@@ -75,18 +85,27 @@ class Boards:
         return loaded
 
     async def _catch_up(self, session: AsyncSession, loaded: Loaded, tick: int) -> bool:
-        """Put the results written since ``loaded.tick``; False if one names a model or dataset
-        the loaded facts do not know (the benchmark must then load afresh)."""
+        """Put the results and failed runs written since ``loaded.tick``; False if one names a model
+        or dataset the loaded facts do not know (the benchmark must then load afresh)."""
         facts = loaded.facts
         rows = (
             await session.execute(
                 select(*_CELL_COLUMNS).where(Result.benchmark_id == loaded.benchmark_id, Result.revision > loaded.tick)
             )
         ).all()
-        if any(r.model_id not in facts.model_names or r.dataset_id not in facts.dataset_labels for r in rows):
+        failed = (
+            await session.execute(
+                select(*_FAILURE_COLUMNS).where(
+                    FailedRun.benchmark_id == loaded.benchmark_id, FailedRun.revision > loaded.tick
+                )
+            )
+        ).all()
+        if any(r.model_id not in facts.model_names or r.dataset_id not in facts.dataset_labels for r in rows + failed):
             return False
         for row in rows:
             facts.standings.put(_cell(row, facts.dataset_cases, loaded.metrics_digest))
+        for row in failed:
+            facts.standings.put_failure(failures.to_domain(row))
         loaded.tick = tick
         loaded.replies.clear()
         return True
@@ -96,10 +115,12 @@ class Boards:
         if benchmark is None:
             return None
         results = (await session.execute(select(*_CELL_COLUMNS).where(Result.benchmark_id == benchmark_id))).all()
+        failed = (await session.execute(select(*_FAILURE_COLUMNS).where(FailedRun.benchmark_id == benchmark_id))).all()
         joined = (await session.scalars(select(Participant).where(Participant.benchmark_id == benchmark_id))).all()
-        model_ids = {r.model_id for r in results} | {benchmark.reference_model_id}
+        model_ids = {r.model_id for r in results + failed} | {benchmark.reference_model_id}
         model_ids |= {p.component_id for p in joined if p.kind == "model"}
-        dataset_ids = {r.dataset_id for r in results} | {p.component_id for p in joined if p.kind == "dataset"}
+        approved = frozenset(p.component_id for p in joined if p.kind == "dataset")
+        dataset_ids = {r.dataset_id for r in results + failed} | approved
         models = (await session.scalars(select(ModelInfo).where(ModelInfo.model_id.in_(model_ids)))).all()
         infos = (await session.scalars(select(DatasetInfo).where(DatasetInfo.dataset_id.in_(dataset_ids)))).all()
         digest = None
@@ -124,6 +145,8 @@ class Boards:
         )
         for row in results:
             standings.put(_cell(row, cases, digest))
+        for row in failed:
+            standings.put_failure(failures.to_domain(row))
         facts = policy.Facts(
             owner=benchmark.owner,
             standings=standings,
@@ -133,6 +156,7 @@ class Boards:
             dataset_owners=dataset_owners,
             dataset_cases=cases,
             participants=frozenset(o for o in owners if o),
+            approved_datasets=approved,
         )
         public = await listings.is_public(session, "benchmark", benchmark_id)
         policy_ = SharingPolicy.model_validate(benchmark.policy)

@@ -10,16 +10,23 @@ Ranking (the committee chooses, in its sharing policy):
 
 Tie-break, in this order: the better score; more datasets reported; under ``mean_rank``, the better
 combined primary value; the lower model id (registered earlier). A model with no value of the
-primary metric ranks last. A model missing a dataset is shown with ``None`` there and flagged
-``complete: false``; it is never filled in. Results scored by another metrics container than the
-benchmark's current one are flagged ``stale`` until the site scores them again.
+primary metric ranks last. A model missing a dataset is shown with ``None`` there; it is never
+filled in. ``complete`` says the model reported on every approved dataset the view counts. Results
+scored by another metrics container than the benchmark's current one are flagged ``stale`` until
+the site scores them again.
+
+A run that failed for good at a site is a failed cell: whose fault and a short reason, never the
+log tail. A result for the same cell outranks a failure whichever came first: a later result
+replaces it, and a failure of a later run does not take back a result the site signed (results are
+signed, failures are not). A model whose every run failed is shown with its failed cells and no
+value, after every model with one.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,6 +48,26 @@ class Cell:
     partial: bool
     cases: int | None = None
     stale: bool = False  # scored by a metrics container the benchmark no longer uses
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A model's run on a dataset that failed for good (no retry left)."""
+
+    model_id: int
+    dataset_id: int
+    fault: str  # whose: model / metrics / data / benchmark / infrastructure
+    reason: str
+
+
+#: What a view that hides site names says instead of the site's reason (which may name its data).
+FAULT_WORDS = {
+    "model": "the model failed",
+    "metrics": "the metrics container failed",
+    "data": "the site's data could not be used",
+    "benchmark": "the benchmark's workflow failed",
+    "infrastructure": "the site could not run it",
+}
 
 
 def combine(metric: Metric, values: list[float], cases: list[int | None]) -> float | None:
@@ -94,22 +121,32 @@ class Standings:
     primary: str
     reference_model_id: int
     cells: dict[int, dict[int, Cell]] = field(default_factory=dict)  # model -> dataset -> cell
+    failures: dict[int, dict[int, Failure]] = field(default_factory=dict)  # model -> dataset -> failure
     _summaries: dict[DatasetFilter, dict[int, dict]] = field(default_factory=dict)
     _dirty: dict[DatasetFilter, set[int]] = field(default_factory=dict)
     _mean_ranks: dict[DatasetFilter, tuple[int, dict[int, float]]] = field(default_factory=dict)
     _rankings: dict[tuple, tuple[int, list[tuple[dict, int | None]]]] = field(default_factory=dict)
     _pages: dict[tuple, tuple[int, dict]] = field(default_factory=dict)
-    reported_datasets: set[int] = field(default_factory=set)
+    reported_datasets: set[int] = field(default_factory=set)  # with a result or a failure
     version: int = 0
 
     #: Views kept current at once; an older one (e.g. of a dataset set since grown) is dropped.
     MAX_VIEWS = 8
 
     @classmethod
-    def of(cls, metrics: list[Metric], primary: str, reference_model_id: int, cells: Iterable[Cell]) -> Standings:
+    def of(
+        cls,
+        metrics: list[Metric],
+        primary: str,
+        reference_model_id: int,
+        cells: Iterable[Cell],
+        failures: Iterable[Failure] = (),
+    ) -> Standings:
         standings = cls(metrics, primary, reference_model_id)
         for cell in cells:
             standings.put(cell)
+        for failure in failures:
+            standings.put_failure(failure)
         return standings
 
     def put(self, cell: Cell) -> None:
@@ -118,6 +155,22 @@ class Standings:
         for dirty in self._dirty.values():
             dirty.add(cell.model_id)
         self.version += 1
+
+    def put_failure(self, failure: Failure) -> None:
+        self.failures.setdefault(failure.model_id, {})[failure.dataset_id] = failure
+        self.reported_datasets.add(failure.dataset_id)
+        for dirty in self._dirty.values():
+            dirty.add(failure.model_id)
+        self.version += 1
+
+    def failed(self, model_id: int, datasets: DatasetFilter = None) -> dict[int, Failure]:
+        """dataset id -> the model's failure there, where no result outranks it."""
+        cells = self.cells.get(model_id, {})
+        return {
+            d: f
+            for d, f in self.failures.get(model_id, {}).items()
+            if d not in cells and (datasets is None or d in datasets)
+        }
 
     def all_cells(self) -> list[Cell]:
         return [c for per_dataset in self.cells.values() for c in per_dataset.values()]
@@ -132,22 +185,24 @@ class Standings:
             if len(self._summaries) >= self.MAX_VIEWS:
                 oldest = next(iter(self._summaries))
                 del self._summaries[oldest], self._dirty[oldest]
-            self._summaries[datasets], self._dirty[datasets] = {}, set(self.cells)
+            self._summaries[datasets], self._dirty[datasets] = {}, set(self.cells) | set(self.failures)
         summaries, dirty = self._summaries[datasets], self._dirty[datasets]
         for model_id in dirty:
             reported = [c for d, c in self.cells.get(model_id, {}).items() if datasets is None or d in datasets]
-            if reported:
-                summaries[model_id] = self._summarise(model_id, reported)
+            failed = len(self.failed(model_id, datasets)) if model_id in self.failures else 0
+            if reported or failed:
+                summaries[model_id] = self._summarise(model_id, reported, failed)
             else:
                 summaries.pop(model_id, None)
         dirty.clear()
         return summaries
 
-    def _summarise(self, model_id: int, reported: list[Cell]) -> dict:
+    def _summarise(self, model_id: int, reported: list[Cell], failed: int) -> dict:
         return {
             "model_id": model_id,
             "metrics": {m.name: spread(m, [c for c in reported if m.name in c.metrics]) for m in self.metrics},
             "datasets_reported": len(reported),
+            "sites_failed": failed,
             "partial": any(c.partial for c in reported),
             "stale": any(c.stale for c in reported),
         }
@@ -179,7 +234,8 @@ class Standings:
 
     def ranked(self, datasets: DatasetFilter = None, ranking: Ranking = "primary", min_sites: int = 1) -> list[dict]:
         """Summaries in rank order (shared: copy before changing one), and each model's rank;
-        models below ``min_sites`` reporting datasets come last, unranked, and leave no gap."""
+        models below ``min_sites`` reporting datasets come last, unranked, and leave no gap; after
+        them, unranked too, the models that only failed."""
         key = (datasets, ranking, min_sites)
         cached = self._rankings.get(key)
         if cached is not None and cached[0] == self.version:
@@ -198,9 +254,10 @@ class Standings:
             return (*by_value, by_datasets, row["model_id"])
 
         eligible = sorted((s for s in summaries.values() if s["datasets_reported"] >= min_sites), key=order)
-        withheld = sorted((s for s in summaries.values() if s["datasets_reported"] < min_sites), key=order)
+        withheld = sorted((s for s in summaries.values() if 0 < s["datasets_reported"] < min_sites), key=order)
+        failed = sorted((s for s in summaries.values() if not s["datasets_reported"]), key=lambda s: s["model_id"])
         ranks: list[tuple[dict, int | None]] = [(row, rank) for rank, row in enumerate(eligible, start=1)]
-        ranks += [(row, None) for row in withheld]
+        ranks += [(row, None) for row in withheld + failed]
         if len(self._rankings) >= self.MAX_VIEWS:
             del self._rankings[next(iter(self._rankings))]
         self._rankings[key] = (self.version, ranks)
@@ -217,8 +274,15 @@ def board(
     limit: int | None = None,
     offset: int = 0,
     per_dataset: bool = True,
+    expected: frozenset[int] | Callable[[int], frozenset[int]] | None = None,
+    reasons: bool = True,
 ) -> dict:
     """The leaderboard over the datasets in ``datasets`` (id -> column label), one page of rows.
+
+    ``expected``: the datasets a model must have reported on to be ``complete`` (the approved ones
+    the view counts, or a function of the model id giving them; by default the board's columns).
+    ``reasons``: False shows a failure's fault in ``FAULT_WORDS`` instead of the site's reason (for
+    a view that hides site names).
 
     Per-dataset values are filled in for the page only: a board of a thousand models by two hundred
     sites costs the rows shown, not the whole matrix. A page is kept until the standings change,
@@ -227,13 +291,14 @@ def board(
     """
     labels = _unique_labels(datasets)
     # Names belong to the standings' loading (a rename loads afresh), so they are not in the key.
-    key = (tuple(labels.items()), ranking, min_sites, limit, offset, per_dataset)
+    key = (tuple(labels.items()), ranking, min_sites, limit, offset, per_dataset, expected, reasons)
     cached = standings._pages.get(key)
     if cached is not None and cached[0] == standings.version:
         return dict(cached[1])
     dataset_ids = sorted(labels)
     columns = [(d, labels[d]) for d in dataset_ids]
     admitted = frozenset(dataset_ids)
+    expected = admitted if expected is None else expected
     ranked = standings.ranked(admitted, ranking, min_sites)
     mean_ranks = standings.mean_ranks(admitted) if ranking == "mean_rank" else {}
     primary = standings.primary
@@ -252,8 +317,14 @@ def board(
             if per_dataset
             else {}
         )
-        row["complete"] = row["datasets_reported"] == len(dataset_ids)
-        if rank is None:
+        owed = expected(model_id) if callable(expected) else expected
+        row["complete"] = all(d in cells for d in owed)
+        failed = standings.failed(model_id, admitted) if per_dataset and row["sites_failed"] else {}
+        row["failed"] = {
+            labels[d]: {"fault": f.fault, "reason": f.reason if reasons else FAULT_WORDS.get(f.fault, f.fault)}
+            for d, f in sorted(failed.items())
+        }
+        if rank is None and row["datasets_reported"]:
             row["withheld"] = f"fewer than {min_sites} sites have reported"
             row["metrics"] = {name: dict.fromkeys(summary, None) for name, summary in row["metrics"].items()}
             row["per_dataset"] = {}

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.aggregator import domain, listings, policy, trust
+from services.aggregator import domain, failures, listings, policy, trust
 from services.aggregator.boards import Boards, Loaded
 from services.aggregator.clock import advance_clock
 from services.aggregator.store import (
@@ -35,6 +35,7 @@ from shared.events import (
     DatasetRegistered,
     EntityEdited,
     Event,
+    JobFailed,
     ModelRegistered,
     ResultReported,
     SharingPolicy,
@@ -387,6 +388,7 @@ PROJECTIONS: dict[type[Event], Callable[[Any, UnitOfWork], Awaitable[None]]] = {
     AssociationApproved: record_association,
     AssociationRejected: record_association,
     ResultReported: record_result,
+    JobFailed: failures.record_failure,
     SharingPolicyChanged: record_policy_change,  # emitted here; only a replay needs to apply it
     SiteKeyRegistered: record_site_key,
     SiteKeyRevoked: record_site_key_revoked,

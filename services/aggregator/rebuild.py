@@ -16,7 +16,7 @@ from services.aggregator import domain, handlers
 from services.aggregator.store import TABLES, Base
 from shared.broker import connect_options
 from shared.db import Database, UnitOfWork
-from shared.events import Event, ResultReported, parse_event
+from shared.events import Event, SiteEvent, parse_event
 from shared.messaging import PermanentFailure
 from shared.streams import AGGREGATOR, APPROVALS, REGISTRY, SITES
 
@@ -39,8 +39,8 @@ async def rebuild(nats_url: str, database_url: str, *, user: str | None = None, 
                 except NotFoundError:  # deleted, or trimmed by a limit
                     continue
                 event = parse_event(message.data or b"")
-                if isinstance(event, ResultReported) and domain.site_of_subject(message.subject) != event.site:
-                    continue  # refused live for the same reason (handlers.record_results)
+                if isinstance(event, SiteEvent) and domain.site_of_subject(message.subject) != event.site:
+                    continue  # refused live for the same reason (handlers.record_results, failures)
                 if await apply(event, UnitOfWork(db, TABLES)):
                     applied += 1
     finally:

@@ -124,3 +124,21 @@ class Result(Base):
     key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the site key that signed it
     reported_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revision: Mapped[int] = mapped_column(Integer)  # the clock's tick that wrote it
+
+
+class FailedRun(Base):
+    """The latest final failure (JobFailed, no retry left) of one model's run on one dataset for one
+    benchmark. A result for the same cell outranks it on the boards, whichever came first; the
+    failure's log tail is never stored (it may hold patient data), only whose fault and why."""
+
+    __tablename__ = "aggregator_failed_runs"
+    __table_args__ = (Index("aggregator_failed_runs_by_revision", "benchmark_id", "revision"),)
+    benchmark_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    dataset_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    site: Mapped[str] = mapped_column(String(64))
+    fault: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(36))
+    failed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revision: Mapped[int] = mapped_column(Integer)  # the clock's tick that wrote it

@@ -213,19 +213,32 @@ def leaderboard_csv(board: dict) -> str:
         return ""
     primary = board["primary_metric"]
     aggregate = board.get("aggregate", "mean")
-    header = ["rank", "model", "baseline", f"{aggregate}_{primary}", *board["datasets"], "complete", "partial", "stale"]
+    header = [
+        "rank",
+        "model",
+        "baseline",
+        f"{aggregate}_{primary}",
+        *board["datasets"],
+        "complete",
+        "partial",
+        "stale",
+        "sites_failed",
+    ]
     writer.writerow(header)
     for row in board["rows"]:
+        # A failed cell says whose fault; never the log tail (it may hold patient data).
+        failed = {d: f"failed ({f['fault']})" for d, f in (row.get("failed") or {}).items()}
         writer.writerow(
             [
                 row["rank"],
                 row["model"],
                 row["baseline"],
                 row["metrics"][primary]["value"],
-                *(row["per_dataset"].get(d) for d in board["datasets"]),
+                *(failed.get(d, row["per_dataset"].get(d)) for d in board["datasets"]),
                 row["complete"],
                 row["partial"],
                 row.get("stale", False),
+                row.get("sites_failed", 0),
             ]
         )
     return out.getvalue()
