@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select
 
-from services.executor import domain
+from services.executor import domain, withdrawals
 from services.executor.settings import LocalDataset
-from services.executor.store import DatasetSubmission, Job, PreparedDataset, Withdrawal
+from services.executor.store import DatasetSubmission, PreparedDataset, Withdrawal
 from services.executor.workflow import PreparedData, TaskFailed
-from shared.commands import DecideAssociation, GetEntity, ListAssociations, RegisterDataset, RequestAssociation
+from shared.commands import GetEntity, ListAssociations, RegisterDataset, RequestAssociation
 from shared.events import AssociationRejected, BenchmarkApproved, CompatibilityReport
 from shared.messaging import PermanentFailure
 from shared.service import ask
@@ -104,15 +104,13 @@ class DatasetIntake:
                     )
                 )
             ).all()
-            withdrawals = (
-                await uow.session.scalars(select(Withdrawal.id).where(Withdrawal.status == "requested"))
-            ).all()
+            pending = (await uow.session.scalars(select(Withdrawal.id).where(Withdrawal.status == "requested"))).all()
         for sub_id in subs:
             if sub_id not in self._busy:
                 self._busy.add(sub_id)
                 self._spawn(self._advance(sub_id))
-        for withdrawal_id in withdrawals:
-            await self._withdraw(withdrawal_id)
+        for withdrawal_id in pending:
+            await withdrawals.withdraw(self.agent, withdrawal_id)
 
     # --- configured datasets ---------------------------------------------------------------------
 
@@ -333,67 +331,11 @@ class DatasetIntake:
                 setattr(sub, name, value)
             await uow.commit()
 
-    # --- leaving ---------------------------------------------------------------------------------
-
-    async def _withdraw(self, withdrawal_id: int) -> None:
-        """Reject the dataset's association as its owner (a pending request, or an approval: both
-        are rejections at the approvals service); queued jobs for it are cancelled."""
-        async with self.uow() as uow:
-            withdrawal = await uow.session.get(Withdrawal, withdrawal_id)
-            assert withdrawal is not None
-            rows = (
-                await uow.session.scalars(
-                    select(PreparedDataset).where(PreparedDataset.dataset_id == withdrawal.dataset_id)
-                )
-            ).all()
-        details = []
-        for row in rows:
-            outcome = await ask(
-                self.agent.broker,
-                DecideAssociation(
-                    actor=self.site.owner,
-                    benchmark_id=row.benchmark_id,
-                    kind="dataset",
-                    component_id=withdrawal.dataset_id,
-                    approve=False,
-                    reason="withdrawn by the data owner",
-                ),
-                self.agent.request_timeout,
-            )
-            if not outcome.ok and outcome.code != "conflict":  # conflict: nothing pending or approved to reject
-                details.append(f"benchmark {row.benchmark_id}: {outcome.reason}")
-                continue
-            await self._stop_dataset(withdrawal.dataset_id, "WITHDRAWN")
-        async with self.uow() as uow:
-            withdrawal = await uow.session.get(Withdrawal, withdrawal_id)
-            assert withdrawal is not None
-            withdrawal.status, withdrawal.detail = ("failed", "; ".join(details)) if details else ("done", "")
-            await uow.commit()
-
     async def on_association_rejected(self, event: AssociationRejected) -> None:
         """A request rejected, or an approval revoked (by the committee, or the data owner): no new
         jobs for the dataset here."""
         if event.kind == "dataset":
-            await self._stop_dataset(event.component_id, "REJECTED")
-
-    async def _stop_dataset(self, dataset_id: int, status: str) -> None:
-        async with self.uow() as uow:
-            row = await uow.session.scalar(select(PreparedDataset).where(PreparedDataset.dataset_id == dataset_id))
-            if row is None:
-                return  # another site's dataset
-            if row.association != "WITHDRAWN":
-                row.association = status
-            for job in (
-                await uow.session.scalars(
-                    select(Job).where(Job.dataset_id == dataset_id, Job.kind == "run", Job.status == "queued")
-                )
-            ).all():
-                job.cancel_requested = True  # the runner records it, as for `medperf job cancel`
-            for sub in (
-                await uow.session.scalars(select(DatasetSubmission).where(DatasetSubmission.dataset_id == dataset_id))
-            ).all():
-                sub.association = row.association
-            await uow.commit()
+            await withdrawals.stop_dataset(self.uow, event.component_id, "REJECTED")
 
     # --- questions -------------------------------------------------------------------------------
 
