@@ -26,20 +26,34 @@ from typing import Literal
 
 import bcrypt
 
-from shared.commands import Command, GetEntity, ListAssociations, RegisterDataset, RegisterSiteKey, RequestAssociation
-from shared.events import AssociationApproved, AssociationRequested, BenchmarkApproved, Event
+from shared.commands import (
+    Command,
+    DecideAssociation,
+    GetEntity,
+    ListAssociations,
+    RegisterDataset,
+    RegisterSiteKey,
+    RequestAssociation,
+)
+from shared.events import AssociationApproved, AssociationRejected, AssociationRequested, BenchmarkApproved, Event
 from shared.messaging import durable_name, stream_name_of
 from shared.private_files import write_private
 from shared.streams import deadletter_subject, heartbeat_subject
 
 #: What a site agent consumes and asks; services/executor/app.py wires exactly these (a unit test
 #: compares), so the permissions cannot drift from the code.
-SITE_CONSUMES: tuple[type[Event], ...] = (BenchmarkApproved, AssociationApproved, AssociationRequested)
+SITE_CONSUMES: tuple[type[Event], ...] = (
+    BenchmarkApproved,
+    AssociationApproved,
+    AssociationRejected,
+    AssociationRequested,
+)
 SITE_ASKS: tuple[type[Command], ...] = (
     GetEntity,
     RegisterDataset,
     ListAssociations,
     RequestAssociation,
+    DecideAssociation,  # the data owner withdraws a dataset (`medperf dataset withdraw`)
     RegisterSiteKey,
 )
 

@@ -76,6 +76,7 @@ class ServiceHost:
         self._tables = tables
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._stopped = False
 
     def uow(self) -> UnitOfWork:
         """A unit of work: a transaction, or a step of the command group being answered."""
@@ -166,6 +167,9 @@ class ServiceHost:
                 await asyncio.sleep(attempt)
 
     async def stop(self) -> None:
+        if self._stopped:  # a test (or an operator) stopped it before its owner's exit stack did
+            return
+        self._stopped = True
         for hook in reversed(self._on_stop):
             await hook()
         await self.answers.stop()

@@ -16,8 +16,6 @@ policy allows.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,18 +26,12 @@ from sqlalchemy import select
 
 from services.executor import domain
 from services.executor.demo import prepare_demo
+from services.executor.intake import DatasetIntake
 from services.executor.runner import JobRunner, add_job, job_event, release
-from services.executor.settings import LocalDataset, SiteSettings
+from services.executor.settings import SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
-from shared.commands import (
-    Command,
-    GetEntity,
-    ListAssociations,
-    Outcome,
-    RegisterDataset,
-    RequestAssociation,
-)
+from shared.commands import Command, GetEntity, ListAssociations, Outcome
 from shared.containers import ContainerSpec, HostedFile
 from shared.db import UnitOfWork
 from shared.events import (
@@ -50,7 +42,7 @@ from shared.events import (
     CompatibilityTested,
     JobSucceeded,
 )
-from shared.messaging import NotYet, PermanentFailure
+from shared.messaging import NotYet
 from shared.service import ask
 
 log = logging.getLogger("medperf.site")
@@ -89,6 +81,7 @@ class SiteAgent:
         self.runner = JobRunner(
             site, broker, uow, self.execute, lambda: workflow.runtime, heartbeat_interval=site.heartbeat_seconds
         )
+        self.intake = DatasetIntake(self, retry_seconds=site.retry_seconds)
 
     # --- event handlers -----------------------------------------------------------------------
 
@@ -96,9 +89,7 @@ class SiteAgent:
     # the infrastructure must say it will not be retried.
 
     async def on_benchmark_approved(self, event: BenchmarkApproved, last_try: bool = False) -> None:
-        for local in self.site.datasets:
-            if local.benchmark == event.name:
-                await self.join(event.benchmark_id, local, last_try)
+        await self.intake.on_benchmark_approved(event, last_try)
 
     async def on_association_approved(self, event: AssociationApproved) -> None:
         async with self.uow() as uow:
@@ -106,8 +97,8 @@ class SiteAgent:
                 row = await uow.session.scalar(
                     select(PreparedDataset).where(PreparedDataset.dataset_id == event.component_id)
                 )
-                if row is None:
-                    return  # another site's dataset
+                if row is None or row.association == "WITHDRAWN":
+                    return  # another site's dataset, or one its owner withdrew meanwhile
                 row.association = "APPROVED"
                 await uow.commit()
                 datasets = [row]
@@ -153,95 +144,6 @@ class SiteAgent:
             await uow.commit()
 
     # --- steps ----------------------------------------------------------------------------------
-
-    async def join(self, benchmark_id: int, local: LocalDataset, last_try: bool = False) -> None:
-        parts = await self.benchmark(benchmark_id)
-        async with self.uow() as uow:
-            row = await uow.session.scalar(
-                select(PreparedDataset).where(
-                    PreparedDataset.benchmark_id == benchmark_id, PreparedDataset.name == local.name
-                )
-            )
-            if row is not None and row.association != "NONE":
-                return  # already joined (this is a redelivery)
-        log.info("%s: preparing %s for benchmark %s", self.site.name, local.name, parts.name)
-        out = self.site.work_dir / "datasets" / f"b{benchmark_id}-{local.name}"
-        key = _key("prepare", benchmark_id, local.name, parts.preparator.image_digest)
-        try:
-            async with self.runner.inline("prepare", benchmark_id, key, "benchmark approved", last_try):
-                prepared = await self.workflow.prepare(parts.preparator, local.data_path, local.labels_path, out)
-        except TaskFailed as failed:  # the data (or its preparator) is at fault: trying again cannot help
-            raise PermanentFailure(f"preparing {local.name} failed: {failed}") from failed
-        dataset_id = (
-            await self.command(
-                RegisterDataset(
-                    actor=self.site.owner,
-                    name=local.name,
-                    site=self.site.name,
-                    data_preparator_id=parts.preparator_id,
-                    input_hash=prepared.input_hash,
-                    prepared_hash=prepared.prepared_hash,
-                    statistics=prepared.statistics,
-                    # The site's configuration is the data owner's consent to take part: the dataset
-                    # is final once prepared (MedPerf's set_operational).
-                    state="OPERATION",
-                )
-            )
-        ).id
-        assert dataset_id is not None
-        async with self.uow() as uow:
-            if row is None:
-                row = PreparedDataset(name=local.name, benchmark_id=benchmark_id)
-            row = await uow.session.merge(row)
-            row.dataset_id, row.prepared_path = dataset_id, str(prepared.path)
-            row.input_hash, row.prepared_hash, row.statistics = (
-                prepared.input_hash,
-                prepared.prepared_hash,
-                prepared.statistics,
-            )
-            await uow.commit()
-        # The compatibility test is the reference model's real run; it is kept and released only
-        # if the association is approved, so the reference model never runs twice.
-        job = await self.compatibility_run(parts, row, last_try)
-        report = CompatibilityReport(
-            passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail, failure=job.failure
-        )
-        outcome = await ask(
-            self.broker,
-            RequestAssociation(
-                actor=self.site.owner,
-                benchmark_id=benchmark_id,
-                kind="dataset",
-                component_id=dataset_id,
-                compatibility=report,
-            ),
-            self.request_timeout,
-        )
-        if outcome.ok:
-            status = outcome.data["status"]
-        else:
-            status = await self._existing_request(benchmark_id, dataset_id)
-            if status is None:  # e.g. the benchmark was withdrawn: retrying cannot help
-                raise PermanentFailure(f"association request refused ({outcome.code}): {outcome.reason}")
-        async with self.uow() as uow:
-            row = await uow.session.merge(row)
-            if row.association == "NONE":  # never overwrite an approval that arrived meanwhile
-                row.association = status
-            await uow.commit()
-
-    async def _existing_request(self, benchmark_id: int, dataset_id: int) -> str | None:
-        """The status of a request this site already made (before a crash), if any."""
-        rows = (
-            await self.command(
-                ListAssociations(
-                    actor=self.site.owner,
-                    benchmark_id=benchmark_id,
-                    kind="dataset",
-                    component_id=dataset_id,
-                )
-            )
-        ).data
-        return rows[0]["status"] if rows and rows[0]["status"] in ("PENDING", "APPROVED") else None
 
     async def enqueue(self, parts: BenchmarkParts, model_id: int, dataset: PreparedDataset, reason: str) -> None:
         """Queue a run of ``model_id`` on ``dataset``, unless the same pinned work already ran or
@@ -336,7 +238,7 @@ class SiteAgent:
         test's outcome: reported as failed, with whose fault and why, for the committee to decide."""
         model = await self.model_spec(model_id)
         base = self.site.work_dir / "demo" / parts.demo_dataset.sha256[:16]
-        key = _key("demo", parts.benchmark_id, model_id, model.image_digest, parts.demo_dataset.sha256)
+        key = domain.pin_key("demo", parts.benchmark_id, model_id, model.image_digest, parts.demo_dataset.sha256)
         try:
             async with self.runner.inline(
                 "compatibility", parts.benchmark_id, key, "model asked to join", last_try, model_id=model_id
@@ -402,7 +304,7 @@ class SiteAgent:
 
 def _job_key(parts: BenchmarkParts, model_id: int, model: ContainerSpec, dataset: PreparedDataset) -> str:
     """What pins a run's result: the same key is the same work."""
-    return _key(
+    return domain.pin_key(
         parts.benchmark_id,
         model_id,
         dataset.dataset_id,
@@ -410,7 +312,3 @@ def _job_key(parts: BenchmarkParts, model_id: int, model: ContainerSpec, dataset
         parts.metrics.image_digest,
         dataset.prepared_hash,
     )
-
-
-def _key(*pinned: object) -> str:
-    return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()

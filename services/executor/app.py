@@ -14,6 +14,7 @@ from services.executor.store import TABLES, Base
 from services.executor.workflow import Workflow
 from shared.events import (
     AssociationApproved,
+    AssociationRejected,
     AssociationRequested,
     BenchmarkApproved,
     CompatibilityTested,
@@ -67,6 +68,8 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
 
     host.on_start(load_key)
     host.on_start(agent.runner.start)
+    host.on_start(agent.intake.start)
+    host.on_stop(agent.intake.stop)
     host.on_stop(agent.runner.stop)
     host.on_stop(keys.stop)
     router = NatsRouter()
@@ -80,6 +83,10 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
     async def on_association_approved(event: AssociationApproved, msg: NatsMessage) -> None:
         async with still_working(msg, ACK_WAIT):
             await agent.on_association_approved(event)
+
+    @router.subscriber(**consume(host.name, AssociationRejected, ack_wait=ACK_WAIT, user=settings.nats_user))
+    async def on_association_rejected(event: AssociationRejected) -> None:
+        await agent.intake.on_association_rejected(event)
 
     @router.subscriber(**consume(host.name, AssociationRequested, ack_wait=ACK_WAIT, user=settings.nats_user))
     async def on_association_requested(event: AssociationRequested, msg: NatsMessage) -> None:

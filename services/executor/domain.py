@@ -3,6 +3,9 @@ was, and what is retried."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from shared.events import FailureKind, JobStatus
 
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -72,3 +75,8 @@ def blocks_new_run(status: str, failure: str | None) -> bool:
     anything unfinished or succeeded, or a failure that was the model's, metrics' or data's (it
     would fail again; a re-run can still be asked for)."""
     return status in UNFINISHED or status == "succeeded" or (status == "failed" and failure != "infrastructure")
+
+
+def pin_key(*pinned: object) -> str:
+    """A job's key from what pins its work: the same key is the same work."""
+    return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()

@@ -33,7 +33,49 @@ class PreparedDataset(Base):
     input_hash: Mapped[str] = mapped_column(String(64))
     prepared_hash: Mapped[str] = mapped_column(String(64))
     statistics: Mapped[dict[str, Any]] = mapped_column(JSON)
-    association: Mapped[str] = mapped_column(String(16), default="NONE")  # NONE/PENDING/APPROVED/REJECTED
+    association: Mapped[str] = mapped_column(String(16), default="NONE")  # NONE/PENDING/APPROVED/REJECTED/WITHDRAWN
+
+
+class Withdrawal(Base):
+    """`medperf dataset withdraw`, written on the site machine: the agent rejects the dataset's
+    association (no new jobs) and records the outcome here. A table of its own, so that a site's
+    existing database needs no new column."""
+
+    __tablename__ = "site_withdrawals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(Integer, index=True)  # the registry's id
+    status: Mapped[str] = mapped_column(String(16), default="requested")  # requested / done / failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class DatasetSubmission(Base):
+    """A dataset handed to the agent by its data owner (`medperf dataset submit`), and how far it
+    got. The CLI and the agent share this row: the CLI writes the request and the consent, the
+    agent the progress. Only people with access to the site machine can write it."""
+
+    __tablename__ = "site_submissions"
+    __table_args__ = (UniqueConstraint("benchmark", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    benchmark: Mapped[str] = mapped_column(String(128))  # as the data owner named it: its name or id
+    benchmark_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    data_path: Mapped[str] = mapped_column(Text)
+    labels_path: Mapped[str] = mapped_column(Text)
+    # submitted / waiting (for the benchmark's approval) / preparing / prepared / registering /
+    # requested / declined / failed
+    status: Mapped[str] = mapped_column(String(16), default="submitted", index=True)
+    consent: Mapped[str] = mapped_column(String(16), default="pending")  # pending / given / declined
+    stages: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # stage -> running / done / failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # What RegisterDataset sends, shown to the data owner before consent.
+    data_preparator_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input_hash: Mapped[str] = mapped_column(String(64), default="")
+    prepared_hash: Mapped[str] = mapped_column(String(64), default="")
+    prepared_path: Mapped[str] = mapped_column(Text, default="")
+    statistics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    association: Mapped[str] = mapped_column(String(16), default="NONE")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Job(Base):

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,9 +190,24 @@ class Workflow:
         self.task_timeout = task_timeout
         self.limits = limits or TaskLimits()
 
-    async def prepare(self, preparator: ContainerSpec, raw_data: Path, raw_labels: Path, out: Path) -> PreparedData:
-        """prepare -> sanity_check -> statistics; ``out`` is replaced by the prepared dataset."""
+    async def prepare(
+        self,
+        preparator: ContainerSpec,
+        raw_data: Path,
+        raw_labels: Path,
+        out: Path,
+        on_stage: Callable[[str], Awaitable[None]] | None = None,
+    ) -> PreparedData:
+        """prepare -> sanity_check -> statistics; ``out`` is replaced by the prepared dataset.
+        ``on_stage`` is told each stage as it starts (the data owner watches them)."""
+
+        async def stage(name: str) -> None:
+            if on_stage is not None:
+                await on_stage(name)
+
+        await stage("hash")
         input_hash = await asyncio.to_thread(tree_hash, raw_data, raw_labels)
+        await stage("prepare")
         staging = out.with_name(f"{out.name}.staging-{uuid.uuid4().hex[:8]}")
         run = staging / "run"
         await self.run_task(
@@ -205,6 +221,7 @@ class Workflow:
                 "output_labels_path": staging / "labels",
             },
         )
+        await stage("sanity_check")
         await self.run_task(
             preparator,
             "sanity_check",
@@ -214,6 +231,7 @@ class Workflow:
                 "labels_path": staging / "labels",
             },
         )
+        await stage("statistics")
         await self.run_task(
             preparator,
             "statistics",

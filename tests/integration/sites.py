@@ -84,6 +84,7 @@ class Federation:
     site: SiteSettings
     uow: Callable[[], UnitOfWork]  # a unit of work on the site's own database
     benchmark_id: int = 0
+    stack: Stack | None = None  # to stop the site's agent and start it again
 
     async def call(self, user: str, method: str, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(getattr(self.clients[user], method), *args, **kwargs)
@@ -242,7 +243,9 @@ async def federation(
         assert stack.ingress and stack.settings.nats_url
         clients = {u: Client(stack.ingress.url, t) for u, t in USERS.items()}
         try:
-            yield Federation(stack.settings.nats_url, clients, image, site, stack.hosts[f"site-{name}"].uow)
+            yield Federation(
+                stack.settings.nats_url, clients, image, site, stack.hosts[f"site-{name}"].uow, stack=stack
+            )
         finally:
             for client in clients.values():
                 client.close()

@@ -11,7 +11,9 @@ import pytest
 from cli.main import main
 from services.aggregator.domain import site_of_subject
 from services.executor import agent as agent_module
+from services.executor import intake as intake_module
 from services.executor import keys as keys_module
+from services.executor import withdrawals as withdrawals_module
 from services.executor.app import create_agent
 from services.executor.settings import SiteSettings
 from shared.commands import Command
@@ -27,7 +29,7 @@ def test_a_sites_permissions_cover_exactly_what_its_agent_consumes_and_asks() ->
     assert consumed == {event.subscription() for event in SITE_CONSUMES}
     asked = {
         v
-        for module in (agent_module, keys_module)
+        for module in (agent_module, intake_module, withdrawals_module, keys_module)
         for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, Command) and v is not Command
     }
