@@ -46,8 +46,9 @@ from measure import cpu_seconds, free_port, percentile, until_answers
 
 from services.ingress.auth import token_digest
 from shared.broker import EmbeddedNats, create_broker, ensure_streams
-from shared.events import AssociationApproved
+from shared.events import AssociationApproved, CompatibilityReport
 from shared.messaging import consume
+from shared.signing import SiteKey
 
 CONCURRENCY = 32
 #: Registrations sent, and not counted, before the measured ones.
@@ -199,15 +200,18 @@ async def approval_latency(api: dict[str, httpx.AsyncClient], url: str, n: int) 
             },
         )
         datasets.append(response.json()["id"])
+    # Only a signed test counts: the site's key, registered by its owner as its agent does at start.
+    key = SiteKey.generate()
+    assert (await site.post("/sites/bench-site/keys", json={"public_key": key.public_key})).status_code == 201
     for dataset in datasets:
-        for _ in range(200):  # approvals learns of the dataset from the registry's event
+        tested = CompatibilityReport(
+            passed=True, metrics={"auc": 0.9}, benchmark_id=benchmark, kind="dataset", component_id=dataset
+        )
+        report = key.sign_report(tested, "bench-site").model_dump(mode="json")
+        for _ in range(200):  # approvals learns of the dataset (and the key) from the registry's events
             response = await site.post(
                 f"/benchmarks/{benchmark}/associations",
-                json={
-                    "kind": "dataset",
-                    "component_id": dataset,
-                    "compatibility": {"passed": True, "metrics": {"auc": 0.9}},
-                },
+                json={"kind": "dataset", "component_id": dataset, "compatibility": report},
             )
             if response.status_code != 503:
                 break

@@ -48,7 +48,7 @@ from shared.commands import (
     RequestAssociation,
     SubmitBenchmark,
 )
-from shared.events import AssociationApproved, ResultReported
+from shared.events import AssociationApproved, CompatibilityReport, ResultReported
 from shared.signing import SiteKey
 from shared.streams import ALL_STREAMS
 
@@ -202,8 +202,12 @@ async def benchmark_with_models(nc: nats.NATS, name: str, ids: dict[str, int], m
     board: dict[int, float] = {}
     usage_before = FED.usage()
     t0 = time.monotonic()
+    # Only a signed test counts: the model owner's own key, registered at their workstation.
+    owner_key = SiteKey.generate()
+    await ask(nc, RegisterSiteKey(actor="modeler", site="ws-modeler", public_key=owner_key.public_key))
     for model_id in model_ids:
-        report = {"passed": True}
+        tested = CompatibilityReport(passed=True, benchmark_id=benchmark_id, kind="model", component_id=model_id)
+        report = owner_key.sign_report(tested, "ws-modeler")
         await ask(
             nc,
             RequestAssociation(

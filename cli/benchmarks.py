@@ -16,7 +16,18 @@ from cli.render import leaderboard_table, provenance_table
 from cli.verbs import Verbs
 
 BENCHMARK_COLUMNS = ["id", "name", "owner", "state", "approval_status", "primary_metric", "created_at"]
-ASSOCIATION_COLUMNS = ["benchmark_id", "kind", "component_id", "status", "priority", "initiated_by", "approved_by"]
+# The compatibility test each request carries: passed or not, and the site (and key) that signed it.
+ASSOCIATION_COLUMNS = [
+    "benchmark_id",
+    "kind",
+    "component_id",
+    "status",
+    "priority",
+    "initiated_by",
+    "approved_by",
+    "compatibility.passed",
+    "compatibility.site",
+]
 VISIBILITY = {
     "committee": "only the committee (the benchmark's owner) and admins see the board",
     "participants": "owners of an approved model or dataset of this benchmark see the shared board",

@@ -11,6 +11,7 @@ from typing import Any
 
 from cli.client import ApiError, Client
 from cli.output import UsageError, add_format, confirm, connect, listing, view, waiting
+from cli.testing import add_test_arguments, run_test, submit
 from cli.verbs import Verbs
 
 COLUMNS = {
@@ -41,6 +42,10 @@ def add_commands(verbs: Verbs) -> None:
     associate = verbs.verb("model", "associate", _associate, "ask for a model to join a benchmark")
     associate.add_argument("id", type=int)
     associate.add_argument("--benchmark", "-b", type=int, required=True)
+    associate.add_argument(
+        "--test", action="store_true", help="first run the benchmark on its demo data here, and attach the signed test"
+    )
+    add_test_arguments(associate)
     associate.set_defaults(kind="model")
     priority = verbs.verb(
         "model",
@@ -123,10 +128,23 @@ def _submit_model(args: argparse.Namespace) -> int:
 
 def _associate(args: argparse.Namespace) -> int:
     client = connect()
+    if getattr(args, "test", False):  # model associate --test: medperf test run --model ID --submit
+        report = run_test(client, argparse.Namespace(**vars(args), model=args.id, container=None, data_path=None))
+        if not report.passed:
+            print(f"not submitted: the test failed: {report.detail}")
+            return 1
+        submit(client, report)
+        return 0
     _request_when_known(client, args.benchmark, args.kind, args.id)
     found = client.associations(args.benchmark, kind=args.kind, component_id=args.id)
     status = found[0]["status"] if found else "PENDING"
     print(f"{args.kind} {args.id} asked to join benchmark {args.benchmark}: {status}")
+    if args.kind == "model" and status == "PENDING":
+        print(
+            "the committee's agent, if it runs one, tests it on the demo data; otherwise the committee needs a "
+            f"signed test of yours: withdraw (medperf association reject -b {args.benchmark} -m {args.id}) and ask "
+            f"again with medperf model associate {args.id} -b {args.benchmark} --test"
+        )
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 
 import httpx
 
-from cli import admin, auth, benchmarks, entities, operate, profiles, site_datasets
+from cli import admin, auth, benchmarks, entities, operate, profiles, site_datasets, testing
 from cli import console as console_commands
 from cli import nats as nats_commands
 from cli import site as site_commands
@@ -20,7 +20,7 @@ from cli.output import UsageError
 from cli.verbs import Verbs
 
 #: The modules that add verbs, in the order `medperf --help` lists their groups.
-MODULES = (operate, profiles, auth, admin, benchmarks, entities, site_commands, site_datasets)
+MODULES = (operate, profiles, auth, admin, benchmarks, entities, testing, site_commands, site_datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

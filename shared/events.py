@@ -248,15 +248,38 @@ class AssociationPriorityChanged(Event):
 
 
 class CompatibilityReport(BaseModel):
-    """Outcome of running the reference workflow before an association is requested."""
+    """Outcome of running the benchmark's workflow for an association, and who vouches for it.
+
+    A report counts toward approval only when signed (``shared.signing.canonical_report``) by a
+    registered, unrevoked key of the benchmark's committee or of the component's owner; the
+    signature covers every field but itself, so a report cannot be lifted onto another request."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     passed: bool
     metrics: dict[str, float] = Field(default_factory=dict)
     detail: str = ""
     failure: FailureKind | None = Field(default=None, description="whose fault a failed test was")
+    # What was tested, on what, by whom: set when the report is signed.
+    report_id: UUID | None = Field(default=None, description="unique per test run")
+    benchmark_id: int | None = None
+    kind: AssociationKind | None = None
+    component_id: int | None = None
+    container_digests: dict[str, str] = Field(
+        default_factory=dict, description="role (preparator, model, metrics) -> image digest tested"
+    )
+    data_hash: str | None = Field(
+        default=None, max_length=128, description="sha256 of the demo tarball, or the prepared dataset's hash"
+    )
+    site: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="the signer's site")
+    key_id: str | None = Field(default=None, max_length=64)
+    signed_at: datetime | None = None
+    signature: str | None = Field(default=None, max_length=128, description="Ed25519, base64")
 
     _check_finite = field_validator("metrics")(_finite)
+
+    @property
+    def signed(self) -> bool:
+        return self.key_id is not None and self.signature is not None
 
 
 class AssociationRequested(Event):

@@ -21,6 +21,7 @@ import binascii
 import functools
 import hashlib
 import json
+import uuid
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from nacl.signing import VerifyKey
 from shared.private_files import write_private
 
 if TYPE_CHECKING:
-    from shared.events import ResultReported
+    from shared.events import CompatibilityReport, ResultReported
 
 #: The fields a signature covers: everything a board shows of a result, plus the event's identity
 #: and time (so a signature cannot be lifted onto another event or moved in time).
@@ -74,6 +75,32 @@ def canonical_result(event: ResultReported) -> bytes:
         "occurred_at": event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
     }
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def canonical_report(report: CompatibilityReport) -> bytes:
+    """The bytes a compatibility report's signer signs: every field but the signature, in the
+    encoding ``canonical_result`` uses (so what was tested, on which containers and data, the
+    outcome, the signer and the time cannot change, and the report cannot move to another request)."""
+    fields: dict[str, Any] = {
+        "report_id": str(report.report_id) if report.report_id else None,
+        "benchmark_id": report.benchmark_id,
+        "kind": report.kind,
+        "component_id": report.component_id,
+        "passed": bool(report.passed),
+        "metrics": {name: float(value) for name, value in report.metrics.items()},
+        "detail": report.detail,
+        "failure": report.failure,
+        "container_digests": dict(report.container_digests),
+        "data_hash": report.data_hash,
+        "site": report.site,
+        "key_id": report.key_id,
+        "signed_at": report.signed_at.astimezone(UTC).isoformat(timespec="microseconds") if report.signed_at else None,
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def verify_report(public_key: VerifyKey, report: CompatibilityReport) -> bool:
+    return report.signature is not None and verify(public_key, report.signature, canonical_report(report))
 
 
 def key_id_of(public_key: str) -> str:
@@ -166,3 +193,16 @@ class SiteKey:
         """``event`` with this key's id and its signature (the event is frozen: a signed copy)."""
         unsigned = event.model_copy(update={"key_id": self.key_id, "signature": None})
         return unsigned.model_copy(update={"signature": self.sign(canonical_result(unsigned))})
+
+    def sign_report(self, report: CompatibilityReport, site: str) -> CompatibilityReport:
+        """``report`` signed by this key of ``site``, with a fresh report id and the signing time
+        (unless it has them); it must already say what it tested (benchmark, kind, component)."""
+        from shared.events import utcnow  # the events module imports this one
+
+        update: dict[str, Any] = {"site": site, "key_id": self.key_id, "signature": None}
+        if report.report_id is None:
+            update["report_id"] = uuid.uuid4()
+        if report.signed_at is None:
+            update["signed_at"] = utcnow()
+        unsigned = report.model_copy(update=update)
+        return unsigned.model_copy(update={"signature": self.sign(canonical_report(unsigned))})

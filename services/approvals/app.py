@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
-from services.approvals import handlers, projections, queries
+from services.approvals import handlers, projections, queries, reports
 from services.approvals.store import TABLES, Base
 from shared.commands import (
     AuditTrail,
@@ -31,6 +31,8 @@ from shared.events import (
     EntityDeleted,
     EntityEdited,
     ModelRegistered,
+    SiteKeyRegistered,
+    SiteKeyRevoked,
 )
 from shared.messaging import consume
 from shared.service import ServiceHost
@@ -52,12 +54,14 @@ def create_service(settings: Settings) -> ServiceHost:
     host.projects(router, ModelRegistered, projections.record_component)
     host.projects(router, EntityEdited, projections.apply_registry_edit)
     host.projects(router, EntityDeleted, projections.apply_registry_edit)
+    host.projects(router, SiteKeyRegistered, projections.record_signing_key)
+    host.projects(router, SiteKeyRevoked, projections.record_signing_key_revoked)
 
     # --- site reports -----------------------------------------------------------------------
 
     @router.subscriber(**consume(host.name, CompatibilityTested))
     async def on_compatibility_tested(event: CompatibilityTested) -> None:
-        await handlers.attach_compatibility(event, host.uow())
+        await reports.attach_compatibility(event, host.uow())
 
     # --- commands and queries ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from services.approvals import domain
+from services.approvals import domain, trust
 from services.approvals.store import (
     AssociationEntry,
     AuditEntry,
@@ -19,6 +19,7 @@ from services.approvals.store import (
     BenchmarkApproval,
     Component,
     Priority,
+    SigningKey,
 )
 from shared.commands import (
     DecideAssociation,
@@ -37,7 +38,7 @@ from shared.events import (
     AutoApprovalChanged,
     BenchmarkApproved,
     BenchmarkRejected,
-    CompatibilityTested,
+    CompatibilityReport,
     utcnow,
 )
 
@@ -51,7 +52,7 @@ def _refused(refusal: domain.Refusal) -> Outcome:
 
 async def decide_benchmark(cmd: DecideBenchmark, uow: UnitOfWork) -> Outcome:
     async with uow:
-        row = await _benchmark(uow, cmd.benchmark_id)
+        row = await benchmark_row(uow, cmd.benchmark_id)
         if row is None or row.deleted:
             return Outcome.refused("not_found", f"no benchmark {cmd.benchmark_id} awaits a decision")
         try:
@@ -77,7 +78,7 @@ async def decide_benchmark(cmd: DecideBenchmark, uow: UnitOfWork) -> Outcome:
 
 async def set_auto_approval(cmd: SetAutoApproval, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        benchmark = await benchmark_row(uow, cmd.benchmark_id)
         if benchmark is None or benchmark.deleted or not _sees(benchmark, cmd.actor, cmd.is_admin):
             return _refused(domain.not_found("benchmark", cmd.benchmark_id))
         try:
@@ -114,14 +115,14 @@ async def set_auto_approval(cmd: SetAutoApproval, uow: UnitOfWork) -> Outcome:
 
 async def set_priority(cmd: SetPriority, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        benchmark = await benchmark_row(uow, cmd.benchmark_id)
         if benchmark is None or benchmark.deleted or not _sees(benchmark, cmd.actor, cmd.is_admin):
             return _refused(domain.not_found("benchmark", cmd.benchmark_id))
         try:
             domain.may_configure(cmd.actor, benchmark.facts(), cmd.is_admin, "model priorities")
         except domain.Refusal as refusal:
             return _refused(refusal)
-        if await _latest(uow, cmd.benchmark_id, "model", cmd.model_id) is None:
+        if await latest_entry(uow, cmd.benchmark_id, "model", cmd.model_id) is None:
             return Outcome.refused(
                 "not_found",
                 f"model {cmd.model_id} has no association with benchmark {cmd.benchmark_id}; request one first",
@@ -159,7 +160,7 @@ async def set_priority(cmd: SetPriority, uow: UnitOfWork) -> Outcome:
 
 async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        benchmark = await benchmark_row(uow, cmd.benchmark_id)
         component = await uow.session.get(Component, (cmd.kind, cmd.component_id))
         if benchmark is None or component is None:
             missing = f"benchmark {cmd.benchmark_id}" if benchmark is None else f"{cmd.kind} {cmd.component_id}"
@@ -171,11 +172,13 @@ async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outco
             return _refused(domain.not_found("benchmark", cmd.benchmark_id))
         if not domain.may_see_component(component.facts(), cmd.actor, cmd.is_admin):
             return _refused(domain.not_found(cmd.kind, cmd.component_id))
-        latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
+        latest = await latest_entry(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
         try:
             domain.may_request(
                 latest.status if latest else None, benchmark.facts(), component.facts(), cmd.actor, cmd.is_admin
             )
+            if cmd.compatibility is not None:
+                await check_report(uow, cmd.compatibility, benchmark, component)
         except domain.Refusal as refusal:
             return _refused(refusal)
         entry = AssociationEntry(
@@ -199,16 +202,16 @@ async def request_association(cmd: RequestAssociation, uow: UnitOfWork) -> Outco
                 compatibility=cmd.compatibility,
             )
         )
-        status, why = await _auto_approve(uow, benchmark, component, entry)
+        status, why = await auto_approve(uow, benchmark, component, entry)
         await uow.commit()
         return Outcome.accepted(entry.id, {"status": status, "auto_approval": why})
 
 
 async def decide_association(cmd: DecideAssociation, uow: UnitOfWork) -> Outcome:
     async with uow:
-        benchmark = await _benchmark(uow, cmd.benchmark_id)
+        benchmark = await benchmark_row(uow, cmd.benchmark_id)
         component = await uow.session.get(Component, (cmd.kind, cmd.component_id))
-        latest = await _latest(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
+        latest = await latest_entry(uow, cmd.benchmark_id, cmd.kind, cmd.component_id)
         if (hidden := _hidden_side(cmd, benchmark, component, latest)) is not None:
             return hidden
         assert benchmark is not None and component is not None
@@ -216,7 +219,7 @@ async def decide_association(cmd: DecideAssociation, uow: UnitOfWork) -> Outcome
             return Outcome.refused(
                 "not_found", f"no association of {cmd.kind} {cmd.component_id} with benchmark {cmd.benchmark_id}"
             )
-        passed = latest.compatibility.get("passed") if latest.compatibility else None
+        passed = trust.counted_passed(latest.compatibility)
         try:
             status = domain.decide_association(
                 latest.status,
@@ -238,43 +241,30 @@ async def decide_association(cmd: DecideAssociation, uow: UnitOfWork) -> Outcome
         return Outcome.accepted(entry.id, {"status": status})
 
 
-async def attach_compatibility(event: CompatibilityTested, uow: UnitOfWork) -> None:
-    """A site tested a pending request: keep the report on the request and, if the benchmark's
-    policy already consents, approve it now."""
-    async with uow:
-        if not await uow.claim(event):
-            return
-        benchmark = await _benchmark(uow, event.benchmark_id)
-        component = await uow.session.get(Component, (event.kind, event.component_id))
-        latest = await _latest(uow, event.benchmark_id, event.kind, event.component_id)
-        if benchmark is None or component is None or latest is None or latest.status != "PENDING":
-            await uow.commit()  # decided (or withdrawn) before the test finished: nothing to attach to
-            return
-        report = event.report.model_dump(mode="json")
-        latest.compatibility = report  # the request's attachment, not a decision: the latest test counts
-        uow.session.add(
-            AuditEntry(
-                benchmark_id=event.benchmark_id,
-                kind=event.kind,
-                component_id=event.component_id,
-                action="compatibility_tested",
-                actor=event.actor,
-                status="PASSED" if event.report.passed else "FAILED",
-                reason=event.report.detail,
-                details={"site": event.site, "association_id": latest.id, "report": report},
-            )
-        )
-        await _auto_approve(uow, benchmark, component, latest)
-        await uow.commit()
+async def check_report(
+    uow: UnitOfWork, report: CompatibilityReport, benchmark: BenchmarkApproval, component: Component
+) -> None:
+    """Refuse a report that must not count (``trust.check_report``): unsigned, not this
+    association's, signed by an unknown, revoked or unqualified key, or with a bad signature."""
+    key = await uow.session.get(SigningKey, report.key_id) if report.key_id else None
+    trust.check_report(
+        report,
+        benchmark_id=benchmark.benchmark_id,
+        kind=component.kind,
+        component_id=component.component_id,
+        committee=benchmark.owner,
+        component_owner=component.owner,
+        signer=key.facts() if key is not None else None,
+    )
 
 
-async def _auto_approve(
+async def auto_approve(
     uow: UnitOfWork, benchmark: BenchmarkApproval, component: Component, request: AssociationEntry
 ) -> tuple[str, str]:
     """Approve ``request`` if the rules consent without a person; the resulting status and why."""
     policy = await uow.session.get(AutoApprovalPolicy, (request.benchmark_id, request.kind))
     mode, allowlist = (policy.mode, policy.allowlist) if policy else ("NEVER", [])
-    passed = request.compatibility.get("passed") if request.compatibility else None
+    passed = trust.counted_passed(request.compatibility)
     approve, why = domain.auto_approval(
         kind=request.kind,
         benchmark_owner=benchmark.owner,
@@ -335,7 +325,7 @@ async def priority_of(uow: UnitOfWork, benchmark_id: int, kind: str, component_i
     return row.priority if row is not None else 0
 
 
-async def _benchmark(uow: UnitOfWork, benchmark_id: int) -> BenchmarkApproval | None:
+async def benchmark_row(uow: UnitOfWork, benchmark_id: int) -> BenchmarkApproval | None:
     # Locks the row on PostgreSQL for the rest of the transaction (see the module docstring).
     return await uow.session.get(BenchmarkApproval, benchmark_id, with_for_update=True)
 
@@ -366,7 +356,7 @@ def _hidden_side(
     return None
 
 
-async def _latest(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: int) -> AssociationEntry | None:
+async def latest_entry(uow: UnitOfWork, benchmark_id: int, kind: str, component_id: int) -> AssociationEntry | None:
     return await uow.session.scalar(
         select(AssociationEntry)
         .where(

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from services.approvals import domain
-from services.approvals.store import AuditEntry, BenchmarkApproval, Component, PendingEdit
+from services.approvals.store import AuditEntry, BenchmarkApproval, Component, PendingEdit, SigningKey
 from shared.db import UnitOfWork
 from shared.events import (
     BenchmarkApproved,
@@ -23,6 +23,8 @@ from shared.events import (
     EntityDeleted,
     EntityEdited,
     ModelRegistered,
+    SiteKeyRegistered,
+    SiteKeyRevoked,
     utcnow,
 )
 from shared.messaging import PermanentFailure
@@ -182,3 +184,29 @@ async def _apply_pending_edits(
         await uow.session.execute(
             delete(PendingEdit).where(PendingEdit.entity == entity, PendingEdit.entity_id == entity_id)
         )
+
+
+async def record_signing_key(event: SiteKeyRegistered, uow: UnitOfWork) -> None:
+    """A key reports may be signed with, and who registered it (whose tests it vouches for)."""
+    async with uow:
+        if not await uow.claim(event):
+            return
+        row = await uow.session.get(SigningKey, event.key_id)
+        if row is None:
+            row = SigningKey(key_id=event.key_id, site=event.site)
+            uow.session.add(row)
+        row.site, row.owner, row.public_key = event.site, event.owner, event.public_key
+        await uow.commit()
+
+
+async def record_signing_key_revoked(event: SiteKeyRevoked, uow: UnitOfWork) -> None:
+    """From now on the key's reports are refused (kept even if its registration comes later)."""
+    async with uow:
+        if not await uow.claim(event):
+            return
+        row = await uow.session.get(SigningKey, event.key_id)
+        if row is None:
+            row = SigningKey(key_id=event.key_id, site=event.site)
+            uow.session.add(row)
+        row.revoked_at, row.revoked_reason = event.occurred_at, event.reason
+        await uow.commit()

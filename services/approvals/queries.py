@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
 
-from services.approvals import domain
+from services.approvals import domain, trust
 from services.approvals.store import AssociationEntry, AuditEntry, BenchmarkApproval, Component, Priority
 from shared.commands import AuditTrail, ListAssociations, Outcome
 from shared.db import UnitOfWork
@@ -182,6 +182,8 @@ def _history_items(history: Sequence[AssociationEntry]) -> list[tuple[tuple[Any,
                     "association_id": e.id,
                     "initiated_by": e.initiated_by,
                     "compatibility": e.compatibility,
+                    # which report this entry (a decision, or the request) saw
+                    "report": trust.summary(e.compatibility),
                 },
             )
         )

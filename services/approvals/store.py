@@ -14,6 +14,7 @@ from sqlalchemy import JSON, Boolean, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.approvals.domain import BenchmarkFacts, ComponentFacts
+from services.approvals.trust import SignerFacts
 from shared.db import UtcDateTime, messaging_tables
 from shared.events import utcnow
 
@@ -142,3 +143,22 @@ class AuditEntry(Base):
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SigningKey(Base):
+    """A site's public signing key as the registry announced it, and who registered it: a
+    compatibility report counts only when a key of the committee or the component's owner signed it.
+    A revocation may arrive before its registration (another consumer): then the key is unknown."""
+
+    __tablename__ = "approvals_signing_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(128), default="")
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_reason: Mapped[str] = mapped_column(String(500), default="")
+
+    def facts(self) -> SignerFacts | None:
+        if self.public_key is None:
+            return None
+        return SignerFacts(self.key_id, self.site, self.owner, self.public_key, self.revoked_at, self.revoked_reason)

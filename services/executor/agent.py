@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from faststream.nats import NatsBroker
@@ -27,12 +26,12 @@ from sqlalchemy import select
 from services.executor import domain
 from services.executor.demo import prepare_demo
 from services.executor.intake import DatasetIntake
+from services.executor.questions import BenchmarkParts, FederationQuestions
 from services.executor.runner import JobRunner, add_job, job_event, release
 from services.executor.settings import SiteSettings
 from services.executor.store import Job, PreparedDataset
 from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
-from shared.commands import Command, GetEntity, ListAssociations, Outcome
-from shared.containers import ContainerSpec, HostedFile
+from shared.containers import ContainerSpec
 from shared.db import UnitOfWork
 from shared.events import (
     AssociationApproved,
@@ -42,29 +41,11 @@ from shared.events import (
     CompatibilityTested,
     JobSucceeded,
 )
-from shared.messaging import NotYet
-from shared.service import ask
 
 log = logging.getLogger("medperf.site")
 
 
-class ServiceRefused(Exception):
-    """Another service refused what the agent asked; retried by redelivery if transient."""
-
-
-@dataclass(frozen=True)
-class BenchmarkParts:
-    benchmark_id: int
-    name: str
-    preparator_id: int
-    preparator: ContainerSpec
-    reference_model_id: int
-    metrics: ContainerSpec
-    metric_names: tuple[str, ...]
-    demo_dataset: HostedFile
-
-
-class SiteAgent:
+class SiteAgent(FederationQuestions):
     def __init__(
         self,
         site: SiteSettings,
@@ -123,12 +104,15 @@ class SiteAgent:
                 await self.enqueue(parts, model_id, dataset, reason=f"{event.kind} association approved")
 
     async def on_association_requested(self, event: AssociationRequested, last_try: bool = False) -> None:
-        if event.kind != "model" or event.compatibility is not None:
+        """The committee's agent tests every model that asks to join, even one whose owner attached
+        a signed test of their own: the committee's test then supersedes it (approvals keeps the
+        latest), so a committee that runs an agent decides on what it saw itself."""
+        if event.kind != "model":
             return
         parts = await self.benchmark(event.benchmark_id)
         if parts.name not in self.site.committee_for:
             return
-        report = await self.test_on_demo_data(parts, event.component_id, last_try)
+        report = self.sign(await self.test_on_demo_data(parts, event.component_id, last_try), "model", event)
         async with self.uow() as uow:
             uow.emit(
                 CompatibilityTested(
@@ -237,6 +221,12 @@ class SiteAgent:
         """A failure that is not the site's (the model's, or the benchmark's own demo data) is the
         test's outcome: reported as failed, with whose fault and why, for the committee to decide."""
         model = await self.model_spec(model_id)
+        tested = {
+            "preparator": parts.preparator.image_digest,
+            "model": model.image_digest,
+            "metrics": parts.metrics.image_digest,
+        }
+        demo_hash = parts.demo_dataset.sha256
         base = self.site.work_dir / "demo" / parts.demo_dataset.sha256[:16]
         key = domain.pin_key("demo", parts.benchmark_id, model_id, model.image_digest, parts.demo_dataset.sha256)
         try:
@@ -247,59 +237,23 @@ class SiteAgent:
                 scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
         except TaskFailed as failed:
             detail = f"{failed} (the {failed.fault}'s fault)"
-            return CompatibilityReport(passed=False, detail=detail, failure=failed.fault)
-        metrics = scores.metrics
-        return CompatibilityReport(passed=True, metrics={n: metrics[n] for n in parts.metric_names if n in metrics})
-
-    # --- questions to other services -------------------------------------------------------------
-
-    async def command(self, command: Command) -> Outcome:
-        outcome = await ask(self.broker, command, self.request_timeout)
-        if not outcome.ok:
-            raise ServiceRefused(f"{type(command).__name__} refused ({outcome.code}): {outcome.reason}")
-        return outcome
-
-    async def get(self, entity: str, entity_id: int) -> dict:
-        outcome = await ask(
-            self.broker,
-            GetEntity(actor=self.site.owner, entity=entity, id=entity_id),  # type: ignore[arg-type]
-            self.request_timeout,
-        )
-        if outcome.code == "not_found":
-            # We heard of it from an event, so the registry will know it soon (its own event
-            # consumer may be a moment behind ours).
-            raise NotYet(f"{entity} {entity_id}: {outcome.reason}")
-        if not outcome.ok:
-            raise ServiceRefused(f"reading {entity} {entity_id} refused ({outcome.code}): {outcome.reason}")
-        return outcome.data
-
-    async def model_spec(self, model_id: int) -> ContainerSpec:
-        model = await self.get("model", model_id)
-        return ContainerSpec.model_validate((await self.get("container", model["container_id"]))["spec"])
-
-    async def benchmark(self, benchmark_id: int) -> BenchmarkParts:
-        b = await self.get("benchmark", benchmark_id)
-        preparator = ContainerSpec.model_validate((await self.get("container", b["data_preparator_id"]))["spec"])
-        metrics = ContainerSpec.model_validate((await self.get("container", b["metrics_container_id"]))["spec"])
-        parts = BenchmarkParts(
-            benchmark_id=benchmark_id,
-            name=b["name"],
-            preparator_id=b["data_preparator_id"],
-            preparator=preparator,
-            reference_model_id=b["reference_model_id"],
-            metrics=metrics,
-            metric_names=tuple(m["name"] for m in b["metrics"]),
-            demo_dataset=HostedFile.model_validate(b["demo_dataset"]),
-        )
-        return parts
-
-    async def approved_models(self, benchmark_id: int) -> list[int]:
-        rows = (
-            await self.command(
-                ListAssociations(actor=self.site.owner, benchmark_id=benchmark_id, kind="model", status="APPROVED")
+            return CompatibilityReport(
+                passed=False, detail=detail, failure=failed.fault, container_digests=tested, data_hash=demo_hash
             )
-        ).data
-        return [row["component_id"] for row in rows]  # already in priority order
+        metrics = scores.metrics
+        return CompatibilityReport(
+            passed=True,
+            metrics={n: metrics[n] for n in parts.metric_names if n in metrics},
+            container_digests=tested,
+            data_hash=demo_hash,
+        )
+
+    def sign(self, report: CompatibilityReport, kind: str, event: AssociationRequested) -> CompatibilityReport:
+        """``report`` as this site's signed test of the requested association."""
+        tested = report.model_copy(
+            update={"benchmark_id": event.benchmark_id, "kind": kind, "component_id": event.component_id}
+        )
+        return self.runner.key.sign_report(tested, self.site.name)
 
 
 def _job_key(parts: BenchmarkParts, model_id: int, model: ContainerSpec, dataset: PreparedDataset) -> str:

@@ -32,7 +32,8 @@ from shared.messaging import PermanentFailure
 from shared.service import ask
 
 if TYPE_CHECKING:
-    from services.executor.agent import BenchmarkParts, SiteAgent
+    from services.executor.agent import SiteAgent
+    from services.executor.questions import BenchmarkParts
 
 log = logging.getLogger("medperf.site.intake")
 
@@ -216,8 +217,19 @@ class DatasetIntake:
         # The compatibility test is the reference model's real run; it is kept and released only
         # if the association is approved, so the reference model never runs twice.
         job = await self.agent.compatibility_run(parts, row, last_try)
-        report = CompatibilityReport(
-            passed=job.status == "succeeded", metrics=job.metrics, detail=job.detail, failure=job.failure
+        report = self.agent.runner.key.sign_report(
+            CompatibilityReport(
+                passed=job.status == "succeeded",
+                metrics=job.metrics,
+                detail=job.detail,
+                failure=job.failure,
+                benchmark_id=parts.benchmark_id,
+                kind="dataset",
+                component_id=dataset_id,
+                container_digests=job.container_digests,
+                data_hash=job.dataset_hash,
+            ),
+            self.site.name,
         )
         if on_stage is not None:
             await on_stage("request")

@@ -7,13 +7,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
 from history import stream_messages
 from waiting import eventually
+from workstations import Workstation
 
 from cli.client import Client
 from cli.stack import Stack
@@ -85,9 +86,19 @@ class Federation:
     uow: Callable[[], UnitOfWork]  # a unit of work on the site's own database
     benchmark_id: int = 0
     stack: Stack | None = None  # to stop the site's agent and start it again
+    workstations: dict[str, Workstation] = field(default_factory=dict)
 
     async def call(self, user: str, method: str, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(getattr(self.clients[user], method), *args, **kwargs)
+
+    async def signed_test(self, user: str, kind: str, component_id: int, passed: bool = True) -> dict:
+        """A compatibility report ``user`` signed with their own key (registered on first use)."""
+        station = self.workstations.setdefault(user, Workstation(user))
+
+        async def post(path: str, body: dict) -> Any:
+            return await self.call(user, "post", path, body)
+
+        return await station.report(post, self.benchmark_id, kind, component_id, passed)
 
     async def jobs(self) -> list[Job]:
         return await operations.jobs(self.uow())
@@ -181,10 +192,11 @@ class Federation:
                 "modeler", "post", "/models", {"name": name, "container_id": container, "state": "OPERATION"}
             )
         )["id"]
+        # Signed by the model's owner here instead of by a committee site testing it on hosted demo data.
+        report = await self.signed_test("modeler", "model", model_id)
+        body = {"kind": "model", "component_id": model_id, "compatibility": report}
         for _ in range(100):  # the approvals service learns of the model from an event
             try:
-                # Attached here instead of by a committee site testing it on hosted demo data.
-                body = {"kind": "model", "component_id": model_id, "compatibility": {"passed": True}}
                 await self.call("modeler", "post", f"/benchmarks/{self.benchmark_id}/associations", body)
                 break
             except Exception:
@@ -228,9 +240,12 @@ async def federation(
     name: str = SITE,
     runtime: ContainerRuntime | None = None,
     max_deliveries: int = 5,
+    committee_for: list[str] | None = None,
     **site_options: Any,
 ) -> AsyncIterator[Federation]:
-    """The central services and one site agent called ``name`` (with ``site_options``), in this process."""
+    """The central services and one site agent called ``name`` (with ``site_options``), in this process;
+    with ``committee_for``, also the committee's own agent (site ``committee-site``, no data), whose
+    signed tests of models count because the committee registered its key."""
     settings = Settings(
         max_deliveries=max_deliveries,
         state_dir=tmp_path / "state",
@@ -239,7 +254,11 @@ async def federation(
         api_token_digests={token_digest(t): u for u, t in USERS.items()},
     )
     site = site_settings(tmp_path, name=name, **site_options)
-    async with Stack(settings, sites=[site], runtime=runtime) as stack:
+    sites = [site]
+    if committee_for:
+        committee = {"name": "committee-site", "owner": "committee", "datasets": [], "committee_for": committee_for}
+        sites.append(site_settings(tmp_path / "committee", **committee))
+    async with Stack(settings, sites=sites, runtime=runtime) as stack:
         assert stack.ingress and stack.settings.nats_url
         clients = {u: Client(stack.ingress.url, t) for u, t in USERS.items()}
         try:

@@ -74,7 +74,8 @@ async def request_model(fed: Federation, name: str, script: str) -> int:
     container = (await fed.call("modeler", "post", "/containers", spec))["id"]
     body = {"name": name, "container_id": container, "state": "OPERATION"}
     model_id = (await fed.call("modeler", "post", "/models", body))["id"]
-    request = {"kind": "model", "component_id": model_id, "compatibility": {"passed": True}}
+    report = await fed.signed_test("modeler", "model", model_id)
+    request = {"kind": "model", "component_id": model_id, "compatibility": report}
     for _ in range(100):  # the approvals service learns of the model from an event
         try:
             await fed.call("modeler", "post", f"/benchmarks/{fed.benchmark_id}/associations", request)

@@ -93,7 +93,8 @@ async def add_model(fed: Federation, name: str) -> int:
         found = await fed.call("committee", "associations", bench, kind="model", component_id=model_id)
         return next((a for a in found if status is None or a["status"] == status), None)
 
-    request = {"kind": "model", "component_id": model_id, "compatibility": {"passed": True}}
+    report = await fed.signed_test("modeler", "model", model_id)
+    request = {"kind": "model", "component_id": model_id, "compatibility": report}
     await persist(
         lambda: fed.call("modeler", "post", f"/benchmarks/{bench}/associations", request),
         association,

@@ -22,6 +22,7 @@ import nats
 import pytest
 import pytest_asyncio
 from users import stack_with_users
+from workstations import Workstation
 
 from services.ingress.permissions import ENTITY_PATHS, PERMISSIONS, ROLES, Role, Rule
 from shared.broker import EmbeddedNats
@@ -40,7 +41,6 @@ ACTING_USER: dict[Role, str] = {
     "admin": "admin",
 }
 DIGEST = "sha256:" + "a" * 64
-PASSED = {"passed": True, "metrics": {"auc": 0.9}, "detail": "ran on the demo data"}
 
 
 def spec(*tasks: str) -> dict:
@@ -72,6 +72,7 @@ class World:
     ids: dict[str, int] = field(default_factory=dict)
     serial: itertools.count = field(default_factory=lambda: itertools.count(1))
     nats_url: str = ""
+    workstations: dict[str, Workstation] = field(default_factory=dict)
 
     def as_role(self, role: Role) -> httpx.AsyncClient:
         return self.clients["anonymous" if role == "anonymous" else ACTING_USER[role]]
@@ -81,6 +82,15 @@ class World:
 
     def unique(self, prefix: str) -> str:
         return f"{prefix}-{next(self.serial)}"
+
+    async def passed(self, owner: str, kind: str, component: int, benchmark: int | None = None) -> dict:
+        """A passed compatibility test of the association, signed with ``owner``'s own key."""
+        station = self.workstations.setdefault(owner, Workstation(owner))
+
+        async def post(path: str, body: dict) -> Any:
+            return ok(await send(self.user(owner), "POST", path, json=body), 201)
+
+        return await station.report(post, benchmark or self.ids["benchmark"], kind, component)
 
     # --- fresh objects, created by their owners ---------------------------------------------------
 
@@ -159,7 +169,8 @@ class World:
     async def pending(self, role: Role) -> tuple[str, int]:
         kind, component = await self.component(role)
         initiator = "data-owner" if kind == "dataset" else "model-owner"
-        body = {"kind": kind, "component_id": component, "compatibility": PASSED}
+        report = await self.passed(initiator, kind, component)
+        body = {"kind": kind, "component_id": component, "compatibility": report}
         ok(await send(self.user(initiator), "POST", f"/benchmarks/{self.ids['benchmark']}/associations", json=body))
         return kind, component
 
@@ -212,7 +223,8 @@ async def _populate(w: World) -> None:
         component = w.ids[kind] = await (w.dataset() if kind == "dataset" else w.model())
         if kind == "model":
             w.ids["model_container"] = ok(await send(w.user(owner), "GET", f"/models/{component}"))["container_id"]
-        request = {"kind": kind, "component_id": component, "compatibility": PASSED}
+        report = await w.passed(owner, kind, component, benchmark)
+        request = {"kind": kind, "component_id": component, "compatibility": report}
         for _ in range(200):  # until the registry has learnt the approval, and approvals the component
             asked = await send(w.user(owner), "POST", f"/benchmarks/{benchmark}/associations", json=request)
             if asked.status_code != 409 or "approves it" not in asked.text:
