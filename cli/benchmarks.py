@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from cli.client import ApiError
+from cli.client import ApiError, Client
 from cli.output import UsageError, add_format, confirm, connect, listing, view
 from cli.render import leaderboard_table, provenance_table
 from cli.verbs import Verbs
+from shared.containers import ContainerSpec, HostedFile
 
 BENCHMARK_COLUMNS = ["id", "name", "owner", "state", "approval_status", "primary_metric", "created_at"]
 # The compatibility test each request carries: passed or not, and the site (and key) that signed it.
@@ -57,6 +59,11 @@ def add_commands(verbs: Verbs) -> None:
     )
     submit.add_argument("--primary-metric")
     submit.add_argument("--operational", action="store_true", help="submit in OPERATION state (no more edits)")
+    submit.add_argument(
+        "--no-test", action="store_true", help="register without first running the workflow on the demo data here"
+    )
+    submit.add_argument("--work-dir", type=Path, help="where the test's data and outputs go (default: ./medperf-test)")
+    submit.add_argument("--timeout", type=float, default=1800.0, help="seconds a test task may run (default 1800)")
     listed = verbs.verb("benchmark", "ls", _ls, "list benchmarks")
     listed.add_argument("--mine", action="store_true", help="only yours")
     listed.add_argument("--status", choices=["PENDING", "APPROVED", "REJECTED"])
@@ -181,9 +188,39 @@ def _submit(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise UsageError(f"a benchmark needs {', '.join(missing)} (or those fields in --file)")
-    benchmark_id = connect().submit_benchmark(**fields)
+    client = connect()
+    if not args.no_test:
+        _test_before_submitting(client, fields, args)
+    benchmark_id = client.submit_benchmark(**fields)
     print(f"submitted benchmark {benchmark_id}; an admin approves it: `medperf benchmark approve {benchmark_id}`")
     return 0
+
+
+def _test_before_submitting(client: Client, fields: dict[str, Any], args: argparse.Namespace) -> None:
+    """MedPerf's rule: a benchmark is registered only once its own workflow ran end to end on its
+    demo data, here, with the local engine (prepare, the reference model, the metrics container)."""
+    from cli.testing import run_workflow
+
+    try:
+        demo = HostedFile.model_validate(fields["demo_dataset"])
+    except ValueError as exc:
+        why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise UsageError(f"the demo dataset: {why} (give --demo-sha256, or --no-test to skip the test)") from exc
+    model = client.entity("model", fields["reference_model_id"])
+    specs = [
+        ContainerSpec.model_validate(client.entity("container", container_id)["spec"])
+        for container_id in (fields["data_preparator_id"], model["container_id"], fields["metrics_container_id"])
+    ]
+    declared = [metric["name"] for metric in fields["metrics"]]
+    local = argparse.Namespace(data_path=None, labels_path=None, work_dir=args.work_dir, timeout=args.timeout)
+    try:
+        report = run_workflow(f"Testing benchmark {fields['name']} on its demo data", *specs, demo, declared, local)
+    except UsageError as exc:
+        raise UsageError(f"not submitted: {exc} (--no-test skips the test)") from exc
+    if not report.passed:
+        raise UsageError(f"not submitted: the benchmark's workflow failed on its demo data: {report.detail}")
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in report.metrics.items())
+    print(f"the workflow ran on the demo data: {shown}")
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from cli import console_render as render
@@ -30,8 +31,10 @@ def add_commands(commands: Any) -> None:
     events.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    sub.add_parser("pending", help="what waits for a decision, and the command that decides each")
-    sub.add_parser("sites", help="every site agent: heartbeat, running and queued jobs, failures, silence (admins)")
+    reads = [
+        sub.add_parser("pending", help="what waits for a decision, and the command that decides each"),
+        sub.add_parser("sites", help="every site agent: heartbeat, running and queued jobs, failures, silence"),
+    ]
     jobs = sub.add_parser(
         "jobs",
         help="jobs and why the failed ones failed: every site's for admins; otherwise your sites', and your "
@@ -41,10 +44,11 @@ def add_commands(commands: Any) -> None:
     jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--benchmark", type=int)
     jobs.add_argument("--model", type=int)
+    reads.append(jobs)
 
     letters = sub.add_parser("dead-letters", help="messages consumers gave up on (admins)")
     letters_sub = letters.add_subparsers(dest="letters_command", required=True)
-    letters_sub.add_parser("ls", help="list them with the reason")
+    reads.append(letters_sub.add_parser("ls", help="list them with the reason"))
     for verb, text in (("retry", "publish it to its original subject again"), ("discard", "forget it for good")):
         letters_sub.add_parser(verb, help=text).add_argument("sequence", type=int)
 
@@ -54,6 +58,8 @@ def add_commands(commands: Any) -> None:
         decide.add_argument("id", type=int, help="the benchmark's, model's or dataset's id")
         decide.add_argument("--benchmark", type=int, help="for a model or dataset: the benchmark it asks to join")
         decide.add_argument("--reason", default="")
+    for read in reads:
+        read.add_argument("--format", choices=["table", "json"], default="table", help="json: for scripts")
 
 
 def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> int:
@@ -61,12 +67,15 @@ def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> i
     if command == "events":
         return _events(args, client, out)
     if command == "pending":
-        print(render.pending_text(client.get("/console/pending")), file=out)
+        _show(args, client.get("/console/pending"), render.pending_text, out)
     elif command == "sites":
-        print(render.sites_text(client.get("/console/sites")), file=out)
+        _show(args, client.get("/console/sites"), render.sites_text, out)
     elif command == "jobs":
         filters = {"site": args.site, "status": args.status, "benchmark_id": args.benchmark, "model_id": args.model}
         found = client.console_jobs(**filters)
+        if args.format == "json":
+            print(json.dumps(found, indent=2), file=out)
+            return 0
         print(render.jobs_text(found), file=out)
         kept = sorted({j["site"] for j in found if j.get("log_tail_kept_at_site")})
         if kept:
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> i
             print(f"\nLog tails may quote patient data: they stay at the site ({where}) with its data owner.", file=out)
     elif command == "dead-letters":
         if args.letters_command == "ls":
-            print(render.dead_letters_text(client.get("/console/dead-letters")), file=out)
+            _show(args, client.get("/console/dead-letters"), render.dead_letters_text, out)
         elif args.letters_command == "retry":
             done = client.post(f"/console/dead-letters/{args.sequence}/retry", {})
             print(f"republished dead letter {args.sequence} to {done['subject']}", file=out)
@@ -84,6 +93,10 @@ def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> i
     else:
         return _decide(args, client, out)
     return 0
+
+
+def _show(args: argparse.Namespace, found: Any, text: Callable[[Any], str], out: TextIO) -> None:
+    print(json.dumps(found, indent=2) if args.format == "json" else text(found), file=out)
 
 
 def _decide(args: argparse.Namespace, client: Client, out: TextIO) -> int:

@@ -90,29 +90,50 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_test(client: Client, args: argparse.Namespace) -> CompatibilityReport:
     """The benchmark's workflow on this machine; the report is not signed yet."""
-    from rich.console import Console
-
-    from services.executor.workflow import TaskFailed
-
-    console = Console(stderr=True, highlight=False)
     benchmark = client.entity("benchmark", args.benchmark)
-    preparator = _container(client, benchmark["data_preparator_id"])
-    metrics = _container(client, benchmark["metrics_container_id"])
     if args.model is not None:
         model = _container(client, client.entity("model", args.model)["container_id"])
     else:
         model = _local_spec(args.container)
+    tested = f"model {args.model}" if args.model else str(args.container)
+    return run_workflow(
+        f"Testing {tested} on {benchmark['name']}",
+        _container(client, benchmark["data_preparator_id"]),
+        model,
+        _container(client, benchmark["metrics_container_id"]),
+        HostedFile.model_validate(benchmark["demo_dataset"]),
+        [m["name"] for m in benchmark["metrics"]],
+        args,
+        benchmark_id=args.benchmark,
+        kind="model",
+        component_id=args.model,
+    )
+
+
+def run_workflow(
+    title: str,
+    preparator: ContainerSpec,
+    model: ContainerSpec,
+    metrics: ContainerSpec,
+    demo: HostedFile,
+    declared: list[str],
+    args: argparse.Namespace,
+    **about: Any,
+) -> CompatibilityReport:
+    """Prepare the demo data (or ``args.data_path``), run ``model`` and score it with ``metrics``,
+    as a site would; ``about`` says what the report is about (benchmark, kind, component)."""
+    from rich.console import Console
+
+    from services.executor.assets import AssetError
+    from services.executor.runtime import EngineUnavailable, ImageNotAvailable, TaskStartError
+    from services.executor.workflow import TaskFailed
+
+    console = Console(stderr=True, highlight=False)
     work = (args.work_dir or Path.cwd() / "medperf-test").resolve()
     workflow = staged_workflow(console, work, args.timeout)
-    demo = HostedFile.model_validate(benchmark["demo_dataset"])
     tested = {"preparator": preparator.image_digest, "model": model.image_digest, "metrics": metrics.image_digest}
-    common: dict[str, Any] = {
-        "benchmark_id": args.benchmark,
-        "kind": "model",
-        "component_id": args.model,
-        "container_digests": tested,
-    }
-    console.print(f"Testing {'model ' + str(args.model) if args.model else args.container} on {benchmark['name']}")
+    common: dict[str, Any] = {**about, "container_digests": tested}
+    console.print(title)
     try:
         prepared = asyncio.run(_prepare(workflow, console, args, demo, preparator, work / "prepared"))
         scores = asyncio.run(workflow.score(model, metrics, prepared, work / "run"))
@@ -121,12 +142,19 @@ def run_test(client: Client, args: argparse.Namespace) -> CompatibilityReport:
             console.print(f"[dim]{failed.log_tail.rstrip()}[/]")
         detail = f"{failed} (the {failed.fault}'s fault)"
         return CompatibilityReport(passed=False, detail=detail, failure=failed.fault, **common)
-    declared = [m["name"] for m in benchmark["metrics"]]
+    except (AssetError, ImageNotAvailable, EngineUnavailable, TaskStartError) as exc:
+        # This machine's problem (no network to the host, an image not loaded here): nobody's test result.
+        raise UsageError(f"the workflow could not run here: {exc}") from exc
     data_hash = demo.sha256 if args.data_path is None else prepared.prepared_hash
     on = "the benchmark's demo data" if args.data_path is None else "the model owner's own data"
+    missing = [name for name in declared if name not in scores.metrics]
+    if missing:
+        wrote = ", ".join(sorted(scores.metrics)) or "none"
+        detail = f"the metrics container did not write {', '.join(missing)} (it wrote: {wrote})"
+        return CompatibilityReport(passed=False, detail=detail, failure="metrics", **common)
     return CompatibilityReport(
         passed=True,
-        metrics={n: scores.metrics[n] for n in declared if n in scores.metrics},
+        metrics={n: scores.metrics[n] for n in declared},
         detail=f"ran on {on} with `medperf test run`" + (" (partial)" if scores.partial else ""),
         data_hash=data_hash,
         **common,

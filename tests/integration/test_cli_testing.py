@@ -2,9 +2,7 @@
 own machine (the real Docker engine, the site's pipeline), sees the metrics, submits the signed test,
 and the committee, which runs no agent, approves the model on it.
 
-The doc's images start ``FROM python:3.12-slim``; no registry is reachable here, so the test's
-private engine gets that tag on the demo's locally built Debian python3 base image first (as
-test_container_contract.py does).
+The images are built by the doc's own commands (tests/integration/minimal.py).
 """
 
 from __future__ import annotations
@@ -12,60 +10,38 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
-import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
+from minimal import build_minimal
+from minimal import file_host as serving
 from waiting import eventually
 
 from cli.client import Client
 from cli.main import main
 from cli.stack import Stack
-from examples.breast_cancer.images import default_cache_dir, ensure_base_image
 from services.ingress.auth import token_digest
 from shared.settings import Settings
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("docker_engine")]
 
-ROOT = Path(__file__).parents[2]
 USERS = {"admin": "t-admin", "committee": "t-committee", "modeler": "t-modeler"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The minimal benchmark's images and specs, built with the doc's own commands."""
-    engine = docker.from_env(timeout=600)
-    try:
-        ensure_base_image(engine, default_cache_dir(), log=lambda _: None)
-        engine.images.get("localhost/medperf-python:bookworm").tag("python", "3.12-slim")
-    finally:
-        engine.close()
     workdir = tmp_path_factory.mktemp("reader")
-    (workdir / "examples").symlink_to(ROOT / "examples")
-    doc = (ROOT / "docs" / "containers.md").read_text()
-    rest = doc.split("Build the images and write each spec with its image's ID:", 1)[1]
-    match = re.search(r"```bash\n(.*?)```", rest, re.S)
-    assert match
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", match.group(1)], cwd=workdir, capture_output=True)
-    assert done.returncode == 0, done.stderr
+    build_minimal(workdir)
     return workdir
 
 
 @pytest.fixture
 def file_host(built: Path) -> Iterator[str]:
-    handler = partial(SimpleHTTPRequestHandler, directory=str(built))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(built) as url:
+        yield url
 
 
 @pytest.fixture

@@ -44,8 +44,11 @@ class Cli:
         out, err = self.capsys.readouterr()
         assert code == status, f"medperf {line} as {user}: {code}\n{out}\n{err}"
         if status:
-            assert out == "" and len(err.strip().splitlines()) == 1, err  # one line, no traceback
-            return err
+            # One line says what to fix, last, after any progress lines; no traceback.
+            lines = err.strip().splitlines()
+            assert out == "" and "Traceback" not in err, err
+            assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+            return lines[-1]
         return out
 
     async def json(self, user: str, line: str) -> Any:
@@ -81,11 +84,16 @@ async def test_the_committee_the_admin_and_the_owners_work_through_the_cli(cli: 
         await cli("committee", f"container submit --name metrics -s {spec_file(tmp_path, 'm', 'evaluate')}")
     )
     ref = int((await cli("committee", f"model submit -n ref -c {ref_container}")).split()[2].rstrip(";"))
-    submitted = await cli(
-        "committee",
+    line = (
         f"benchmark submit --name bc -p {prep} -m {ref} -e {metrics} --demo-url https://example.org/demo.tar.gz "
-        f"--demo-sha256 {'b' * 64} --metric auc --metric brier:lower:median",
+        f"--demo-sha256 {'b' * 64} --metric auc --metric brier:lower:median --work-dir {tmp_path / 'test'}"
     )
+    # As MedPerf does, the workflow runs on the demo data before anything is registered: here the
+    # demo data's host does not exist, so nothing is submitted.
+    refused = await cli("committee", line, status=1)
+    assert "not submitted: the workflow could not run here: could not download" in refused
+    assert await cli.json("committee", "benchmark ls --mine") == []
+    submitted = await cli("committee", f"{line} --no-test")
     benchmark = int(submitted.split()[2].rstrip(";"))
     [listed] = await cli.json("committee", "benchmark ls --mine")
     assert listed["id"] == benchmark and listed["approval_status"] == "PENDING"

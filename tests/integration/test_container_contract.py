@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tarfile
 from pathlib import Path
 
 import docker
 import pytest
+from minimal import DOC, build_minimal
 
-from examples.breast_cancer.images import default_cache_dir, ensure_base_image
 from services.executor.assets import AssetCache
 from services.executor.runtime import DockerRuntime
 from services.executor.workflow import Workflow
@@ -24,31 +23,11 @@ from shared.containers import ContainerSpec
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("docker_engine")]
 
-ROOT = Path(__file__).parents[2]
-DOC = (ROOT / "docs" / "containers.md").read_text()
-
-
-def doc_block(after: str) -> str:
-    """The first ```bash block after the sentence ``after``: the commands as a reader copies them."""
-    rest = DOC.split(after, 1)[1]
-    match = re.search(r"```bash\n(.*?)```", rest, re.S)
-    assert match, f"no bash block after {after!r} in docs/containers.md"
-    return match.group(1)
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    engine = docker.from_env(timeout=600)
-    try:
-        ensure_base_image(engine, default_cache_dir(), log=lambda _: None)
-        engine.images.get("localhost/medperf-python:bookworm").tag("python", "3.12-slim")
-    finally:
-        engine.close()
     workdir = tmp_path_factory.mktemp("reader")
-    (workdir / "examples").symlink_to(ROOT / "examples")
-    script = doc_block("Build the images and write each spec with its image's ID:")
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = build_minimal(workdir)
     assert re.fullmatch(r"[0-9a-f]{64}  minimal-demo.tar.gz\n", done.stdout.splitlines(keepends=True)[-1])
     return workdir
 
