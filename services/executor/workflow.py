@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.domain import fault_of_asset, fault_of_task
+from services.executor.hashing import tree_hash  # re-exported: the agent and tests import it from here
 from services.executor.limits import TaskLimits, setting, size
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec, TaskSpec
@@ -75,17 +75,6 @@ class PreparedData:
 class Scores:
     metrics: dict[str, float]
     partial: bool = False
-
-
-def tree_hash(*roots: Path) -> str:
-    """sha256 over every file's relative path and content: renaming or moving a file changes it
-    (MedPerf's folder hash ignored names)."""
-    digest = hashlib.sha256()
-    for index, root in enumerate(roots):
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(f"{index}:{path.relative_to(root).as_posix()}\0".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def time_limit(task: TaskSpec, site_timeout: float) -> tuple[float, str]:
