@@ -255,6 +255,7 @@ async def _check(args: argparse.Namespace, uow: Callable[[], UnitOfWork]) -> int
             continue
         status = 1
         found = f"now {check.found[:16]}..." if check.found else f"{row.prepared_path} is gone"
+        found += f"; {check.changes}" if check.changes else ""
         print(
             f"{what}: CHANGED since registration (registered {row.prepared_hash[:16]}..., {found}); jobs on it "
             "fail as the data's fault. Withdraw it and submit it again under a new name"

@@ -26,11 +26,12 @@ from sqlalchemy import select
 from services.executor import domain
 from services.executor.demo import prepare_demo
 from services.executor.intake import DatasetIntake
+from services.executor.manifest import DatasetChanged, check_before_job
 from services.executor.questions import BenchmarkParts, FederationQuestions
 from services.executor.runner import JobRunner, add_job, job_event, release
 from services.executor.settings import SiteSettings
 from services.executor.store import Job, PreparedDataset
-from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow, tree_hash
+from services.executor.workflow import PreparedData, Scores, TaskFailed, Workflow
 from shared.containers import ContainerSpec
 from shared.db import UnitOfWork
 from shared.events import (
@@ -201,8 +202,16 @@ class SiteAgent(FederationQuestions):
         prepared = PreparedData(
             Path(dataset.prepared_path), dataset.input_hash, dataset.prepared_hash, dataset.statistics
         )
-        if await asyncio.to_thread(tree_hash, prepared.data, prepared.labels) != job.dataset_hash:
-            raise TaskFailed("verify", None, f"prepared data of {dataset.name} changed since registration")
+        # Metadata only, re-reading what changed (and everything once per MEDPERF_SITE_FULL_CHECK_DAYS):
+        # a 200 GB dataset is not read again before each of a benchmark's models.
+        full_every = self.site.full_check_days * 86400
+        try:
+            await asyncio.to_thread(
+                check_before_job, prepared.path, (prepared.data, prepared.labels), job.dataset_hash, full_every
+            )
+        except DatasetChanged as changed:
+            detail = f"prepared data of {dataset.name} changed since registration: {changed}"
+            raise TaskFailed("verify", None, detail) from None
         scores = await self.workflow.score(
             model,
             parts.metrics,

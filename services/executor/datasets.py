@@ -14,10 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from services.executor.manifest import DatasetChanged, check_before_job
 from services.executor.operations import NotPossible
 from services.executor.settings import LocalDataset
 from services.executor.store import DatasetSubmission, PreparedDataset, Withdrawal
-from services.executor.workflow import tree_hash
 from shared.db import UnitOfWork
 
 #: A submission in one of these may be submitted again: prepared afresh from the raw data.
@@ -114,6 +114,7 @@ async def withdrawal(uow: UnitOfWork, withdrawal_id: int) -> Withdrawal:
 class Check:
     dataset: PreparedDataset
     found: str  # the hash of the prepared data now; empty if it is gone
+    changes: str = ""  # which files changed, added or removed, when the data no longer matches
 
     @property
     def matches(self) -> bool:
@@ -121,12 +122,19 @@ class Check:
 
 
 async def check(uow: UnitOfWork, which: str) -> list[Check]:
-    """Hash the prepared data again, as a job does before it runs a model on it."""
+    """Read every byte of the prepared data again (a job reads only what changed since the last
+    check) and compare it with the registration, naming the files that changed."""
     checks = []
     for row in await registered(uow, which):
         path = Path(row.prepared_path)
-        found = ""
+        found, changes = "", ""
         if (path / "data").is_dir() and (path / "labels").is_dir():
-            found = await asyncio.to_thread(tree_hash, path / "data", path / "labels")
-        checks.append(Check(row, found))
+            try:
+                checked = await asyncio.to_thread(
+                    check_before_job, path, (path / "data", path / "labels"), row.prepared_hash, 0.0
+                )
+                found = checked.digest
+            except DatasetChanged as changed:
+                found, changes = changed.verification.digest, str(changed)
+        checks.append(Check(row, found, changes))
     return checks

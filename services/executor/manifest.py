@@ -199,3 +199,23 @@ def check_prepared(
     if result.rehashed or not known:
         result.manifest.save(manifest_path)
     return result
+
+
+#: Beside the manifest: when every byte was last read (a full check), as wall-clock nanoseconds.
+FULL_CHECK_FILE = "full-check"
+
+
+def check_before_job(prepared: Path, roots: tuple[Path, ...], registered: str, full_every: float) -> Verification:
+    """``check_prepared`` before a job, reading every byte again once ``full_every`` seconds have
+    passed since the last full check (what the metadata check can miss; see the module docstring)."""
+    marker = prepared / FULL_CHECK_FILE
+    try:
+        last_full = int(marker.read_text())
+    except (OSError, ValueError):
+        last_full = 0
+    full = time.time_ns() - last_full >= full_every * 1e9
+    started = time.time_ns()
+    result = check_prepared(prepared / MANIFEST_FILE, roots, registered, full=full)
+    if full:
+        marker.write_text(str(started))
+    return result

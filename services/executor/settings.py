@@ -50,6 +50,11 @@ class SiteSettings(BaseSettings):
     ignore_model_errors: bool = Field(
         default=False, description="score what a failing model did predict, and mark the result partial"
     )
+    full_check_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="before a job only changed files are read again; every byte once per this many days",
+    )
     # Bounds on what containers bring and do (services/executor/limits.py has the reasons for each
     # default). Sizes take a unit: 4GiB, 500MB, or a plain number of bytes.
     extract_max_bytes: ByteSize = Field(

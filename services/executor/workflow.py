@@ -25,6 +25,7 @@ from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.domain import fault_of_asset, fault_of_task
 from services.executor.hashing import tree_hash  # re-exported: the agent and tests import it from here
 from services.executor.limits import TaskLimits, setting, size
+from services.executor.manifest import FULL_CHECK_FILE, MANIFEST_FILE, build
 from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec, TaskSpec
 from shared.events import FailureKind
@@ -234,7 +235,11 @@ class Workflow:
         statistics = leaving_statistics(
             read_report(run / "statistics" / STATISTICS_FILE, "statistics", self.limits.results_bytes)
         )
-        prepared_hash = await asyncio.to_thread(tree_hash, staging / "data", staging / "labels")
+        # The manifest of what was registered, so checks before each job read only what changed since.
+        manifest = await asyncio.to_thread(build, staging / "data", staging / "labels")
+        manifest.save(staging / MANIFEST_FILE)
+        (staging / FULL_CHECK_FILE).write_text(str(manifest.scanned_ns))
+        prepared_hash = manifest.digest
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
         return PreparedData(out, input_hash, prepared_hash, statistics)
