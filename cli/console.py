@@ -80,7 +80,11 @@ def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout) -> i
         kept = sorted({j["site"] for j in found if j.get("log_tail_kept_at_site")})
         if kept:
             where = ", ".join(kept)
-            print(f"\nLog tails may quote patient data: they stay at the site ({where}) with its data owner.", file=out)
+            print(
+                f"\nLog tails may quote patient data: they stay at the site ({where}) until its data owner "
+                "releases one there: `medperf job release-log JOB_ID`.",
+                file=out,
+            )
     elif command == "dead-letters":
         if args.letters_command == "ls":
             _show(args, client.get("/console/dead-letters"), render.dead_letters_text, out)

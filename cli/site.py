@@ -20,8 +20,15 @@ if TYPE_CHECKING:
 def add_commands(verbs: Verbs) -> None:
     verbs.group("job", "this site's jobs")
     verbs.verb("job", "ls", run, "list this site's jobs")
-    for name, text in (("cancel", "cancel a queued or running job"), ("rerun", "run a finished job's work again")):
-        verbs.verb("job", name, run, text).add_argument("job_id", type=int)
+    for name, text in (
+        ("cancel", "cancel a queued or running job"),
+        ("rerun", "run a finished job's work again"),
+        ("log", "the tail of a job's log, here at the site (it may quote patient data)"),
+        ("release-log", "let a failed job's log tail leave the site: its model owner and committee then read it"),
+    ):
+        verbs.verb("job", name, run, text, aliases=[name.replace("-", "_")] if "-" in name else ()).add_argument(
+            "job_id", type=int
+        )
 
     release = verbs.verb("result", "release", run, "let results' metrics leave this site (held for your release)")
     which = release.add_mutually_exclusive_group(required=True)
@@ -113,6 +120,11 @@ async def _run(args: argparse.Namespace, site: SiteSettings) -> int:
         elif args.command == "job" and args.job_command == "cancel":
             job = await operations.cancel(uow(), args.job_id)
             print(f"job {job.id}: cancel requested; the agent stops it and removes its containers")
+        elif args.command == "job" and args.job_command == "log":
+            print(operations.log_tail(site, args.job_id))
+        elif args.command == "job" and args.job_command in ("release-log", "release_log"):
+            tail = await operations.release_log(uow(), site, args.job_id)
+            print(f"released the log tail of job {args.job_id} ({len(tail.splitlines())} lines) to the federation")
         elif args.command == "job":
             job = await operations.rerun(uow(), site, args.job_id)
             print(f"queued job {job.id}, a re-run of job {args.job_id}")

@@ -448,6 +448,14 @@ class JobFailed(JobEvent):
     log_tail: str = ""
 
 
+class JobLogReleased(JobEvent):
+    """The site's data owner let a failed job's log tail leave the site (it may quote patient data:
+    it leaves only this way, or with every failure where the site says so)."""
+
+    type: Literal["job.log_released"] = "job.log_released"
+    log_tail: str
+
+
 class JobCancelled(JobEvent):
     type: Literal["job.cancelled"] = "job.cancelled"
 
@@ -490,7 +498,8 @@ AnyEvent = Annotated[
     | JobStarted
     | JobSucceeded
     | JobFailed
-    | JobCancelled,
+    | JobCancelled
+    | JobLogReleased,
     Field(discriminator="type"),
 ]
 EVENTS: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

@@ -26,6 +26,7 @@ from shared.events import (
     BenchmarkSubmitted,
     JobCancelled,
     JobFailed,
+    JobLogReleased,
     JobQueued,
     JobStarted,
     JobSucceeded,
@@ -38,7 +39,9 @@ from shared.service import ServiceHost
 from shared.settings import Settings
 from shared.streams import HEARTBEATS, SITES
 
-AnyJobEvent = Annotated[JobQueued | JobStarted | JobSucceeded | JobFailed | JobCancelled, Field(discriminator="type")]
+AnyJobEvent = Annotated[
+    JobQueued | JobStarted | JobSucceeded | JobFailed | JobCancelled | JobLogReleased, Field(discriminator="type")
+]
 
 
 def _durable(name: str, subject: str, stream: str) -> dict[str, Any]:

@@ -137,6 +137,8 @@ def fold(state: JobState | None, event: dict[str, Any], occurred_at: datetime) -
         state.status = "failed"
         state.failure, state.failure_reason = event.get("failure"), event.get("reason", "")
         state.will_retry, state.log_tail = event.get("will_retry", False), event.get("log_tail", "")
+    elif kind == "job.log_released":
+        state.log_tail = event.get("log_tail", "")
     elif kind == "job.cancelled":
         state.status = "cancelled"
     return state
@@ -151,10 +153,6 @@ class Reader:
     user: str
     models: frozenset[int]
     benchmarks: frozenset[int]
-
-    def sees_log_tail(self, site_owner: str) -> bool:
-        """A log tail may quote the site's patient data: it is for the site's data owner only."""
-        return site_owner == self.user
 
 
 def association_decision(item: dict[str, Any]) -> dict[str, Any]:

@@ -72,15 +72,15 @@ class Job(Base):
         for f in self.STATE_FIELDS:
             setattr(self, f, getattr(state, f))
 
-    def view(self, with_log_tail: bool = True) -> dict:
-        """The job as the console shows it; without ``with_log_tail`` the tail (which may quote
-        patient data) stays at the site, and the view says one was kept there."""
+    def view(self) -> dict:
+        """The job as the console shows it. A log tail here left its site with the data owner's
+        consent (the site shares tails, or its owner released this one); a failed job without one
+        says its tail was kept at the site."""
         view = {
             "site": self.site,
             "job_id": self.job_id,
             **{f: getattr(self, f) for f in self.STATE_FIELDS if f != "last_event_at"},
             "last_event_at": self.last_event_at.isoformat(),
         }
-        if not with_log_tail:
-            view["log_tail"], view["log_tail_kept_at_site"] = "", bool(self.log_tail)
+        view["log_tail_kept_at_site"] = self.status == "failed" and not self.log_tail
         return view

@@ -11,10 +11,12 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from services.executor import domain
-from services.executor.runner import add_job, release
+from services.executor.runner import add_job, job_event, release
+from services.executor.runtime import read_tail
 from services.executor.settings import SiteSettings
 from services.executor.store import Job, SiteState
 from shared.db import UnitOfWork
+from shared.events import JobLogReleased
 from shared.signing import SiteKey
 
 
@@ -39,6 +41,28 @@ async def release_result(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Jo
         release(uow, job, site, SiteKey.load_or_create(site.key_path))
         await uow.commit()
         return job
+
+
+def log_tail(site: SiteSettings, job_id: int) -> str:
+    """The last lines of the log of the task a job ran last (the one that failed, for a failed job)."""
+    logs = site.work_dir / "runs" / f"job-{job_id}" / "logs"
+    found = sorted(logs.glob("*.log"), key=lambda path: path.stat().st_mtime_ns) if logs.is_dir() else []
+    if not found:
+        raise NotPossible(f"job {job_id} kept no log at this site (only run jobs keep theirs, under {logs})")
+    return read_tail(found[-1])
+
+
+async def release_log(uow: UnitOfWork, site: SiteSettings, job_id: int) -> str:
+    """The data owner's consent for one failed job's log tail to leave the site: it is sent to the
+    federation, where the job's model owner and committee read it with the failure."""
+    async with uow:
+        job = await _job(uow, job_id)
+        if job.status != "failed":
+            raise NotPossible(f"job {job_id} is {job.status}; only a failed job's log tail is released")
+        tail = log_tail(site, job_id)
+        uow.emit(job_event(JobLogReleased, site, job, log_tail=tail))
+        await uow.commit()
+        return tail
 
 
 async def cancel(uow: UnitOfWork, job_id: int) -> Job:

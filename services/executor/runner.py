@@ -317,9 +317,17 @@ class JobRunner:
                 job.status = domain.transition(job.status, "queued")
                 job.not_before = utcnow() + timedelta(seconds=delay)
             will_retry = delay is not None or (redelivered and failure == "infrastructure")
+            # A log tail may quote patient data: it leaves with the failure only where the site says so.
+            shared_tail = log_tail if self.site.share_log_tails else ""
             uow.emit(
                 job_event(
-                    JobFailed, self.site, job, failure=failure, will_retry=will_retry, reason=reason, log_tail=log_tail
+                    JobFailed,
+                    self.site,
+                    job,
+                    failure=failure,
+                    will_retry=will_retry,
+                    reason=reason,
+                    log_tail=shared_tail,
                 )
             )
             await uow.commit()

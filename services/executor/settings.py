@@ -50,6 +50,11 @@ class SiteSettings(BaseSettings):
     ignore_model_errors: bool = Field(
         default=False, description="score what a failing model did predict, and mark the result partial"
     )
+    share_log_tails: bool = Field(
+        default=False,
+        description="send each failed job's log tail with its failure; otherwise a tail (it may quote patient "
+        "data) leaves the site only when the data owner releases it: `medperf job release-log ID`",
+    )
     full_check_days: float = Field(
         default=7.0,
         gt=0,

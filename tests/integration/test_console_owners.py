@@ -22,7 +22,7 @@ from cli import console as console_cli
 from cli.client import Client
 from cli.stack import Stack
 from services.ingress.auth import token_digest
-from shared.events import Event, JobFailed, JobSucceeded
+from shared.events import Event, JobFailed, JobLogReleased, JobSucceeded
 from shared.settings import Settings
 
 USERS = ("admin", "committee", "modeler", "rival", "hospital", "clinic", "stranger")
@@ -109,8 +109,7 @@ def failed(w: World, site: str, owner: str, job_id: int, model_id: int) -> JobFa
         model_id=model_id,
         dataset_id=job_id,
         failure="model",
-        reason="infer failed: exited with 3",
-        log_tail=TAIL,
+        reason="infer failed: exited with 3",  # a site keeps its log tails unless it shares them
     )
 
 
@@ -141,15 +140,31 @@ async def test_each_owner_reads_the_failures_of_what_they_own(world: World) -> N
     assert seen(await w.jobs("rival")) == {("hospital-x", 2)}
     committee = await w.jobs("committee")
     assert seen(committee) == {("hospital-x", 1), ("hospital-x", 2), ("clinic-y", 1)}
-    assert all(j["log_tail"] == "" for j in committee)
-    hospital = await w.jobs("hospital")  # the data owner: its own site, tails included
-    assert seen(hospital) == {("hospital-x", 1), ("hospital-x", 2)} and {j["log_tail"] for j in hospital} == {TAIL}
+    hospital = await w.jobs("hospital")  # the data owner: its own site
+    assert seen(hospital) == {("hospital-x", 1), ("hospital-x", 2)}
     assert seen(await w.jobs("clinic")) == {("clinic-y", 1)}
     assert await w.jobs("stranger") == []
-    assert {j["log_tail"] for j in await w.jobs("admin", status="failed")} == {TAIL}
+    # No tail has left the site: nobody central reads one, admins included.
+    for who in ("committee", "hospital", "admin"):
+        assert all(j["log_tail"] == "" for j in await w.jobs(who)), who
 
     text = await asyncio.to_thread(w.cli, "modeler", "jobs", "--status", "failed")
     assert "hospital-x job 1: model fault: infer failed: exited with 3" in text
-    assert "case 17" not in text and "stay at the site (hospital-x)" in text
+    assert "case 17" not in text and "stay at the site (hospital-x)" in text and "release-log" in text
     assert "hospital-x job 2" not in text
-    assert "case 17" in await asyncio.to_thread(w.cli, "hospital", "jobs", "--status", "failed")
+
+    # The hospital's data owner releases job 1's tail: its model owner and the committee read it.
+    released = JobLogReleased(
+        actor="hospital", site="hospital-x", job_id=1, benchmark_id=w.benchmark, model_id=w.model, log_tail=TAIL
+    )
+    await w.publish(released)
+
+    async def tail_arrived() -> bool:
+        return {j["job_id"]: j["log_tail"] for j in await w.jobs("modeler") if j["site"] == "hospital-x"} == {1: TAIL}
+
+    await eventually(tail_arrived, "the released log tail to reach the model owner")
+    assert {(j["job_id"], j["log_tail"]) for j in await w.jobs("committee") if j["site"] == "hospital-x"} == {
+        (1, TAIL),
+        (2, ""),
+    }
+    assert "case 17" in await asyncio.to_thread(w.cli, "modeler", "jobs", "--status", "failed")

@@ -152,7 +152,8 @@ async def test_hostile_models_are_contained_and_reported(tmp_path: Path, busybox
     hosted = tmp_path / "hosted"
     with listener() as (address, port, connections), file_host(hosted) as host_url:
         evil = hashlib.sha256(evil_tarball(hosted / "evil.tar.gz")).hexdigest()
-        async with federation(tmp_path, busybox_image, task_timeout=4, max_jobs=3) as fed:
+        # This site shares its log tails with each failure, so what the models saw can be read here.
+        async with federation(tmp_path, busybox_image, task_timeout=4, max_jobs=3, share_log_tails=True) as fed:
             await fed.join()
             reach = (
                 f"busybox wget -q -T 2 -O /out/p1 http://{address}:{port}/ 2>&1; "

@@ -33,6 +33,7 @@ from shared.events import (
     FieldChange,
     JobCancelled,
     JobFailed,
+    JobLogReleased,
     JobQueued,
     JobStarted,
     JobSucceeded,
@@ -297,6 +298,7 @@ def one_of_each() -> list[Event]:
             log_tail="...",
         ),
         JobCancelled(**common, site="site-a", job_id=4, kind="compatibility", benchmark_id=3),
+        JobLogReleased(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, log_tail="Traceback: ..."),
         EntityEdited(
             **common,
             entity="dataset",
@@ -349,6 +351,7 @@ EXPECTED_SUBJECTS = {
     "job.started": "medperf.site.site-a.job.started",
     "job.succeeded": "medperf.site.site-a.job.succeeded",
     "job.cancelled": "medperf.site.site-a.job.cancelled",
+    "job.log_released": "medperf.site.site-a.job.log_released",
     "entity.edited": "medperf.registry.entity.edited",
     "entity.deleted": "medperf.registry.entity.deleted",
     "user.created": "medperf.registry.user.created",
@@ -546,7 +549,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 26
+    assert len(types) == len(set(types)) == 27
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
