@@ -196,7 +196,7 @@ class DockerRuntime:
             duration = time.monotonic() - started
             self._save_logs(container, task.log_path, self.log_limit)
             exceeded, used = after_exit(_outputs(task), task.output_limit, watcher)
-            exceeded = exceeded or self._out_of_memory(container)
+            exceeded = exceeded or ("" if timed_out else self._out_of_memory(container))
             return TaskOutcome(exit_code, timed_out, duration, read_tail(task.log_path), exceeded, used)
         finally:
             if container is not None:
@@ -208,11 +208,16 @@ class DockerRuntime:
             state = self.client.api.inspect_container(container.id)["State"]
         except (APIError, requests.RequestException):
             return ""
+        return self._memory_verdict(state)
+
+    def _memory_verdict(self, state: dict[str, Any]) -> str:
         if not state.get("OOMKilled"):
             return ""
+        return f"killed for using more than its memory limit of {self._memory_advice()}"
+
+    def _memory_advice(self) -> str:
         return (
-            f"killed for using more than its memory limit of {size(self.limits.memory)} "
-            f"(its /tmp, $HOME and /dev/shm count in it; {setting('task_memory')} raises it)"
+            f"{size(self.limits.memory)} (its /tmp, $HOME and /dev/shm count in it; {setting('task_memory')} raises it)"
         )
 
     def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
@@ -401,6 +406,14 @@ class PodmanRuntime(DockerRuntime):
     the differences below."""
 
     engine_name = "podman"
+
+    def _memory_verdict(self, state: dict[str, Any]) -> str:
+        # Podman 4.3 on cgroup v1 never sets OOMKilled (conmon misses the kernel's event), so a
+        # SIGKILL nobody here sent (exit 137; the timeout's and output limit's kills are told
+        # apart before this) is taken for the memory limit's, and said to be a likely cause.
+        if state.get("OOMKilled") or state.get("ExitCode") != 137:
+            return super()._memory_verdict(state)
+        return f"was killed (SIGKILL), most likely for using more than its memory limit of {self._memory_advice()}"
 
     def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
         kwargs = super()._create_kwargs(task)

@@ -23,7 +23,7 @@ import pytest
 from docker.models.containers import Container
 
 from examples.busybox import TAG as IMAGE_TAG
-from services.executor.limits import TASK_HOME, ContainerLimits, MiB
+from services.executor.limits import TASK_HOME, ContainerLimits, GpusRefused, MiB, allowed_gpus
 from services.executor.runtime import (
     TASK_LABEL,
     Bind,
@@ -39,6 +39,7 @@ from services.executor.runtime import (
     parse_user,
     read_tail,
 )
+from services.executor.settings import SiteSettings
 
 
 @pytest.fixture(scope="session")
@@ -338,3 +339,31 @@ def test_read_tail_drops_a_cut_first_line(tmp_path: Path) -> None:
     assert read_tail(log) == "last"
     log.write_text("\n".join(str(i) for i in range(50)))
     assert read_tail(log).splitlines() == [str(i) for i in range(30, 50)]
+
+
+def test_a_task_gets_only_the_gpus_the_site_gives() -> None:
+    assert allowed_gpus(None, "none") is None and allowed_gpus("all", "all") == "all"
+    assert allowed_gpus("2", "all") == "2" and allowed_gpus(1, "0,3") == "device=0"
+    assert allowed_gpus("all", "0,3") == "device=0,3" and allowed_gpus("device=3", "0,3") == "device=3"
+    for asked, site in (("all", "none"), ("3", "0,1"), ("device=2", "0,1"), ("1,2", "1")):
+        with pytest.raises(GpusRefused, match="MEDPERF_SITE_TASK_GPUS"):
+            allowed_gpus(asked, site)
+
+
+def test_site_settings_become_the_runtimes_container_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in {
+        "NAME": "a",
+        "OWNER": "o",
+        "TASK_MEMORY": "1GiB",
+        "TASK_PIDS": "99",
+        "TASK_GPUS": "0,1",
+    }.items():
+        monkeypatch.setenv(f"MEDPERF_SITE_{name}", value)
+    monkeypatch.setenv("MEDPERF_SITE_READ_ONLY_ROOT", "false")
+    limits = SiteSettings().container_limits()
+    assert (limits.memory, limits.pids, limits.gpus, limits.read_only_root) == (2**30, 99, "0,1", False)
+    kwargs = DockerRuntime(MagicMock(), user="1000", limits=limits)._create_kwargs(
+        make_task(tmp_path, "sha256:" + "a" * 64, ["true"], gpus="all")
+    )
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 2**30 and kwargs["read_only"] is False
+    assert kwargs["device_requests"][0]["DeviceIDs"] == ["0", "1"] and kwargs["pids_limit"] == 99
