@@ -1,9 +1,10 @@
 """What every container engine adapter shares: the task to run, its outcome, the errors a site
 acts on, and the ``ContainerRuntime`` protocol the workflow calls.
 
-An engine is one adapter behind this seam: ``runtime.DockerRuntime`` speaks the Docker Engine API
-(Docker, and podman through its Docker-compatible socket). A third engine (Singularity/Apptainer)
-would be one more class with these four methods, applying ``limits.ContainerLimits`` its own way.
+An engine is one adapter behind this seam: ``runtime.DockerRuntime`` speaks the Docker Engine API,
+and ``podman.PodmanRuntime`` adjusts it for podman's Docker-compatible socket. A third engine
+(Singularity/Apptainer) would be one more class with these five methods, applying
+``limits.ContainerLimits`` its own way.
 """
 
 from __future__ import annotations

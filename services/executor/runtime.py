@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +45,6 @@ from services.executor.engine import (
 from services.executor.limits import DEFAULT_CPU_SHARE, TASK_HOME, ContainerLimits, allowed_gpus, setting, size
 from services.executor.outputs import OutputWatcher, after_exit
 from shared.containers import IMAGE_DIGEST
-
-#: Open files and processes (of its uid, host-wide) a task may have on podman (Docker passes on
-#: its own limits): enough for a data loader, and within what a podman service may hand on.
-NOFILE = 65536
-NPROC = 32768
 
 # The seam's names, imported from here by callers that predate engine.py.
 __all__ = [
@@ -134,6 +128,8 @@ class DockerRuntime:
     @staticmethod
     def for_client(client: docker.DockerClient, **options: Any) -> DockerRuntime:
         """The adapter for the engine ``client`` speaks to."""
+        from services.executor.podman import PodmanRuntime  # it builds on this class
+
         return (PodmanRuntime if is_podman(client) else DockerRuntime)(client, **options)
 
     @property
@@ -166,11 +162,11 @@ class DockerRuntime:
         try:
             for line in self.client.api.pull(reference, stream=True, decode=True, **self._pull_options()):
                 if isinstance(line, dict) and line.get("error"):
-                    raise _pull_failed(reference, str(line["error"]))
+                    raise pull_failed(reference, str(line["error"]))
         except NotFound as exc:
             raise ImageRefused(f"the registry has no image {reference}: {exc.explanation or exc}") from exc
         except APIError as exc:
-            raise _pull_failed(reference, str(exc.explanation or exc)) from exc
+            raise pull_failed(reference, str(exc.explanation or exc)) from exc
         except requests.RequestException as exc:
             raise ImageNotAvailable(f"pulling {reference} failed: {exc}") from exc
         self.ensure_image(image_digest)  # the engine checked the bytes; this checks what it recorded
@@ -381,7 +377,7 @@ def repository_of(name: str) -> str:
     return name[: len(name) - len(last)] + last.split(":", 1)[0]
 
 
-def _pull_failed(reference: str, message: str) -> LookupError:
+def pull_failed(reference: str, message: str) -> LookupError:
     # The registry answered that it has no such image: the registrant's to fix. Anything else
     # (unreachable, timeouts, a full disk) may pass, so the site retries.
     if "manifest unknown" in message or "not found" in message.lower():
@@ -399,31 +395,3 @@ def _walk(root: Path) -> Iterator[Path]:
         for dirpath, dirnames, filenames in os.walk(root):
             for entry in (*dirnames, *filenames):
                 yield Path(dirpath) / entry
-
-
-class PodmanRuntime(DockerRuntime):
-    """Podman through its Docker-compatible socket (``podman system service``): the same API, with
-    the differences below."""
-
-    engine_name = "podman"
-
-    def _memory_verdict(self, state: dict[str, Any]) -> str:
-        # Podman 4.3 on cgroup v1 never sets OOMKilled (conmon misses the kernel's event), so a
-        # SIGKILL nobody here sent (exit 137; the timeout's and output limit's kills are told
-        # apart before this) is taken for the memory limit's, and said to be a likely cause.
-        if state.get("OOMKilled") or state.get("ExitCode") != 137:
-            return super()._memory_verdict(state)
-        return f"was killed (SIGKILL), most likely for using more than its memory limit of {self._memory_advice()}"
-
-    def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
-        kwargs = super()._create_kwargs(task)
-        # Rootful podman asks runc for 1048576 open files and 4194304 processes; above the hard
-        # limits of the podman service (it holds its own RLIMIT_NPROC to 32768), and without
-        # CAP_SYS_RESOURCE, runc cannot set them and the container never starts. Docker passes
-        # the engine's own limits on; this asks for at most the agent's. Processes stay bounded by
-        # the pids limit; RLIMIT_NPROC counts the uid's processes across the host.
-        for name, which, most in (("nofile", resource.RLIMIT_NOFILE, NOFILE), ("nproc", resource.RLIMIT_NPROC, NPROC)):
-            _, hard = resource.getrlimit(which)
-            value = most if hard == resource.RLIM_INFINITY else min(hard, most)
-            kwargs["ulimits"].append(Ulimit(name=name, soft=value, hard=value))
-        return kwargs
