@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -33,5 +34,7 @@ def ensure_busybox_image(engine: docker.DockerClient) -> str:
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(link)
     repository, tag = TAG.rsplit(":", 1)
-    engine.api.import_image_from_data(payload.getvalue(), repository=repository, tag=tag)
+    answer = engine.api.import_image_from_data(payload.getvalue(), repository=repository, tag=tag)
+    image_id = json.loads(answer.splitlines()[-1])["status"]
+    engine.images.get(image_id).tag(repository, tag)  # podman's import ignores the tag it is given
     return str(engine.images.get(TAG).id)

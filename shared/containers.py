@@ -131,7 +131,10 @@ class ContainerSpec(_Strict):
     limits it runs under) is docs/containers.md."""
 
     image: str = Field(min_length=1, description="image name and tag, for people; runs use image_digest")
-    image_digest: str = Field(description="sha256:… image ID; the executor runs exactly this image")
+    image_digest: str = Field(
+        description="sha256:… image ID, or registry manifest digest (MedPerf's image_hash); a site runs only "
+        "an image whose ID or RepoDigest is this"
+    )
     tasks: dict[TaskName, TaskSpec] = Field(min_length=1)
     image_archive: HostedFile | None = Field(
         default=None,

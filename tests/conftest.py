@@ -1,5 +1,6 @@
 """Fixtures that start real parts: an embedded nats-server, a throwaway PostgreSQL cluster, and a
-check for a container engine (tests that need one skip, with the reason, where none answers)."""
+check for a container engine (tests that need one skip, with the reason, where none answers); the
+runtime's contract tests run on Docker and on podman (``engine_client``)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,49 @@ def busybox_image(docker_engine: None) -> str:
         pytest.fail(str(exc))
     finally:
         engine.close()
+
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="session")
+def podman_host() -> str:
+    """The URL of a podman service's Docker-compatible socket: MEDPERF_PODMAN_HOST, or one
+    started here by scripts/start-podman (which installs podman when it can)."""
+    host = os.environ.get("MEDPERF_PODMAN_HOST")
+    if not host:
+        started = subprocess.run(
+            [str(ROOT / "scripts" / "start-podman"), str(ROOT / ".medperf" / "podman")], capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            reason = f"no podman service: {started.stderr.strip()[-300:]}"
+            if os.environ.get("MEDPERF_REQUIRE_ENGINE"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        host = started.stdout.strip().rsplit("=", 1)[1]
+    return host
+
+
+@pytest.fixture(scope="session", params=["docker", pytest.param("podman", marks=pytest.mark.podman)])
+def engine_url(request: pytest.FixtureRequest) -> str:
+    """Each engine the runtime supports, as a DOCKER_HOST: the Docker Engine, and podman's socket."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+        return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return request.getfixturevalue("podman_host")
+
+
+@pytest.fixture(scope="session")
+def engine_client(engine_url: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=engine_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def engine_image(engine_client: docker.DockerClient) -> str:
+    """The busybox image's ID on ``engine_client``'s engine."""
+    try:
+        return ensure_busybox_image(engine_client)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))

@@ -49,11 +49,13 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
         downloads=site.download_limits(),
         extraction=site.extraction_limits(),
     )
-    workflow = Workflow(runtime, cache, site.work_dir, site.task_timeout, limits=site.task_limits())
+    workflow = Workflow(
+        runtime, cache, site.work_dir, site.task_timeout, limits=site.task_limits(), pull_images=site.pull_images
+    )
 
     async def connect_engine() -> None:
         if workflow.runtime is None:  # connect at start, so building the app (e.g. for docs) needs no engine
-            workflow.runtime = DockerRuntime.from_env()
+            workflow.runtime = DockerRuntime.from_env(site.container_limits())
 
     host.on_start(connect_engine)
     agent = SiteAgent(site, host.broker, host.uow, workflow, settings.request_timeout)

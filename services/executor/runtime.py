@@ -1,22 +1,21 @@
-"""Container runtime adapter: runs one task of a registered container in an isolated container.
+"""The Docker Engine API adapter: runs one task of a registered container in an isolated container,
+on Docker, or on podman through its Docker-compatible socket (``engine.py`` is the seam).
 
 The executor hands a site's data to third-party code, so every run is locked down the same way:
-no network, read-only root filesystem, no capabilities, no privilege escalation, bounded memory,
-processes and CPUs, a non-root user, inputs mounted read-only, bounded outputs, and a hard time
-limit. The image is addressed by its ID, never a tag, so what runs is exactly what was registered.
+no network, a read-only root filesystem (unless the site allows writes), no capabilities, no
+privilege escalation, bounded memory, processes and CPUs, a non-root user, inputs mounted
+read-only, bounded outputs, and a hard time limit. The image is addressed by its ID or its
+registry manifest digest, never a tag, so what runs is exactly what was registered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 import requests
@@ -24,85 +23,52 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
-from services.executor.limits import DEFAULT_CPU_SHARE
+from services.executor.engine import (
+    LOG_LIMIT,
+    NOBODY,
+    TAIL_BYTES,
+    TAIL_LINES,
+    TASK_LABEL,
+    Bind,
+    ContainerRuntime,
+    EngineUnavailable,
+    ImageNotAvailable,
+    ImageRefused,
+    TaskOutcome,
+    TaskRun,
+    TaskStartError,
+    container_name,
+    default_user,
+    parse_user,
+    read_tail,
+)
+from services.executor.limits import DEFAULT_CPU_SHARE, TASK_HOME, ContainerLimits, allowed_gpus, setting, size
 from services.executor.outputs import OutputWatcher, after_exit
 from shared.containers import IMAGE_DIGEST
 
-TASK_LABEL = "org.medperf.task"
-TAIL_LINES = 20
-TAIL_BYTES = 4096
-# Running as root must not leak into the container; "nobody" is the conventional stand-in.
-NOBODY = (65534, 65534)
-# A task's log is kept up to this size, on the engine and in the site's work directory: a model
-# that floods its output must not fill the disk its site's other work needs.
-LOG_LIMIT = 8 * 2**20
-
-
-@dataclass(frozen=True)
-class Bind:
-    host_path: Path
-    container_path: str
-    read_only: bool
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    name: str
-    image_digest: str
-    command: list[str]
-    binds: list[Bind]
-    environment: dict[str, str]
-    timeout_seconds: float
-    log_path: Path
-    gpus: str | None = None
-    shm_size: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    #: CPUs the task may use; None: ``DEFAULT_CPU_SHARE`` of the engine's.
-    cpus: float | None = None
-    #: Bytes its writable mounts may hold; None: no limit.
-    output_limit: int | None = None
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    exit_code: int | None
-    timed_out: bool
-    duration_seconds: float
-    log_tail: str
-    #: Which site limit the task went over (it was stopped, or failed at exit), for people; else "".
-    exceeded: str = ""
-    #: What its writable mounts held when it ended (measured only under an output limit).
-    output_bytes: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.timed_out and self.exit_code == 0 and not self.exceeded
-
-
-class EngineUnavailable(RuntimeError):
-    """No container engine answers; nothing can run on this site until one does."""
-
-
-class ImageNotAvailable(LookupError):
-    """The registered image is not on this host; the site must load it before running."""
-
-
-class TaskStartError(RuntimeError):
-    """The engine accepted the container but could not start it (bad command, bad mount, ...)."""
-
-
-class ContainerRuntime(Protocol):
-    def ensure_image(self, image_digest: str) -> None: ...
-
-    def run(self, task: TaskRun) -> TaskOutcome: ...
-
-    def load_image(self, archive: Path) -> None:
-        """Load a ``docker save`` tarball into the engine."""
-        ...
-
-    def remove_labelled(self, labels: dict[str, str]) -> int:
-        """Stop and remove every container carrying all of ``labels``; returns how many."""
-        ...
+# The seam's names, imported from here by callers that predate engine.py.
+__all__ = [
+    "LOG_LIMIT",
+    "NOBODY",
+    "TAIL_BYTES",
+    "TAIL_LINES",
+    "TASK_LABEL",
+    "Bind",
+    "ContainerRuntime",
+    "DockerRuntime",
+    "EngineUnavailable",
+    "ImageNotAvailable",
+    "ImageRefused",
+    "TaskOutcome",
+    "TaskRun",
+    "TaskStartError",
+    "container_name",
+    "default_user",
+    "device_requests",
+    "engine_available",
+    "parse_user",
+    "read_tail",
+]
 
 
 def engine_available() -> bool:
@@ -116,30 +82,6 @@ def engine_available() -> bool:
         return False
     finally:
         client.close()
-
-
-def parse_user(user: str) -> tuple[int, int]:
-    """Numeric ``uid[:gid]``: names would be resolved inside the image, so the host could not chown."""
-    match = re.fullmatch(r"(\d+)(?::(\d+))?", user)
-    if not match:
-        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', got {user!r}")
-    uid = int(match[1])
-    # Docker would pick gid 0 for a bare uid without a passwd entry; pin it to the uid instead.
-    gid = int(match[2]) if match[2] is not None else uid
-    if uid == 0 or gid == 0:
-        raise ValueError("tasks never run as root (uid or gid 0)")
-    return uid, gid
-
-
-def default_user() -> tuple[int, int]:
-    uid, gid = os.getuid(), os.getgid()
-    return NOBODY if uid == 0 or gid == 0 else (uid, gid)
-
-
-def container_name(task_name: str) -> str:
-    # Docker accepts [a-zA-Z0-9][a-zA-Z0-9_.-]*; the suffix keeps retries of one task from colliding.
-    safe = re.sub(r"[^a-zA-Z0-9_.-]+", "-", task_name).strip("-._")[:60] or "task"
-    return f"medperf-{safe}-{uuid.uuid4().hex[:8]}"
 
 
 def device_requests(gpus: str | None) -> list[DeviceRequest]:
@@ -157,69 +99,88 @@ def device_requests(gpus: str | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
-def read_tail(path: Path, max_lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
-    with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, size - max_bytes))
-        data = handle.read()
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if size > max_bytes and lines:
-        lines = lines[1:]  # the first line was cut by the byte window; a fragment misleads
-    return "\n".join(lines[-max_lines:])
-
-
 class DockerRuntime:
+    #: What the engine is, for messages: podman answers on the same API.
+    engine_name = "Docker"
+
     def __init__(
         self,
         client: docker.DockerClient | None = None,
         *,
         user: str | None = None,
-        memory_limit: str = "4g",
-        pids_limit: int = 512,
+        limits: ContainerLimits | None = None,
         log_limit: int = LOG_LIMIT,
         output_check_seconds: float = 1.0,
     ) -> None:
         """``output_check_seconds``: how often a task's outputs are measured against its limit."""
         self.client = client if client is not None else _connect()
         self.uid, self.gid = parse_user(user) if user is not None else default_user()
-        self.memory_limit = memory_limit
-        self.pids_limit = pids_limit
+        self.limits = limits or ContainerLimits()
         self.log_limit = log_limit
         self.output_check_seconds = output_check_seconds
         self._engine_cpus: int | None = None
 
     @classmethod
-    def from_env(cls) -> DockerRuntime:
-        return cls(_connect())
+    def from_env(cls, limits: ContainerLimits | None = None) -> DockerRuntime:
+        """The engine at DOCKER_HOST: Docker, or podman's Docker-compatible socket."""
+        return cls.for_client(_connect(), limits=limits)
+
+    @staticmethod
+    def for_client(client: docker.DockerClient, **options: Any) -> DockerRuntime:
+        """The adapter for the engine ``client`` speaks to."""
+        from services.executor.podman import PodmanRuntime  # it builds on this class
+
+        return (PodmanRuntime if is_podman(client) else DockerRuntime)(client, **options)
 
     @property
     def user(self) -> str:
         return f"{self.uid}:{self.gid}"
 
-    def ensure_image(self, image_digest: str) -> None:
+    def ensure_image(self, image_digest: str) -> str:
+        """The ID of the image whose ID or registry manifest digest (a RepoDigest, MedPerf's
+        ``image_hash``) is ``image_digest``; ``ImageNotAvailable`` when this host has none."""
         if not IMAGE_DIGEST.match(image_digest):
             raise ValueError(
-                f"{image_digest!r} is not an image ID; tasks run only by 'sha256:<64 hex>' so a re-pushed "
-                "tag cannot swap the code that was registered"
+                f"{image_digest!r} is not an image ID or manifest digest; tasks run only by "
+                "'sha256:<64 hex>' so a re-pushed tag cannot swap the code that was registered"
             )
-        try:
+        with contextlib.suppress(ImageNotFound):
             image = self.client.images.get(image_digest)
-        except ImageNotFound:
-            image = None
-        if image is None or image.id != image_digest:
-            raise ImageNotAvailable(
-                f"Image {image_digest} is not present on this host. Load it before running, e.g. "
-                "`docker load -i IMAGE.tar` or `docker pull NAME@sha256:...` / `docker build`, then check "
-                f"`docker image inspect {image_digest}`."
-            )
+            if image.id == image_digest:
+                return image_digest
+        for image in self.client.images.list():
+            if any(repo_digest.endswith("@" + image_digest) for repo_digest in image.attrs.get("RepoDigests") or []):
+                return str(image.id)
+        raise ImageNotAvailable(
+            f"Image {image_digest} is not present on this host. Load it before running, e.g. "
+            "`docker load -i IMAGE.tar` or `docker pull NAME@sha256:...` / `docker build`, then check "
+            f"`docker image inspect {image_digest}` (or its RepoDigests: `docker images --digests`)."
+        )
+
+    def pull_image(self, name: str, image_digest: str) -> None:
+        reference = f"{repository_of(name)}@{image_digest}"
+        try:
+            for line in self.client.api.pull(reference, stream=True, decode=True, **self._pull_options()):
+                if isinstance(line, dict) and line.get("error"):
+                    raise pull_failed(reference, str(line["error"]))
+        except NotFound as exc:
+            raise ImageRefused(f"the registry has no image {reference}: {exc.explanation or exc}") from exc
+        except APIError as exc:
+            raise pull_failed(reference, str(exc.explanation or exc)) from exc
+        except requests.RequestException as exc:
+            raise ImageNotAvailable(f"pulling {reference} failed: {exc}") from exc
+        self.ensure_image(image_digest)  # the engine checked the bytes; this checks what it recorded
+
+    def _pull_options(self) -> dict[str, Any]:
+        return {}
 
     def run(self, task: TaskRun) -> TaskOutcome:
-        self.ensure_image(task.image_digest)
+        image_id = self.ensure_image(task.image_digest)
         self._prepare_outputs(task.binds)
         task.log_path.parent.mkdir(parents=True, exist_ok=True)
         container: Container | None = None
         try:
-            container = self.client.containers.create(task.image_digest, **self._create_kwargs(task))
+            container = self.client.containers.create(image_id, **self._create_kwargs(task))
             started = time.monotonic()
             try:
                 container.start()
@@ -231,30 +192,55 @@ class DockerRuntime:
             duration = time.monotonic() - started
             self._save_logs(container, task.log_path, self.log_limit)
             exceeded, used = after_exit(_outputs(task), task.output_limit, watcher)
+            exceeded = exceeded or ("" if timed_out else self._out_of_memory(container))
             return TaskOutcome(exit_code, timed_out, duration, read_tail(task.log_path), exceeded, used)
         finally:
             if container is not None:
                 self._remove(container)
 
+    def _out_of_memory(self, container: Container) -> str:
+        """Why the task was stopped when the kernel killed it for memory, naming the setting; else ""."""
+        try:
+            state = self.client.api.inspect_container(container.id)["State"]
+        except (APIError, requests.RequestException):
+            return ""
+        return self._memory_verdict(state)
+
+    def _memory_verdict(self, state: dict[str, Any]) -> str:
+        if not state.get("OOMKilled"):
+            return ""
+        return f"killed for using more than its memory limit of {self._memory_advice()}"
+
+    def _memory_advice(self) -> str:
+        return (
+            f"{size(self.limits.memory)} (its /tmp, $HOME and /dev/shm count in it; {setting('task_memory')} raises it)"
+        )
+
     def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
+        limits = self.limits
         kwargs: dict[str, Any] = {
             "command": list(task.command),
             "name": container_name(task.name),
             "labels": {**task.labels, TASK_LABEL: task.name},
-            "environment": dict(task.environment),
+            # Tools write caches under $HOME; it is a tmpfs, so they find one that leaves no trace.
+            "environment": {"HOME": TASK_HOME, **task.environment},
             "user": self.user,
             "network_mode": "none",
-            "read_only": True,
+            "read_only": limits.read_only_root,
             # Many tools insist on a writable /tmp; a tmpfs gives them one that leaves no trace.
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g,mode=1777"},
+            "tmpfs": {
+                "/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777",
+                TASK_HOME: f"rw,nosuid,nodev,size={limits.home_size},mode=1777",
+            },
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "privileged": False,
-            "mem_limit": self.memory_limit,
+            "mem_limit": limits.memory,
             # Equal to mem_limit: swap would let a task exceed its memory budget, only slower.
-            "memswap_limit": self.memory_limit,
-            "pids_limit": self.pids_limit,
+            "memswap_limit": limits.memory,
+            "pids_limit": limits.pids,
             "nano_cpus": self._nano_cpus(task.cpus),
+            "shm_size": task.shm_size or limits.shm_size,
             # One file of at most the limit: the engine drops older output instead of growing without bound.
             "log_config": LogConfig(
                 type=LogConfig.types.JSON, config={"max-size": str(self.log_limit), "max-file": "1"}
@@ -265,10 +251,9 @@ class DockerRuntime:
             ],
             "detach": True,
         }
-        if task.gpus:
-            kwargs["device_requests"] = device_requests(task.gpus)
-        if task.shm_size:
-            kwargs["shm_size"] = task.shm_size
+        gpus = allowed_gpus(task.gpus, limits.gpus)  # GpusRefused before any container exists
+        if gpus:
+            kwargs["device_requests"] = device_requests(gpus)
         # No core dumps: a crashing task's memory image would land on the host, outside every limit.
         kwargs["ulimits"] = [Ulimit(name="core", soft=0, hard=0)]
         if task.output_limit is not None:
@@ -378,6 +363,26 @@ def _connect() -> docker.DockerClient:
             "or set DOCKER_HOST to the engine's socket, then retry."
         ) from exc
     return client
+
+
+def is_podman(client: docker.DockerClient) -> bool:
+    components = client.version().get("Components") or []
+    return any("podman" in str(part.get("Name", "")).lower() for part in components)
+
+
+def repository_of(name: str) -> str:
+    """``name`` without its tag or digest: registry.example.org:5000/team/model:1.0 -> .../team/model."""
+    name = name.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def pull_failed(reference: str, message: str) -> LookupError:
+    # The registry answered that it has no such image: the registrant's to fix. Anything else
+    # (unreachable, timeouts, a full disk) may pass, so the site retries.
+    if "manifest unknown" in message or "not found" in message.lower():
+        return ImageRefused(f"the registry has no image {reference}: {message}")
+    return ImageNotAvailable(f"pulling {reference} failed: {message}")
 
 
 def _outputs(task: TaskRun) -> list[Path]:

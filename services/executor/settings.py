@@ -9,7 +9,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.executor import limits
-from services.executor.limits import DownloadLimits, ExtractionLimits, TaskLimits
+from services.executor.limits import ContainerLimits, DownloadLimits, ExtractionLimits, TaskLimits
 
 
 class LocalDataset(BaseModel):
@@ -92,6 +92,31 @@ class SiteSettings(BaseSettings):
     output_max_bytes: ByteSize = Field(
         default=ByteSize(limits.OUTPUT_MAX_BYTES), gt=0, description="bytes one task's output directories may hold"
     )
+    task_memory: ByteSize = Field(
+        default=ByteSize(limits.TASK_MEMORY),
+        ge=6 * 2**20,
+        description="memory one task may use, its /tmp, $HOME and /dev/shm included (no swap beyond it)",
+    )
+    task_pids: int = Field(default=limits.TASK_PIDS, gt=0, description="processes and threads one task may run")
+    task_shm_size: ByteSize = Field(
+        default=ByteSize(limits.TASK_SHM_SIZE), gt=0, description="/dev/shm of a task whose container asks no shm_size"
+    )
+    task_tmp_size: ByteSize = Field(default=ByteSize(limits.TASK_TMP_SIZE), gt=0, description="a task's writable /tmp")
+    task_home_size: ByteSize = Field(
+        default=ByteSize(limits.TASK_HOME_SIZE), gt=0, description=f"a task's writable $HOME ({limits.TASK_HOME})"
+    )
+    task_gpus: str = Field(
+        default="all",
+        pattern=r"^(all|none|\d+(,\d+)*)$",
+        description="GPUs a task may be given when its container asks: 'all', 'none', or device IDs '0,1'",
+    )
+    read_only_root: bool = Field(
+        default=True, description="tasks cannot write to their image's filesystem, only to /tmp, $HOME and outputs"
+    )
+    pull_images: bool = Field(
+        default=False,
+        description="pull a missing image by its digest (image@image_digest) from the registry its name points to",
+    )
 
     @property
     def key_path(self) -> Path:
@@ -106,6 +131,17 @@ class SiteSettings(BaseSettings):
 
     def task_limits(self) -> TaskLimits:
         return TaskLimits(self.task_cpus, int(self.output_max_bytes), int(self.results_max_bytes))
+
+    def container_limits(self) -> ContainerLimits:
+        return ContainerLimits(
+            memory=int(self.task_memory),
+            pids=self.task_pids,
+            shm_size=int(self.task_shm_size),
+            tmp_size=int(self.task_tmp_size),
+            home_size=int(self.task_home_size),
+            read_only_root=self.read_only_root,
+            gpus=self.task_gpus,
+        )
 
     def database(self) -> str:
         if self.database_url:

@@ -23,10 +23,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.domain import fault_of_asset, fault_of_task
+from services.executor.engine import Bind, ContainerRuntime, TaskOutcome, TaskRun
 from services.executor.hashing import tree_hash  # re-exported: the agent and tests import it from here
-from services.executor.limits import TaskLimits, setting, size
+from services.executor.images import ImageFailed, obtain_image
+from services.executor.limits import GpusRefused, TaskLimits, setting, size
 from services.executor.manifest import FULL_CHECK_FILE, MANIFEST_FILE, build
-from services.executor.runtime import Bind, ContainerRuntime, ImageNotAvailable, TaskOutcome, TaskRun
 from shared.containers import ContainerSpec, TaskSpec
 from shared.events import FailureKind
 from shared.limits import LimitExceeded, check_statistics_size
@@ -171,14 +172,16 @@ class Workflow:
         task_timeout: float,
         *,
         limits: TaskLimits | None = None,
+        pull_images: bool = False,
     ) -> None:
         """``task_timeout`` caps every task's time; ``limits`` bound the rest (default: the site
-        limits' defaults)."""
+        limits' defaults); ``pull_images``: a missing image is pulled by its digest."""
         self.runtime = runtime
         self.cache = cache
         self.work_dir = work_dir
         self.task_timeout = task_timeout
         self.limits = limits or TaskLimits()
+        self.pull_images = pull_images
 
     async def prepare(
         self,
@@ -308,50 +311,36 @@ class Workflow:
         assert runtime is not None, "the agent connects its container engine at start"
         await self._ensure_image(runtime, spec, task_name)
         timeout, which = time_limit(task, self.task_timeout)
-        outcome = await asyncio.to_thread(
-            runtime.run,
-            TaskRun(
-                name=f"{task_name}-{uuid.uuid4().hex[:8]}",
-                image_digest=spec.image_digest,
-                command=list(task.command),
-                binds=binds,
-                environment=dict(task.environment),
-                timeout_seconds=timeout,
-                log_path=run / "logs" / f"{task_name}.log",
-                gpus=task.gpus,
-                shm_size=task.shm_size,
-                labels=dict(labels or {}),
-                cpus=self.limits.cpus,
-                output_limit=self.limits.output_bytes,
-            ),
-        )
+        try:
+            outcome = await asyncio.to_thread(
+                runtime.run,
+                TaskRun(
+                    name=f"{task_name}-{uuid.uuid4().hex[:8]}",
+                    image_digest=spec.image_digest,
+                    command=list(task.command),
+                    binds=binds,
+                    environment=dict(task.environment),
+                    timeout_seconds=timeout,
+                    log_path=run / "logs" / f"{task_name}.log",
+                    gpus=task.gpus,
+                    shm_size=task.shm_size,
+                    labels=dict(labels or {}),
+                    cpus=self.limits.cpus,
+                    output_limit=self.limits.output_bytes,
+                ),
+            )
+        except GpusRefused as exc:  # the site gives tasks no such GPUs; its message names the setting
+            raise TaskFailed(task_name, None, str(exc)) from exc
         if outcome.timed_out and not outcome.exceeded:
             raise TaskFailed(task_name, outcome, f"timed out after {timeout:g} s, {which}")
         if not outcome.ok:
             raise TaskFailed(task_name, outcome)
 
     async def _ensure_image(self, runtime: ContainerRuntime, spec: ContainerSpec, task_name: str) -> None:
-        """The image must be here; a spec with an ``image_archive`` brings its own, verified twice:
-        the archive's sha256 on download, and the loaded image's ID against ``image_digest``."""
         try:
-            await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
-            return
-        except ImageNotAvailable:
-            if spec.image_archive is None:
-                raise
-        try:
-            archive = await self.cache.fetch(spec.image_archive)
-        except RefusedAsset as exc:  # not its hash, a web page, too large: its owner's to fix
-            source = spec.image_archive.source
-            detail = f"its image archive ({source}) was refused: {exc}"
-            raise TaskFailed(task_name, None, detail, fault=fault_of_asset(task_name)) from exc
-        await asyncio.to_thread(runtime.load_image, archive)
-        try:
-            await asyncio.to_thread(runtime.ensure_image, spec.image_digest)
-        except ImageNotAvailable as exc:
-            # The archive passed its hash, so it is the registered file: it names the wrong image.
-            detail = f"the image archive {spec.image_archive.source} does not hold image {spec.image_digest}"
-            raise TaskFailed(task_name, None, detail, fault=fault_of_asset(task_name)) from exc
+            await obtain_image(runtime, self.cache, spec, task_name, self.pull_images)
+        except ImageFailed as exc:
+            raise TaskFailed(task_name, None, str(exc), fault=exc.fault) from exc
 
     async def _input_path(
         self, spec: ContainerSpec, task_name: str, key: str, run: Path, mounts: dict[str, Path]

@@ -1,5 +1,5 @@
-"""Per-task bounds on the real Docker Engine (busybox tasks): CPU, output size, the site's timeout
-over a container's own, and results/statistics files read with a cap."""
+"""Per-task bounds on real engines, Docker and podman (busybox tasks): CPU, memory, output size, the
+site's timeout over a container's own, and results/statistics files read with a cap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from sites import model, task
 
 from services.executor import domain
 from services.executor.assets import AssetCache
-from services.executor.limits import MiB, TaskLimits
+from services.executor.limits import ContainerLimits, MiB, TaskLimits
 from services.executor.outputs import OutputWatcher
 from services.executor.runtime import TASK_LABEL, Bind, DockerRuntime, TaskOutcome, TaskRun
 from services.executor.workflow import PreparedData, TaskFailed, Workflow, read_report
@@ -31,10 +30,14 @@ TEST_LABEL = "medperf.test"
 
 
 @pytest.fixture
-def runtime(docker_engine: None) -> Iterator[DockerRuntime]:
-    engine = DockerRuntime(docker.from_env(), memory_limit="256m", pids_limit=64, output_check_seconds=0.1)
-    yield engine
-    engine.client.close()
+def runtime(engine_client: docker.DockerClient) -> DockerRuntime:
+    limits = ContainerLimits(memory=256 * MiB, pids=64)
+    return DockerRuntime.for_client(engine_client, limits=limits, output_check_seconds=0.1)
+
+
+@pytest.fixture
+def busybox_image(engine_image: str) -> str:
+    return engine_image
 
 
 def make_task(tmp_path: Path, digest: str, script: str, **overrides: Any) -> TaskRun:
@@ -102,7 +105,37 @@ def test_the_default_cpu_limit_is_a_share_of_the_engines_cores(
 def test_a_task_dumps_no_core(runtime: DockerRuntime, busybox_image: str, tmp_path: Path) -> None:
     outcome, attrs = run_inspected(runtime, make_task(tmp_path, busybox_image, "ulimit -c; sleep 1"))
     assert outcome.ok and outcome.log_tail.split()[0] == "0"
-    assert {"Name": "core", "Soft": 0, "Hard": 0} in attrs["HostConfig"]["Ulimits"]
+    core = [u for u in attrs["HostConfig"]["Ulimits"] if u["Name"] in ("core", "RLIMIT_CORE")]  # podman's name
+    assert [(u["Soft"], u["Hard"]) for u in core] == [(0, 0)]
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.engine
+async def test_a_task_killed_for_memory_is_the_models_fault_naming_the_limit(
+    engine_client: docker.DockerClient, busybox_image: str, tmp_path: Path
+) -> None:
+    runtime = DockerRuntime.for_client(engine_client, limits=ContainerLimits(memory=32 * MiB))
+    # A string that doubles until the kernel's OOM killer stops it at the cgroup's limit.
+    spec = spec_of(busybox_image, "echo started; busybox awk 'BEGIN { s = \"x\"; while (1) s = s s }'")
+    failed = await run_infer(runtime, workflow_of(runtime, tmp_path), spec, tmp_path)
+    assert domain.fault_of_task(failed.task) == "model" and failed.fault == "model"
+    assert "memory limit of 32.0 MiB" in str(failed) and "MEDPERF_SITE_TASK_MEMORY" in str(failed)
+    assert "started" in failed.log_tail
+
+
+@pytest.mark.engine
+def test_a_task_exiting_137_by_itself_is_not_reported_as_killed_for_memory(
+    engine_client: docker.DockerClient, busybox_image: str, tmp_path: Path
+) -> None:
+    runtime = DockerRuntime.for_client(engine_client, limits=ContainerLimits(memory=32 * MiB))
+    outcome = runtime.run(make_task(tmp_path, busybox_image, "exit 137"))  # the exit code of a kill, by hand
+    assert outcome.exit_code == 137
+    if runtime.engine_name == "Docker":
+        assert outcome.exceeded == ""
+    else:  # podman does not report OOM kills here: a SIGKILL nobody sent is taken for one, said to be likely
+        assert "most likely" in outcome.exceeded
 
 
 # --- output size --------------------------------------------------------------------------------
@@ -150,15 +183,14 @@ def test_one_large_file_is_cut_by_the_engine_at_the_limit(
 
 
 @pytest.mark.engine
-def test_outputs_over_the_limit_at_exit_fail_the_task(docker_engine: None, busybox_image: str, tmp_path: Path) -> None:
+def test_outputs_over_the_limit_at_exit_fail_the_task(
+    engine_client: docker.DockerClient, busybox_image: str, tmp_path: Path
+) -> None:
     """A task that writes and exits between two polls is caught by the check after it exits."""
-    engine = DockerRuntime(docker.from_env(), output_check_seconds=60)
+    engine = DockerRuntime.for_client(engine_client, output_check_seconds=60)
     out = tmp_path / "out"
     binds = [Bind(out, "/out", False)]
-    try:
-        outcome = engine.run(make_task(tmp_path, busybox_image, writes(12, "true"), binds=binds, output_limit=8 * MiB))
-    finally:
-        engine.client.close()
+    outcome = engine.run(make_task(tmp_path, busybox_image, writes(12, "true"), binds=binds, output_limit=8 * MiB))
     assert outcome.exit_code == 0 and not outcome.ok
     assert "MEDPERF_SITE_OUTPUT_MAX_BYTES" in outcome.exceeded and outcome.output_bytes == 12 * MiB
 

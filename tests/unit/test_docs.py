@@ -34,6 +34,13 @@ SITE_LIMITS = (
     "results_max_bytes",
     "task_cpus",
     "output_max_bytes",
+    "task_memory",
+    "task_pids",
+    "task_shm_size",
+    "task_tmp_size",
+    "task_home_size",
+    "task_gpus",
+    "read_only_root",
 )
 
 

@@ -1,0 +1,68 @@
+"""Podman through its Docker-compatible socket (``podman system service``): ``DockerRuntime`` with
+what podman 4.3 does differently, rootful, on cgroup v1 (measured here; docs/containers.md)."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+import requests
+from docker.errors import APIError, NotFound
+from docker.types import Ulimit
+
+from services.executor.engine import ImageNotAvailable, ImageRefused, TaskRun
+from services.executor.runtime import DockerRuntime, pull_failed, repository_of
+
+#: Open files and processes (of its uid, host-wide) a task may have on podman (Docker passes on
+#: its own limits): enough for a data loader, and within what a podman service may hand on.
+NOFILE = 65536
+NPROC = 32768
+
+
+class PodmanRuntime(DockerRuntime):
+    """Podman through its Docker-compatible socket (``podman system service``): the same API, with
+    the differences below."""
+
+    engine_name = "podman"
+
+    def pull_image(self, name: str, image_digest: str) -> None:
+        # podman's Docker-compatible pull insists on TLS even to loopback, where Docker allows plain
+        # HTTP (127.0.0.0/8 is insecure by default); its own endpoint does the same as Docker.
+        reference = f"{repository_of(name)}@{image_digest}"
+        host = reference.split("/", 1)[0].rsplit(":", 1)[0]
+        loopback = host in ("localhost", "[::1]") or host.startswith("127.")
+        params = {"reference": reference, "tlsVerify": "false" if loopback else "true"}
+        try:
+            response = self.client.api._post(self.client.api._url("/libpod/images/pull"), params=params, stream=True)
+            self.client.api._raise_for_status(response)
+            for line in self.client.api._stream_helper(response, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise pull_failed(reference, str(line["error"]))
+        except NotFound as exc:
+            raise ImageRefused(f"the registry has no image {reference}: {exc.explanation or exc}") from exc
+        except APIError as exc:
+            raise pull_failed(reference, str(exc.explanation or exc)) from exc
+        except requests.RequestException as exc:
+            raise ImageNotAvailable(f"pulling {reference} failed: {exc}") from exc
+        self.ensure_image(image_digest)
+
+    def _memory_verdict(self, state: dict[str, Any]) -> str:
+        # Podman 4.3 on cgroup v1 never sets OOMKilled (conmon misses the kernel's event), so a
+        # SIGKILL nobody here sent (exit 137; the timeout's and output limit's kills are told
+        # apart before this) is taken for the memory limit's, and said to be a likely cause.
+        if state.get("OOMKilled") or state.get("ExitCode") != 137:
+            return super()._memory_verdict(state)
+        return f"was killed (SIGKILL), most likely for using more than its memory limit of {self._memory_advice()}"
+
+    def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
+        kwargs = super()._create_kwargs(task)
+        # Rootful podman asks runc for 1048576 open files and 4194304 processes; above the hard
+        # limits of the podman service (it holds its own RLIMIT_NPROC to 32768), and without
+        # CAP_SYS_RESOURCE, runc cannot set them and the container never starts. Docker passes
+        # the engine's own limits on; this asks for at most the agent's. Processes stay bounded by
+        # the pids limit; RLIMIT_NPROC counts the uid's processes across the host.
+        for name, which, most in (("nofile", resource.RLIMIT_NOFILE, NOFILE), ("nproc", resource.RLIMIT_NPROC, NPROC)):
+            _, hard = resource.getrlimit(which)
+            value = most if hard == resource.RLIM_INFINITY else min(hard, most)
+            kwargs["ulimits"].append(Ulimit(name=name, soft=value, hard=value))
+        return kwargs
