@@ -49,7 +49,8 @@ class Bind:
 class TaskRun:
     name: str
     image_digest: str
-    command: list[str]
+    #: None: the image's own CMD (MedPerf's run_args.command is optional).
+    command: list[str] | None
     binds: list[Bind]
     environment: dict[str, str]
     timeout_seconds: float
@@ -61,6 +62,8 @@ class TaskRun:
     cpus: float | None = None
     #: Bytes its writable mounts may hold; None: no limit.
     output_limit: int | None = None
+    #: Replaces the image's ENTRYPOINT; None: the image's own.
+    entrypoint: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ class DockerRuntime:
 
     def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "command": list(task.command),
+            "command": list(task.command) if task.command is not None else None,
             "name": container_name(task.name),
             "labels": {**task.labels, TASK_LABEL: task.name},
             "environment": dict(task.environment),
@@ -265,6 +268,8 @@ class DockerRuntime:
             ],
             "detach": True,
         }
+        if task.entrypoint is not None:
+            kwargs["entrypoint"] = list(task.entrypoint)
         if task.gpus:
             kwargs["device_requests"] = device_requests(task.gpus)
         if task.shm_size:
