@@ -149,6 +149,7 @@ NEVER_EDITABLE = frozenset(
         "site",
         "prepared_hash",
         "input_hash",
+        "medperf",  # the documents a container was registered from: a record, not a setting
     }
 )
 
