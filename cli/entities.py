@@ -199,6 +199,10 @@ def _view(args: argparse.Namespace) -> int:
     found = connect().entity(args.entity, args.id)
     if getattr(args, "original", False):
         return _original(found)
+    if args.entity == "dataset" and isinstance(found.get("statistics"), dict) and args.format != "json":
+        from shared.events import flatten_statistics
+
+        found["statistics"] = flatten_statistics(found["statistics"])  # labels_count.pneumonia: 3
     view(found, args.format)
     return 0
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from shared.commands import RegisterContainer
 from shared.containers import TaskSpec
+from shared.events import flatten_statistics
 from shared.medperf_format import MedPerfFormatError, MedPerfSource, load_yaml, to_spec
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "medperf_format"
@@ -129,3 +130,14 @@ def test_the_command_carries_the_documents_and_the_spec_made_from_them() -> None
             name="m",
             medperf={"container_config": EVALUATOR.replace("evaluate:", "run_script:"), "image_hash": DIGEST},
         )
+
+
+def test_nested_statistics_are_shown_by_dotted_name() -> None:
+    statistics = {"num_cases": 7, "labels_count": {"pneumonia": 4, "normal": 3}, "sites": ["a", "b"]}
+    assert flatten_statistics(statistics) == {
+        "num_cases": 7,
+        "labels_count.pneumonia": 4,
+        "labels_count.normal": 3,
+        "sites.0": "a",
+        "sites.1": "b",
+    }
