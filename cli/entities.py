@@ -28,11 +28,21 @@ def add_commands(verbs: Verbs) -> None:
             "container",
             verb,
             _submit_container,
-            "register a container from a JSON spec; hosted files without a sha256 are pinned here",
+            "register a container from a JSON spec or MedPerf's container_config.yaml / mlcube.yaml; "
+            "hosted files without a sha256 are pinned here",
             aliases=aliases,
         )
         _name(submit)
-        submit.add_argument("--spec", "-s", type=Path, required=True, help="the container spec (JSON)")
+        given = submit.add_mutually_exclusive_group(required=True)
+        given.add_argument("--spec", "-s", type=Path, help="the container spec (JSON)")
+        given.add_argument("--container-config", type=Path, help="MedPerf's container_config.yaml")
+        given.add_argument("--mlcube", type=Path, help="an MLCube-era container's mlcube.yaml")
+        submit.add_argument("--parameters-file", type=Path, help="MedPerf's parameters.yaml")
+        submit.add_argument("--additional-file", metavar="URL", help="hosted additional_files tarball (or synapse:ID)")
+        submit.add_argument("--additional-file-hash", metavar="SHA256", help="its sha256 (else computed here, once)")
+        submit.add_argument(
+            "--image-hash", metavar="SHA256", help="the image's sha256 digest (else its ID on this machine's Docker)"
+        )
         submit.add_argument("--state", choices=["DEVELOPMENT", "OPERATION"], default="DEVELOPMENT")
     verbs.group("model", "models: a container that predicts, asking to join benchmarks")
     model = verbs.verb("model", "submit", _submit_model, "register a model backed by a registered container")
@@ -82,6 +92,10 @@ def add_commands(verbs: Verbs) -> None:
         shown.add_argument("id", type=int)
         add_format(shown, "yaml")
         shown.set_defaults(entity=entity)
+        if entity == "container":
+            shown.add_argument(
+                "--original", action="store_true", help="the MedPerf documents it was registered from, as written"
+            )
     for entity in ("container", "dataset"):
         edit = verbs.verb(entity, "edit", _edit, f"change fields of a {entity} (its owner or an admin)")
         edit.add_argument("id", type=int)
@@ -109,12 +123,22 @@ def _chosen_name(args: argparse.Namespace) -> str:
 
 
 def _submit_container(args: argparse.Namespace) -> int:
-    from cli.register import register_container
+    from cli.register import medperf_source, register_container, register_medperf
 
     name = _chosen_name(args)
-    if not args.spec.is_file():
-        raise UsageError(f"no spec file {args.spec}: give the container spec's path with --spec")
-    container_id = register_container(connect(), name, args.spec, args.state)
+    medperf_options = ("parameters_file", "additional_file", "additional_file_hash", "image_hash")
+    if args.spec is not None:
+        if used := [f"--{o.replace('_', '-')}" for o in medperf_options if getattr(args, o)]:
+            raise UsageError(f"{', '.join(used)}: for MedPerf's formats; a JSON spec holds these itself")
+        if not args.spec.is_file():
+            raise UsageError(f"no spec file {args.spec}: give the container spec's path with --spec")
+        container_id = register_container(connect(), name, args.spec, args.state)
+    else:
+        kind, path = ("mlcube", args.mlcube) if args.mlcube else ("container_config", args.container_config)
+        source = medperf_source(
+            path, kind, args.parameters_file, args.additional_file, args.additional_file_hash, args.image_hash
+        )
+        container_id = register_medperf(connect(), name, source, args.state)
     print(f"registered container {container_id}")
     return 0
 
@@ -190,7 +214,30 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _view(args: argparse.Namespace) -> int:
-    view(connect().entity(args.entity, args.id), args.format)
+    found = connect().entity(args.entity, args.id)
+    if getattr(args, "original", False):
+        return _original(found)
+    if args.entity == "dataset" and isinstance(found.get("statistics"), dict) and args.format != "json":
+        from shared.events import flatten_statistics
+
+        found["statistics"] = flatten_statistics(found["statistics"])  # labels_count.pneumonia: 3
+    view(found, args.format)
+    return 0
+
+
+def _original(container: dict[str, Any]) -> int:
+    source = container.get("medperf")
+    if not source:
+        raise UsageError(f"container {container['id']} was registered from a JSON spec; its spec is all there is")
+    for key, title in (("container_config", "container_config.yaml"), ("mlcube", "mlcube.yaml")):
+        if key in source:
+            print(f"# {title}\n{source[key].rstrip()}")
+    if "parameters" in source:
+        print(f"# parameters.yaml\n{source['parameters'].rstrip()}")
+    for key in ("additional_files", "image_hash", "image_id"):
+        if key in source:
+            value = source[key]
+            print(f"# {key}: {value['source'] + ' sha256:' + value['sha256'] if key == 'additional_files' else value}")
     return 0
 
 

@@ -76,3 +76,100 @@ def register_container(client: Client, name: str, spec_file: Path, state: str) -
     settings = Settings()
     spec = asyncio.run(pin_hosted_files(spec, AssetCache(settings.state_dir / "cache", config_dir=settings.state_dir)))
     return int(client.post("/containers", {"name": name, "spec": spec, "state": state})["id"])
+
+
+def medperf_source(
+    config_file: Path,
+    kind: str,
+    parameters_file: Path | None,
+    additional_file: str | None,
+    additional_file_hash: str | None,
+    image_hash: str | None,
+) -> dict[str, Any]:
+    """MedPerf's documents for ``POST /containers`` (``medperf``), with what MedPerf's own submit
+    computes filled in here: the additional files' hash (downloaded once, trust on first use) and,
+    when ``--image-hash`` is not given, the image's ID from the local Docker Engine (a
+    DockerArchive's from the archive itself)."""
+    from cli.output import UsageError
+    from shared.medperf_format import MedPerfFormatError, load_yaml
+
+    source: dict[str, Any] = {kind: _text(config_file)}
+    if parameters_file is not None:
+        source["parameters"] = _text(parameters_file)
+    if additional_file_hash and not additional_file:
+        raise UsageError("--additional-file-hash needs --additional-file URL (or synapse:ID)")
+    settings = Settings()
+    cache = AssetCache(settings.state_dir / "cache", config_dir=settings.state_dir)
+    if additional_file:
+        hosted = {"source": additional_file, **({"sha256": additional_file_hash} if additional_file_hash else {})}
+        source["additional_files"] = asyncio.run(pin_hosted_files({"additional_files": hosted}, cache))[
+            "additional_files"
+        ]
+    try:
+        config = load_yaml(source[kind], config_file.name) or {}
+    except MedPerfFormatError as exc:
+        raise UsageError(str(exc)) from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_file} must hold a mapping")
+    image = (config.get("docker") or {}).get("image") if kind == "mlcube" else config.get("image")
+    if config.get("container_type") == "DockerArchive" and isinstance(image, str):
+        source["image_hash"], source["image_id"] = asyncio.run(_archive_ids(cache, image, image_hash))
+    elif image_hash:
+        source["image_hash"] = image_hash
+    elif isinstance(image, str):
+        source["image_hash"] = _local_image_id(image)
+    return source
+
+
+def _text(path: Path) -> str:
+    from cli.output import UsageError
+
+    if not path.is_file():
+        raise UsageError(f"no file {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def _local_image_id(image: str) -> str:
+    """The ID the executor pins (``docker images``' IMAGE ID, in full) of an image on this machine."""
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    from cli.output import UsageError
+
+    try:
+        return str(docker.from_env().images.get(image).id)
+    except ImageNotFound as exc:
+        raise UsageError(f"image {image} is not on this machine: pull or build it, or give --image-hash") from exc
+    except DockerException as exc:
+        raise UsageError(f"no Docker Engine to read {image}'s ID from ({exc}); give --image-hash sha256:…") from exc
+
+
+async def _archive_ids(cache: AssetCache, url: str, image_hash: str | None) -> tuple[str, str]:
+    """A DockerArchive's file hash (MedPerf's image_hash) and the ID of the image it holds, read
+    from the archive's manifest.json (its Config blob is named by the image ID)."""
+    import tarfile
+
+    from cli.output import UsageError
+    from shared.containers import HostedFile
+
+    if image_hash:
+        hosted = HostedFile(source=url, sha256=image_hash)
+        path, sha256 = await cache.fetch(hosted), hosted.sha256
+    else:
+        path, sha256 = await cache.fetch_unverified(url)
+    try:
+        with tarfile.open(path) as archive:
+            member = archive.extractfile("manifest.json")
+            manifest = json.loads(member.read(1 << 20)) if member else None
+        config = manifest[0]["Config"]
+    except (tarfile.TarError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise UsageError(f"{url} is not a `docker save` archive with a manifest.json: {exc}") from exc
+    image_id = config.rsplit("/", 1)[-1].removesuffix(".json")
+    return f"sha256:{sha256}", f"sha256:{image_id}"
+
+
+def register_medperf(client: Client, name: str, source: dict[str, Any], state: str) -> int:
+    return int(client.post("/containers", {"name": name, "medperf": source, "state": state})["id"])

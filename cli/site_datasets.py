@@ -192,6 +192,8 @@ class _Progress:
 
 
 def _show_leaving(sub: DatasetSubmission, site: SiteSettings) -> None:
+    from shared.events import flatten_statistics
+
     print("What leaves this site when it is registered (nothing else; the data stays here):")
     leaving: dict[str, Any] = {
         "name": sub.name,
@@ -199,7 +201,8 @@ def _show_leaving(sub: DatasetSubmission, site: SiteSettings) -> None:
         "data_preparator_id": sub.data_preparator_id,
         "input_hash": sub.input_hash,
         "prepared_hash": sub.prepared_hash,
-        "statistics": sub.statistics,
+        # Nested statistics (MedPerf's labels_count: {...}) shown one line each, by dotted name.
+        "statistics": flatten_statistics(sub.statistics),
     }
     view(leaving)
     print("Then the compatibility test's outcome (the reference model's metrics on this data) goes with the")

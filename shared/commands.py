@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.containers import ContainerSpec, HostedFile
 from shared.events import (
@@ -21,9 +21,11 @@ from shared.events import (
     EntityState,
     MetricSpec,
     SharingPolicy,
+    Statistics,
     _finite,
 )
 from shared.limits import check_statistics_size, rows_that_fit
+from shared.medperf_format import MedPerfFormatError, MedPerfSource, to_spec
 from shared.timestamps import Timestamp
 
 #: Ids and counters are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger number
@@ -90,8 +92,31 @@ class Outcome(BaseModel):
 class RegisterContainer(Command):
     SERVICE, NAME = "registry", "register_container"
     name: str = Field(min_length=1, max_length=128)
-    spec: ContainerSpec
+    spec: ContainerSpec | None = Field(default=None, description="the canonical spec; or give medperf instead")
+    medperf: MedPerfSource | None = Field(
+        default=None, description="MedPerf's documents (container_config.yaml or mlcube.yaml, ...), converted here"
+    )
     state: EntityState = "DEVELOPMENT"
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> RegisterContainer:
+        if self.medperf is None:
+            if self.spec is None:
+                raise ValueError("give spec (the JSON container spec) or medperf (MedPerf's YAML documents)")
+            return self
+        try:
+            converted = to_spec(self.medperf)
+        except MedPerfFormatError as exc:
+            raise ValueError(f"medperf: {exc}") from exc
+        if self.spec is not None and self.spec != converted:
+            raise ValueError("spec and medperf describe different containers; give one of them")
+        object.__setattr__(self, "spec", converted)  # frozen; filled once, while validating
+        return self
+
+    @property
+    def container_spec(self) -> ContainerSpec:
+        assert self.spec is not None  # the validator fills it
+        return self.spec
 
 
 class RegisterModel(Command):
@@ -121,7 +146,7 @@ class RegisterDataset(Command):
     data_preparator_id: Id
     input_hash: str
     prepared_hash: str
-    statistics: dict[str, float | int | str]
+    statistics: Statistics
     state: EntityState = "DEVELOPMENT"
 
     _check_finite = field_validator("statistics")(_finite)

@@ -9,7 +9,8 @@ the executor (what to mount and run).
 from __future__ import annotations
 
 import re
-from typing import Literal
+import shlex
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,16 +27,19 @@ TaskName = Literal["prepare", "sanity_check", "statistics", "infer", "evaluate"]
 #: Mount keys the executor fills in for each task. A task may declare a subset; a key outside
 #: this table is a spec error, because nothing would ever be mounted there.
 TASK_MOUNTS: dict[str, dict[str, frozenset[str]]] = {
+    # metadata_path: a directory the preparator keeps beside the prepared data (MedPerf's RANO-style
+    # preparators write it in prepare and read it back later); report_file: its progress report,
+    # which stays on the site.
     "prepare": {
-        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
-        "outputs": frozenset({"output_path", "output_labels_path"}),
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files", "metadata_path"}),
+        "outputs": frozenset({"output_path", "output_labels_path", "metadata_path", "report_file"}),
     },
     "sanity_check": {
-        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files", "metadata_path"}),
         "outputs": frozenset(),
     },
     "statistics": {
-        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files"}),
+        "inputs": frozenset({"data_path", "labels_path", "parameters_file", "additional_files", "metadata_path"}),
         "outputs": frozenset({"output_path"}),
     },
     "infer": {
@@ -115,14 +119,92 @@ class Mount(_Strict):
 
 
 class TaskSpec(_Strict):
-    command: list[str] = Field(min_length=1, description="argv run inside the container")
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv run inside the container (a string is split as a shell would); none: the image's CMD",
+    )
+    entrypoint: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="replaces the image's ENTRYPOINT (a string is one executable, as `docker run --entrypoint`)",
+    )
     inputs: dict[str, Mount] = Field(default_factory=dict)
     outputs: dict[str, Mount] = Field(default_factory=dict)
     # The only run options a container may ask for; anything that widens privileges is not here.
     environment: dict[str, str] = Field(default_factory=dict)
-    gpus: str | None = None
+    gpus: str | None = Field(default=None, description="'all', a count, or 'device=0,1' (as `docker run --gpus`)")
     shm_size: str | None = Field(default=None, pattern=r"^\d+[kmg]?$")
     timeout_seconds: int | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_run_args(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # As HostedFile.size: a spec that uses neither serializes as before, for agents that predate them.
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("command", "entrypoint"):
+                if data.get(key, ...) is None:
+                    data.pop(key)
+        return data
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        # MedPerf's run_args.command is usually a string, split like a shell line (shlex).
+        return _split(value, "command") if isinstance(value, str) else value
+
+    @field_validator("entrypoint", mode="before")
+    @classmethod
+    def _one_executable(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_request(cls, value: Any) -> Any:
+        return normalize_gpus(value)
+
+    @field_validator("shm_size", mode="before")
+    @classmethod
+    def _docker_size(cls, value: Any) -> Any:
+        # Docker also reads '2gb', '512MB'; one spelling is kept.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return value[:-1] if re.fullmatch(r"\d+[kmg]b", value) else value.removesuffix("b")
+        return value
+
+
+def _split(value: str, what: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as exc:  # an unclosed quote
+        raise ValueError(f"cannot split the {what} {value!r} like a shell: {exc}") from exc
+
+
+def normalize_gpus(value: Any) -> str | None:
+    """MedPerf's ``gpus``: an integer (0: none), ``"all"``, a list of device ids or ``"device=0,1"``,
+    as the one string ``docker run --gpus`` takes."""
+    if value is None or value == "" or value == 0 or value == "0" or value == []:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("gpus must be a count, 'all', a list of device ids or 'device=0,1'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("gpus must not be negative")
+        return str(value)
+    if isinstance(value, list):
+        ids = [str(item).strip() for item in value]
+        if not all(re.fullmatch(r"[A-Za-z0-9_.:-]+", i) for i in ids):
+            raise ValueError("gpus: device ids are numbers or GPU UUIDs")
+        return "device=" + ",".join(ids)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "all" or text.isdigit():
+            return text
+        if re.fullmatch(r"(device=)?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*", text):
+            return text if text.startswith("device=") else f"device={text}"
+    raise ValueError(f"gpus={value!r}: use a count, 'all', a list of device ids or 'device=0,1'")
 
 
 class ContainerSpec(_Strict):

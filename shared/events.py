@@ -32,12 +32,38 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _finite(values: dict[str, float | int | str]) -> dict:
+#: A dataset's statistics may nest, as MedPerf's do (``labels_count: {pneumonia: 3}``); they are
+#: kept as written and shown flattened (``flatten_statistics``). Four levels at most, spelled out:
+#: a recursive type would admit any depth, past what the ingress and consumers take.
+_Leaf = float | int | str | bool | None
+_Nested1 = _Leaf | list[_Leaf] | dict[str, _Leaf]
+_Nested2 = _Leaf | list[_Nested1] | dict[str, _Nested1]
+Statistic = _Leaf | list[_Nested2] | dict[str, _Nested2]
+Statistics = dict[str, Statistic]
+STATISTICS_DEPTH = 4
+
+
+def _finite(values: dict[str, Any]) -> dict:
     # JSON has no NaN or infinity: pydantic would write null, and no consumer could read the event.
-    for name, value in values.items():
+    for name, value in flatten_statistics(values).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metric {name!r} is {value}; only finite numbers can be recorded")
     return values
+
+
+def flatten_statistics(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and lists as one level of dotted keys: ``{"labels_count": {"a": 3}}`` is
+    ``{"labels_count.a": 3}``; a list's items are numbered."""
+    if isinstance(values, dict):
+        items: Any = values.items()
+    elif isinstance(values, list):
+        items = enumerate(values)
+    else:
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten_statistics(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 class Event(BaseModel):
@@ -90,12 +116,15 @@ class ModelRegistered(Event):
 
 class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    # The metrics container's own spelling (MedPerf's are often ``Accuracy``, ``AUC``); a dotted
+    # name reaches into nested results (``AUC.pneumonia``).
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
     higher_is_better: bool = True
     aggregate: Literal["mean", "weighted_mean", "median", "min"] = Field(
         default="mean",
         description="how one model's values across sites combine: weighted_mean weighs each site by its "
-        "dataset's 'cases' statistic (a site that declares none counts as one case); min is the worst site",
+        "dataset's 'cases' (or MedPerf's 'num_cases') statistic (a site that declares neither counts as one "
+        "case); min is the worst site",
     )
 
 
@@ -125,7 +154,7 @@ class DatasetRegistered(Event):
     data_preparator_id: int
     input_hash: str
     prepared_hash: str
-    statistics: dict[str, float | int | str]
+    statistics: Statistics
     state: EntityState = "DEVELOPMENT"
 
     _check_finite = field_validator("statistics")(_finite)

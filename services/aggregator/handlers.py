@@ -104,8 +104,9 @@ async def _insert(uow: UnitOfWork, entity: Any, **values: Any) -> None:
 
 
 def _cases(statistics: dict) -> int | None:
-    cases = statistics.get("cases")
-    return int(cases) if isinstance(cases, int | float) else None
+    # ``cases``, or MedPerf's usual ``num_cases`` when a preparator writes that instead.
+    cases = statistics.get("cases", statistics.get("num_cases"))
+    return int(cases) if isinstance(cases, int | float) and not isinstance(cases, bool) else None
 
 
 #: The edited fields a board shows, per entity: (table, column, how the new value is stored).

@@ -219,6 +219,7 @@ class SiteAgent(FederationQuestions):
             self.site.work_dir / "runs" / f"job-{job.id}",
             labels=labels,
             ignore_model_errors=self.site.ignore_model_errors,
+            declared=parts.metric_names,
         )
         # Only the metrics the benchmark declared leave the site.
         declared = {name: scores.metrics[name] for name in parts.metric_names if name in scores.metrics}
@@ -243,7 +244,8 @@ class SiteAgent(FederationQuestions):
                 "compatibility", parts.benchmark_id, key, "model asked to join", last_try, model_id=model_id
             ):
                 prepared = await prepare_demo(self.workflow, parts.demo_dataset, parts.preparator, base / "prepared")
-                scores = await self.workflow.score(model, parts.metrics, prepared, base / f"model-{model_id}")
+                run = base / f"model-{model_id}"
+                scores = await self.workflow.score(model, parts.metrics, prepared, run, declared=parts.metric_names)
         except TaskFailed as failed:
             detail = f"{failed} (the {failed.fault}'s fault)"
             return CompatibilityReport(

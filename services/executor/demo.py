@@ -11,10 +11,14 @@ from pathlib import Path
 from services.executor.assets import RefusedAsset
 from services.executor.workflow import PreparedData, TaskFailed, Workflow
 from shared.containers import ContainerSpec, HostedFile
+from shared.medperf_format import load_yaml
+
+#: The file naming the demo's data and labels: MedPerf's paths.yaml, or paths.json.
+PATHS_FILES = ("paths.yaml", "paths.yml", "paths.json")
 
 
 async def prepare_demo(workflow: Workflow, demo: HostedFile, preparator: ContainerSpec, out: Path) -> PreparedData:
-    """Fetch and unpack the demo tarball, and prepare the data its ``paths.json`` names."""
+    """Fetch and unpack the demo tarball, and prepare the data its ``paths.yaml`` (or ``paths.json``) names."""
     try:
         root = await workflow.cache.extracted(demo)
     except RefusedAsset as exc:
@@ -28,17 +32,20 @@ async def prepare_demo(workflow: Workflow, demo: HostedFile, preparator: Contain
 
 
 def _paths(root: Path, source: str) -> tuple[Path, Path]:
-    """The data and labels directories that ``paths.json`` (MedPerf's demo layout) names."""
+    """The data and labels directories that ``paths.yaml`` or ``paths.json`` (MedPerf's demo
+    layout) names; a YAML file is read without aliases, as every YAML a container brings."""
+    found = next((root / name for name in PATHS_FILES if (root / name).is_file()), root / "paths.json")
     try:
-        paths = json.loads((root / "paths.json").read_text())
+        text = found.read_text()
+        paths = json.loads(text) if found.suffix == ".json" else load_yaml(text, found.name)
         data, labels = (root / paths["data_path"]).resolve(), (root / paths["labels_path"]).resolve()
     except (OSError, ValueError, TypeError, KeyError) as exc:
         why = f"{type(exc).__name__}: {exc}"
-        detail = f"the demo dataset ({source}) must hold a paths.json naming data_path and labels_path ({why})"
+        detail = f"the demo dataset ({source}) must hold a paths.yaml naming data_path and labels_path ({why})"
         raise TaskFailed("demo", None, detail, fault="benchmark") from exc
     inside = root.resolve()
     for path in (data, labels):
         if not (path.is_relative_to(inside) and path.is_dir()):
-            detail = f"the demo dataset's paths.json ({source}) must name directories inside it, not {path.name!r}"
+            detail = f"the demo dataset's {found.name} ({source}) must name directories inside it, not {path.name!r}"
             raise TaskFailed("demo", None, detail, fault="benchmark")
     return data, labels

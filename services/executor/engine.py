@@ -37,7 +37,8 @@ class Bind:
 class TaskRun:
     name: str
     image_digest: str
-    command: list[str]
+    #: None: the image's own CMD (MedPerf's run_args.command is optional).
+    command: list[str] | None
     binds: list[Bind]
     environment: dict[str, str]
     timeout_seconds: float
@@ -49,6 +50,8 @@ class TaskRun:
     cpus: float | None = None
     #: Bytes its writable mounts may hold; None: no limit.
     output_limit: int | None = None
+    #: Replaces the image's ENTRYPOINT; None: the image's own.
+    entrypoint: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ class DockerRuntime:
     def _create_kwargs(self, task: TaskRun) -> dict[str, Any]:
         limits = self.limits
         kwargs: dict[str, Any] = {
-            "command": list(task.command),
+            "command": list(task.command) if task.command is not None else None,
             "name": container_name(task.name),
             "labels": {**task.labels, TASK_LABEL: task.name},
             # Tools write caches under $HOME; it is a tmpfs, so they find one that leaves no trace.
@@ -251,6 +251,8 @@ class DockerRuntime:
             ],
             "detach": True,
         }
+        if task.entrypoint is not None:
+            kwargs["entrypoint"] = list(task.entrypoint)
         gpus = allowed_gpus(task.gpus, limits.gpus)  # GpusRefused before any container exists
         if gpus:
             kwargs["device_requests"] = device_requests(gpus)

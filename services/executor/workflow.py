@@ -8,53 +8,35 @@ work directory; nothing here sends anything anywhere.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import math
-import os
+import posixpath
 import shutil
-import stat
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
 from services.executor.assets import AssetCache, RefusedAsset
-from services.executor.domain import fault_of_asset, fault_of_task
-from services.executor.engine import Bind, ContainerRuntime, TaskOutcome, TaskRun
+from services.executor.domain import fault_of_asset
+from services.executor.engine import Bind, ContainerRuntime, TaskRun
+from services.executor.failed import TaskFailed
 from services.executor.hashing import tree_hash  # re-exported: the agent and tests import it from here
 from services.executor.images import ImageFailed, obtain_image
-from services.executor.limits import GpusRefused, TaskLimits, setting, size
+from services.executor.limits import GpusRefused, TaskLimits, setting
 from services.executor.manifest import FULL_CHECK_FILE, MANIFEST_FILE, build
-from shared.containers import ContainerSpec, TaskSpec
-from shared.events import FailureKind
-from shared.limits import LimitExceeded, check_statistics_size
+from services.executor.reports import (
+    RESULTS_FILES,
+    STATISTICS_FILES,
+    leaving_metrics,
+    leaving_statistics,
+    read_report,
+    report_file,
+)
+from shared.containers import ContainerSpec, Mount, TaskSpec
+from shared.events import Statistics
 
-#: Files the executor reads from output directories (the rest of the container contract is in
-#: ``shared.containers``).
-STATISTICS_FILE = "statistics.json"
-RESULTS_FILE = "results.json"
-
-
-class TaskFailed(Exception):
-    """A task failed for a reason that is not the site's: ``fault`` says whose (by default the
-    task's container's, ``domain.TASK_FAULT``), and it is final, never retried."""
-
-    def __init__(
-        self, task: str, outcome: TaskOutcome | None, detail: str = "", fault: FailureKind | None = None
-    ) -> None:
-        if outcome is not None and outcome.exceeded:
-            detail = detail or outcome.exceeded
-        elif outcome is not None and outcome.timed_out:
-            detail = detail or f"timed out after {outcome.duration_seconds:.0f} s"
-        elif outcome is not None:
-            detail = detail or f"exited with {outcome.exit_code}"
-        super().__init__(f"{task} failed: {detail}")
-        self.task = task
-        self.fault: FailureKind = fault or fault_of_task(task)
-        self.log_tail = outcome.log_tail if outcome else ""
+# Re-exported: the agent, the runner and tests know them from here.
+__all__ = ["PreparedData", "Scores", "TaskFailed", "Workflow", "leaving_metrics", "leaving_statistics", "read_report"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +44,7 @@ class PreparedData:
     path: Path  # holds data/ and labels/
     input_hash: str
     prepared_hash: str
-    statistics: dict[str, float | int | str]
+    statistics: Statistics
 
     @property
     def data(self) -> Path:
@@ -87,80 +69,6 @@ def time_limit(task: TaskSpec, site_timeout: float) -> tuple[float, str]:
         return float(asked), "the container's own timeout_seconds"
     also = f"; the container asked for {asked} s" if asked is not None else ""
     return site_timeout, f"the site's task timeout ({setting('task_timeout')} raises it{also})"
-
-
-def leaving_metrics(results: dict) -> dict[str, float]:
-    """The top-level numbers of results.json: the only part of it that leaves the site. JSON
-    allows NaN, infinities and integers too large for a float; no consumer can read them, so they
-    are the metrics container's fault, not a failure to retry."""
-    numbers = {}
-    for name, value in results.items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
-            raise TaskFailed("evaluate", None, f"metric {name!r} in {RESULTS_FILE} is {value!r}; only finite numbers")
-        numbers[name] = number
-    return numbers
-
-
-def leaving_statistics(report: dict) -> dict[str, float | int | str]:
-    """statistics.json as it leaves the site with the dataset's registration: flat (names to
-    numbers or strings), finite, and small enough for every list and event that carries it."""
-    try:
-        statistics = _STATISTICS.validate_python(report, strict=True)
-    except ValidationError as exc:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-        message = f"{STATISTICS_FILE} must map names to numbers or strings ({where})"
-        raise TaskFailed("statistics", None, message) from exc
-    for name, value in statistics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TaskFailed("statistics", None, f"{STATISTICS_FILE}: {name!r} is {value}; only finite numbers")
-    try:
-        check_statistics_size(statistics)
-    except LimitExceeded as exc:
-        raise TaskFailed("statistics", None, f"{STATISTICS_FILE}: {exc}") from exc
-    return statistics
-
-
-_STATISTICS: TypeAdapter[dict[str, float | int | str]] = TypeAdapter(dict[str, float | int | str])
-
-
-def read_report(path: Path, task: str, limit: int) -> dict:
-    """The JSON object a container left in ``path`` (results.json, statistics.json), read on the
-    host with care: at most ``limit`` bytes are read, the file must be a regular file (a link the
-    container wrote would lead anywhere on the host; a FIFO would block the agent), and anything
-    unreadable is the container's fault."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        why = "it is a symbolic link; only a regular file is read" if exc.errno == errno.ELOOP else exc.strerror
-        raise TaskFailed(task, None, f"it did not write a valid {path.name}: {why}") from exc
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TaskFailed(task, None, f"{path.name} must be a regular file")
-        if info.st_size > limit:
-            raise _too_large(path, task, info.st_size, limit)
-        data = handle.read(limit + 1)  # never more, even if the file grew since fstat
-    if len(data) > limit:
-        raise _too_large(path, task, len(data), limit)
-    try:
-        report = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
-        raise TaskFailed(task, None, f"it did not write a valid {path.name}: {str(exc)[:200]}") from exc
-    if not isinstance(report, dict):
-        raise TaskFailed(task, None, f"{path.name} must hold a JSON object")
-    return report
-
-
-def _too_large(path: Path, task: str, found: int, limit: int) -> TaskFailed:
-    reason = f"{path.name} is {size(found)}, more than the site's limit of {size(limit)}"
-    return TaskFailed(task, None, f"{reason} ({setting('results_max_bytes')} raises it)")
 
 
 class Workflow:
@@ -203,6 +111,9 @@ class Workflow:
         await stage("prepare")
         staging = out.with_name(f"{out.name}.staging-{uuid.uuid4().hex[:8]}")
         run = staging / "run"
+        # MedPerf's metadata folder lives beside the prepared data; the report stays in the run.
+        metadata = staging / "metadata"
+        metadata.mkdir(parents=True)
         await self.run_task(
             preparator,
             "prepare",
@@ -212,6 +123,8 @@ class Workflow:
                 "labels_path": raw_labels,
                 "output_path": staging / "data",
                 "output_labels_path": staging / "labels",
+                "metadata_path": metadata,
+                "report_file": run / "report",
             },
         )
         await stage("sanity_check")
@@ -219,10 +132,7 @@ class Workflow:
             preparator,
             "sanity_check",
             run,
-            {
-                "data_path": staging / "data",
-                "labels_path": staging / "labels",
-            },
+            {"data_path": staging / "data", "labels_path": staging / "labels", "metadata_path": metadata},
         )
         await stage("statistics")
         await self.run_task(
@@ -232,12 +142,12 @@ class Workflow:
             {
                 "data_path": staging / "data",
                 "labels_path": staging / "labels",
+                "metadata_path": metadata,
                 "output_path": run / "statistics",
             },
         )
-        statistics = leaving_statistics(
-            read_report(run / "statistics" / STATISTICS_FILE, "statistics", self.limits.results_bytes)
-        )
+        written = report_file(_output(preparator, "statistics", run / "statistics"), STATISTICS_FILES)
+        statistics = leaving_statistics(read_report(written, "statistics", self.limits.results_bytes))
         # The manifest of what was registered, so checks before each job read only what changed since.
         manifest = await asyncio.to_thread(build, staging / "data", staging / "labels")
         manifest.save(staging / MANIFEST_FILE)
@@ -256,11 +166,13 @@ class Workflow:
         *,
         labels: dict[str, str] | None = None,
         ignore_model_errors: bool = False,
+        declared: tuple[str, ...] = (),
     ) -> Scores:
         """infer with ``model``, then evaluate with ``metrics``; returns the metrics only.
         Predictions and per-case outputs stay under ``run`` on this site. With
         ``ignore_model_errors`` (MedPerf's --ignore-model-errors), a model that fails after writing
-        some predictions is scored on those, and the scores are marked partial."""
+        some predictions is scored on those, and the scores are marked partial. A ``declared``
+        metric missing from the results is the metrics container's failure."""
         partial = False
         try:
             await self.run_task(
@@ -283,8 +195,9 @@ class Workflow:
             },
             labels=labels,
         )
-        results = read_report(run / "results" / RESULTS_FILE, "evaluate", self.limits.results_bytes)
-        return Scores(leaving_metrics(results), partial)
+        written = report_file(_output(metrics, "evaluate", run / "results"), RESULTS_FILES)
+        results = read_report(written, "evaluate", self.limits.results_bytes)
+        return Scores(leaving_metrics(results, declared), partial)
 
     async def run_task(
         self,
@@ -305,8 +218,7 @@ class Workflow:
         for key, mount in task.outputs.items():
             if key not in mounts:
                 raise TaskFailed(task_name, None, f"the executor has no output for mount {key!r}")
-            shutil.rmtree(mounts[key], ignore_errors=True)  # a fresh directory per run
-            binds.append(Bind(mounts[key], mount.mount_path, read_only=False))
+            binds.append(Bind(_fresh_output(mounts[key], mount), mount.mount_path, read_only=False))
         runtime = self.runtime
         assert runtime is not None, "the agent connects its container engine at start"
         await self._ensure_image(runtime, spec, task_name)
@@ -317,7 +229,8 @@ class Workflow:
                 TaskRun(
                     name=f"{task_name}-{uuid.uuid4().hex[:8]}",
                     image_digest=spec.image_digest,
-                    command=list(task.command),
+                    command=list(task.command) if task.command else None,
+                    entrypoint=list(task.entrypoint) if task.entrypoint else None,
                     binds=binds,
                     environment=dict(task.environment),
                     timeout_seconds=timeout,
@@ -364,3 +277,27 @@ class Workflow:
         if key not in mounts:
             raise TaskFailed("mount", None, f"the executor has no input for mount {key!r}")
         return mounts[key]
+
+
+def _output_file(directory: Path, mount: Mount) -> Path:
+    return directory / (posixpath.basename(mount.mount_path) or "output")
+
+
+def _fresh_output(directory: Path, mount: Mount) -> Path:
+    """A fresh output per run; a ``type: file`` output is an empty file created beforehand (inside
+    a fresh directory, named as its mount path) and bound as a file, as MedPerf does."""
+    shutil.rmtree(directory, ignore_errors=True)
+    if mount.type == "directory":
+        return directory
+    directory.mkdir(parents=True)
+    path = _output_file(directory, mount)
+    path.touch()
+    path.chmod(0o666)  # the container's user may not be the agent's: it must be able to write it
+    return path
+
+
+def _output(spec: ContainerSpec, task_name: str, directory: Path) -> Path:
+    """Where the task's ``output_path`` landed on the host: the file itself for a ``type: file`` output."""
+    task = spec.tasks.get(task_name)  # type: ignore[call-overload]
+    mount = task.outputs.get("output_path") if task is not None else None
+    return _output_file(directory, mount) if mount is not None and mount.type == "file" else directory

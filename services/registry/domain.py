@@ -16,7 +16,7 @@ from pydantic import Field, StrictBool, StrictInt, StringConstraints, TypeAdapte
 
 from shared.commands import MAX_ID
 from shared.containers import ContainerSpec, HostedFile
-from shared.events import EntityState, MetricSpec, _finite
+from shared.events import EntityState, MetricSpec, Statistics, _finite
 
 
 class Refusal(Exception):
@@ -149,6 +149,7 @@ NEVER_EDITABLE = frozenset(
         "site",
         "prepared_hash",
         "input_hash",
+        "medperf",  # the documents a container was registered from: a record, not a setting
     }
 )
 
@@ -178,7 +179,7 @@ _VALUES: dict[str, TypeAdapter[Any]] = {
     "metrics_container_id": TypeAdapter(_ID),
     "metrics": TypeAdapter(Annotated[list[MetricSpec], Field(min_length=1)]),
     "primary_metric": TypeAdapter(str),
-    "statistics": TypeAdapter(dict[str, float | int | str]),
+    "statistics": TypeAdapter(Statistics),
 }
 
 

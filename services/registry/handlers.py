@@ -18,6 +18,7 @@ from services.registry.store import (
     ENTITIES,
     Benchmark,
     Container,
+    ContainerSource,
     Dataset,
     DatasetRequest,
     Model,
@@ -56,18 +57,24 @@ async def register_container(cmd: RegisterContainer, uow: UnitOfWork) -> Outcome
     async with uow:
         # One prebuilt statement, no ORM flush: the most frequent registration, and SQLAlchemy's
         # work around a statement costs more than SQLite's. The unique name decides a conflict.
-        values = {"name": cmd.name, "owner": cmd.actor, "spec": cmd.spec.model_dump(mode="json"), "state": cmd.state}
+        spec = cmd.container_spec
+        values = {"name": cmd.name, "owner": cmd.actor, "spec": spec.model_dump(mode="json"), "state": cmd.state}
         inserted = await execute_prebuilt(uow.session, _new_container(uow.session.bind.dialect.name), values)
         container_id = inserted.scalar()
         if container_id is None:
             return Outcome.refused("conflict", f"a container named {cmd.name!r} already exists; choose another name")
+        if cmd.medperf is not None:
+            # The documents stay here; the event carries the canonical spec only (consumers that
+            # predate this field refuse unknown ones, and the documents would double its size).
+            documents = cmd.medperf.model_dump(mode="json", exclude_none=True)
+            uow.session.add(ContainerSource(container_id=container_id, documents=documents))
         uow.emit(
             ContainerRegistered(
                 actor=cmd.actor,
                 container_id=container_id,
                 name=cmd.name,
                 owner=cmd.actor,
-                spec=cmd.spec,
+                spec=spec,
                 state=cmd.state,
             )
         )
@@ -276,7 +283,11 @@ async def get_entity(query: GetEntity, uow: UnitOfWork) -> Outcome:
             return Outcome.refused(
                 "not_found", f"no {query.entity} {query.id if query.id is not None else query.name!r}"
             )
-        return Outcome.accepted(row.id, (await views(uow.session, [row], query.actor, query.is_admin))[0])
+        found = (await views(uow.session, [row], query.actor, query.is_admin))[0]
+        if isinstance(row, Container):
+            source = await uow.session.get(ContainerSource, row.id)
+            found["medperf"] = source.documents if source is not None else None
+        return Outcome.accepted(row.id, found)
 
 
 async def list_entities(query: ListEntities, uow: UnitOfWork) -> Outcome:

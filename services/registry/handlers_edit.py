@@ -13,7 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.registry import domain
 from services.registry.handlers import RACE, benchmark_parts, may_see, views
-from services.registry.store import ENTITIES, Benchmark, Container, Dataset, DatasetRequest, Model, _Entity, load, view
+from services.registry.store import (
+    ENTITIES,
+    Benchmark,
+    Container,
+    ContainerSource,
+    Dataset,
+    DatasetRequest,
+    Model,
+    _Entity,
+    load,
+    view,
+)
 from shared.commands import DeleteEntity, EditEntity, Outcome
 from shared.containers import ContainerSpec
 from shared.db import UnitOfWork
@@ -34,6 +45,8 @@ async def edit_entity(cmd: EditEntity, uow: UnitOfWork) -> Outcome:
             return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
         for column, value in plan.columns.items():
             setattr(row, column, value)
+        if isinstance(row, Container):
+            await _follow_source(s, row.id, plan)
         uow.emit(
             EntityEdited(
                 actor=cmd.actor,
@@ -47,6 +60,21 @@ async def edit_entity(cmd: EditEntity, uow: UnitOfWork) -> Outcome:
         except IntegrityError:  # a unique name or operational hash taken between our check and commit
             return Outcome.refused("conflict", RACE.format(what=" or ".join(sorted(plan.changes))))
         return Outcome.accepted(row.id, (await views(s, [row], cmd.actor, cmd.is_admin))[0])
+
+
+async def _follow_source(s: AsyncSession, container_id: int, plan: domain.EditPlan) -> None:
+    """The MedPerf documents a container came from: gone once its spec is edited (they would no
+    longer describe it); a moved additional_files URL is written into them."""
+    source = await s.get(ContainerSource, container_id)
+    if source is None:
+        return
+    if "spec" in plan.changes:
+        await s.delete(source)
+    elif "additional_files" in plan.changes:
+        files = plan.changes["additional_files"][1]
+        source.documents = {k: v for k, v in source.documents.items() if k != "additional_files"} | (
+            {"additional_files": files} if files else {}
+        )
 
 
 async def _unique_name(s: AsyncSession, kind: str, row: _Entity, plan: domain.EditPlan) -> None:
@@ -140,6 +168,8 @@ async def delete_entity(cmd: DeleteEntity, uow: UnitOfWork) -> Outcome:
                 await s.execute(delete(DatasetRequest).where(DatasetRequest.dataset_id == cmd.id))
             elif cmd.entity == "benchmark":
                 await s.execute(delete(DatasetRequest).where(DatasetRequest.benchmark_id == cmd.id))
+            elif cmd.entity == "container":
+                await s.execute(delete(ContainerSource).where(ContainerSource.container_id == cmd.id))
             await s.delete(row)
             uow.emit(EntityDeleted(actor=cmd.actor, entity=cmd.entity, entity_id=cmd.id, reason=cmd.reason))
             await uow.commit()

@@ -44,6 +44,16 @@ class Container(_Entity, Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class ContainerSource(Base):
+    """The documents a container was registered from in MedPerf's format (``MedPerfSource``), as
+    written, for ``medperf container view --original``. A table of its own, so databases made
+    before it gain it at start; dropped when the spec is edited, since it would no longer describe it."""
+
+    __tablename__ = "registry_container_sources"
+    container_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    documents: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Model(_Entity, Base):
     __tablename__ = "registry_models"
     __table_args__ = NEVER_REUSE_IDS

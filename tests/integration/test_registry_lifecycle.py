@@ -45,6 +45,7 @@ from shared.containers import ContainerSpec
 from shared.events import (
     AssociationRequested,
     BenchmarkApproved,
+    ContainerRegistered,
     EntityDeleted,
     EntityEdited,
     Event,
@@ -244,6 +245,7 @@ def _new_value(field: str, current: dict[str, Any], alt: dict[str, Any]) -> Any:
         "owner": "mallory",
         "colour": "red",
         "id": 999,
+        "medperf": {"container_config": "image: other"},
         **alt,
     }
     if field in values:
@@ -579,3 +581,26 @@ async def test_ids_beyond_64_bits_are_refused_as_invalid(registry: Registry) -> 
         EditEntity(actor="committee", entity="model", id=ref, changes={"container_id": huge}), "invalid"
     )
     assert reason.startswith("container_id: Input should be less than or equal to")
+
+
+async def test_a_medperf_registration_keeps_its_documents_until_the_spec_is_edited(registry: Registry) -> None:
+    config = (
+        "container_type: DockerImage\nimage: example/model:1\ntasks:\n  infer:\n    run_args:\n"
+        "      command: python3 /infer.py --fast\n    input_volumes:\n      data_path:\n"
+        "        mount_path: /data\n        type: directory\n"
+    )
+    documents = {"container_config": config, "parameters": "threshold: 0.5\n", "image_hash": DIGEST}
+    made = await registry.ok(RegisterContainer(actor="owner", name="mp", medperf=documents))  # type: ignore[arg-type]
+    found = await registry.get("container", made.id or 0, actor="owner")
+    assert found["medperf"] == documents
+    assert found["spec"]["tasks"]["infer"]["command"] == ["python3", "/infer.py", "--fast"]
+    assert found["spec"]["parameters"] == {"threshold": 0.5}
+    registered = await registry.events(lambda events: any(isinstance(e, ContainerRegistered) for e in events))
+    assert [e.spec.image for e in registered if isinstance(e, ContainerRegistered)] == ["example/model:1"]
+
+    edit = EditEntity(actor="owner", entity="container", id=made.id, changes={"name": "mp-2"})  # type: ignore[arg-type]
+    await registry.ok(edit)
+    assert (await registry.get("container", made.id or 0))["medperf"] == documents
+    edit = EditEntity(actor="owner", entity="container", id=made.id, changes={"spec": spec("infer")})  # type: ignore[arg-type]
+    await registry.ok(edit)
+    assert (await registry.get("container", made.id or 0))["medperf"] is None  # it no longer describes the spec
