@@ -210,7 +210,14 @@ class SiteAgent(FederationQuestions):
                 check_before_job, prepared.path, (prepared.data, prepared.labels), job.dataset_hash, full_every
             )
         except DatasetChanged as changed:
-            detail = f"prepared data of {dataset.name} changed since registration: {changed}"
+            # File names can identify patients: the failure leaves the site with counts only.
+            log.warning("prepared data of %s changed since registration: %s", dataset.name, changed)
+            found = changed.verification
+            counts = f"{len(found.changed)} changed, {len(found.added)} added, {len(found.removed)} removed files"
+            detail = (
+                f"prepared data of {dataset.name} changed since registration ({counts}); "
+                f"`medperf dataset check {dataset.name}` at the site names them"
+            )
             raise TaskFailed("verify", None, detail) from None
         scores = await self.workflow.score(
             model,
