@@ -20,9 +20,9 @@ from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.domain import fault_of_asset
 from services.executor.engine import Bind, ContainerRuntime, TaskRun
 from services.executor.failed import TaskFailed
-from services.executor.hashing import tree_hash  # re-exported: the agent and tests import it from here
+from services.executor.hashing import tree_hash, walk  # tree_hash re-exported: the agent and tests use it
 from services.executor.images import ImageFailed, obtain_image
-from services.executor.limits import GpusRefused, TaskLimits, setting
+from services.executor.limits import GpusRefused, TaskLimits, setting, size
 from services.executor.manifest import FULL_CHECK_FILE, MANIFEST_FILE, build
 from services.executor.reports import (
     RESULTS_FILES,
@@ -59,6 +59,22 @@ class PreparedData:
 class Scores:
     metrics: dict[str, float]
     partial: bool = False
+
+
+def check_room(raw_data: Path, raw_labels: Path, where: Path) -> None:
+    """Refuse a preparation that cannot fit: its output is written once, beside nothing else, and
+    is about the raw data's size; so the disk under ``where`` must have that much free."""
+    raw = sum(found.stat.st_size for found in walk(raw_data, raw_labels))
+    where.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(where).free
+    if free < raw:
+        raise TaskFailed(
+            "prepare",
+            None,
+            f"the prepared data needs about {size(raw)} (the raw data's size) and {where} has {size(free)} free: "
+            f"free some space, or point {setting('work_dir')} at a larger disk",
+            fault="infrastructure",
+        )
 
 
 def time_limit(task: TaskSpec, site_timeout: float) -> tuple[float, str]:
@@ -107,6 +123,7 @@ class Workflow:
                 await on_stage(name)
 
         await stage("hash")
+        await asyncio.to_thread(check_room, raw_data, raw_labels, out.parent)
         input_hash = await asyncio.to_thread(tree_hash, raw_data, raw_labels)
         await stage("prepare")
         staging = out.with_name(f"{out.name}.staging-{uuid.uuid4().hex[:8]}")
