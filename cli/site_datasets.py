@@ -229,19 +229,42 @@ def _said(sub: DatasetSubmission) -> str:
 
 
 async def _withdraw(args: argparse.Namespace, uow: Callable[[], UnitOfWork]) -> int:
+    """Here, the agent stops new jobs for the dataset; at the federation, its associations are
+    rejected as the data owner, with the data owner's own credentials (the site's may not decide)."""
     from services.executor import datasets
 
+    rows = await datasets.registered(uow(), args.dataset)
     asked = await datasets.withdraw(uow(), args.dataset)
     status = 0
     with waiting("waiting for the site's agent to withdraw it"):
         for request in asked:
             found = await _until(lambda r=request: datasets.withdrawal(uow(), r.id), lambda w: w.status != "requested")
             if found.status == "done":
-                print(f"withdrew dataset {found.dataset_id}: no new jobs start for it (running ones finish)")
+                print(f"withdrew dataset {found.dataset_id} here: no new jobs start for it (running ones finish)")
             else:
                 print(f"error: dataset {found.dataset_id}: {found.detail}", file=sys.stderr)
                 status = 1
+    for row in rows:
+        status |= await asyncio.to_thread(_reject, row.benchmark_id, row.dataset_id)
     return status
+
+
+def _reject(benchmark_id: int, dataset_id: int | None) -> int:
+    from cli.client import ApiError
+    from cli.output import connect
+
+    by_hand = f"`medperf association reject -b {benchmark_id} -d {dataset_id}`"
+    try:
+        connect().decide_association(
+            benchmark_id, "dataset", dataset_id, approve=False, reason="withdrawn by the data owner"
+        )
+    except ApiError as exc:
+        if exc.status == 409:  # nothing pending or approved to reject
+            return 0
+        print(f"error: benchmark {benchmark_id} still lists it ({exc.message}); once that is fixed: {by_hand}")
+        return 1
+    print(f"rejected its association with benchmark {benchmark_id}")
+    return 0
 
 
 async def _check(args: argparse.Namespace, uow: Callable[[], UnitOfWork]) -> int:

@@ -28,7 +28,6 @@ import bcrypt
 
 from shared.commands import (
     Command,
-    DecideAssociation,
     GetEntity,
     ListAssociations,
     RegisterDataset,
@@ -53,7 +52,6 @@ SITE_ASKS: tuple[type[Command], ...] = (
     RegisterDataset,
     ListAssociations,
     RequestAssociation,
-    DecideAssociation,  # the data owner withdraws a dataset (`medperf dataset withdraw`)
     RegisterSiteKey,
 )
 

@@ -90,7 +90,7 @@ async def registered(uow: UnitOfWork, which: str) -> list[PreparedDataset]:
 
 
 async def withdraw(uow: UnitOfWork, which: str) -> list[Withdrawal]:
-    """Ask the agent to reject the associations of the datasets named ``which``."""
+    """Ask the agent to stop new jobs for the datasets named ``which``."""
     rows = await registered(uow, which)
     async with uow:
         asked = []

@@ -8,47 +8,26 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from services.executor.store import DatasetSubmission, Job, PreparedDataset, Withdrawal
-from shared.commands import DecideAssociation
 from shared.db import UnitOfWork
-from shared.service import ask
 
 if TYPE_CHECKING:
     from services.executor.agent import SiteAgent
 
 
 async def withdraw(agent: SiteAgent, withdrawal_id: int) -> None:
-    """Reject the dataset's association as its owner (a pending request, or an approval: both
-    are rejections at the approvals service); queued jobs for it are cancelled."""
+    """No new jobs for the dataset here; its queued runs are cancelled. Rejecting its association
+    at the federation is the data owner's own decision, sent with their own credentials by
+    `medperf dataset withdraw`: a site's NATS credentials may not decide associations, since a
+    decision's actor would be the site's word alone."""
     async with agent.uow() as uow:
         withdrawal = await uow.session.get(Withdrawal, withdrawal_id)
         assert withdrawal is not None
-        rows = (
-            await uow.session.scalars(
-                select(PreparedDataset).where(PreparedDataset.dataset_id == withdrawal.dataset_id)
-            )
-        ).all()
-    details = []
-    for row in rows:
-        outcome = await ask(
-            agent.broker,
-            DecideAssociation(
-                actor=agent.site.owner,
-                benchmark_id=row.benchmark_id,
-                kind="dataset",
-                component_id=withdrawal.dataset_id,
-                approve=False,
-                reason="withdrawn by the data owner",
-            ),
-            agent.request_timeout,
-        )
-        if not outcome.ok and outcome.code != "conflict":  # conflict: nothing pending or approved to reject
-            details.append(f"benchmark {row.benchmark_id}: {outcome.reason}")
-            continue
-        await stop_dataset(agent.uow, withdrawal.dataset_id, "WITHDRAWN")
+        dataset_id = withdrawal.dataset_id
+    await stop_dataset(agent.uow, dataset_id, "WITHDRAWN")
     async with agent.uow() as uow:
         withdrawal = await uow.session.get(Withdrawal, withdrawal_id)
         assert withdrawal is not None
-        withdrawal.status, withdrawal.detail = ("failed", "; ".join(details)) if details else ("done", "")
+        withdrawal.status, withdrawal.detail = "done", ""
         await uow.commit()
 
 

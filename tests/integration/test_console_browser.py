@@ -40,7 +40,8 @@ async def three_sites(tmp_path: Path, image: str) -> AsyncIterator[tuple[Federat
     )
     sites = []
     for number, name in enumerate(SITES, start=2):
-        site = site_settings(tmp_path / name, heartbeat_seconds=0.5)
+        # These sites share their log tails, so the console can show what a crashing model printed.
+        site = site_settings(tmp_path / name, heartbeat_seconds=0.5, share_log_tails=True)
         # Each hospital's own data: the registry refuses two operational datasets with one content.
         (site.datasets[0].data_path / "case1.txt").write_text(f"{number}\n")
         sites.append(site.model_copy(update={"name": name, "owner": f"owner-{name}"}))

@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 import pexpect
 import pytest
-from sites import SITE, Federation, federation, site_settings
+from sites import SITE, USERS, Federation, federation, site_settings
 from waiting import eventually
 
 from cli.client import ApiError
@@ -38,6 +38,9 @@ def site_env(fed: Federation) -> dict[str, str]:
         "MEDPERF_SITE_OWNER": fed.site.owner,
         "MEDPERF_SITE_WORK_DIR": str(fed.site.work_dir),
         "MEDPERF_CONFIG_DIR": str(fed.site.work_dir.parent / "config"),
+        # The data owner, logged in on the site's machine: withdrawing rejects with their own token.
+        "MEDPERF_URL": fed.stack.ingress.url if fed.stack and fed.stack.ingress else "",
+        "MEDPERF_TOKEN": USERS["hospital-a"],
     }
 
 
@@ -105,7 +108,8 @@ async def test_a_dataset_submitted_after_the_benchmarks_approval_joins_and_reach
 
         # withdraw: the association is rejected (revoked), and a newly approved model runs nowhere here.
         code, out = await medperf(fed, "dataset", "withdraw", "scans")
-        assert code == 0 and f"withdrew dataset {dataset['id']}" in out, out
+        assert code == 0 and f"withdrew dataset {dataset['id']} here" in out, out
+        assert "rejected its association" in out, out
         (latest,) = await fed.call("hospital-a", "associations", fed.benchmark_id, kind="dataset")
         assert latest["status"] == "REJECTED"
         model_id = await fed.add_model("late", "echo 1 > /out/p1")
