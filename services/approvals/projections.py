@@ -191,10 +191,7 @@ async def record_signing_key(event: SiteKeyRegistered, uow: UnitOfWork) -> None:
     async with uow:
         if not await uow.claim(event):
             return
-        row = await uow.session.get(SigningKey, event.key_id)
-        if row is None:
-            row = SigningKey(key_id=event.key_id, site=event.site)
-            uow.session.add(row)
+        row = await _signing_key(uow, event.key_id, event.site)
         row.site, row.owner, row.public_key = event.site, event.owner, event.public_key
         await uow.commit()
 
@@ -204,9 +201,15 @@ async def record_signing_key_revoked(event: SiteKeyRevoked, uow: UnitOfWork) -> 
     async with uow:
         if not await uow.claim(event):
             return
-        row = await uow.session.get(SigningKey, event.key_id)
-        if row is None:
-            row = SigningKey(key_id=event.key_id, site=event.site)
-            uow.session.add(row)
+        row = await _signing_key(uow, event.key_id, event.site)
         row.revoked_at, row.revoked_reason = event.occurred_at, event.reason
         await uow.commit()
+
+
+async def _signing_key(uow: UnitOfWork, key_id: str, site: str) -> SigningKey:
+    """The key's row, created on first mention (registration and revocation travel apart)."""
+    row = await uow.session.get(SigningKey, key_id)
+    if row is None:
+        row = SigningKey(key_id=key_id, site=site)
+        uow.session.add(row)
+    return row

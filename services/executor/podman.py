@@ -4,14 +4,13 @@ what podman 4.3 does differently, rootful, on cgroup v1 (measured here; docs/con
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
 from typing import Any
 
-import requests
-from docker.errors import APIError, NotFound
 from docker.types import Ulimit
 
-from services.executor.engine import ImageNotAvailable, ImageRefused, TaskRun
-from services.executor.runtime import DockerRuntime, pull_failed, repository_of
+from services.executor.engine import TaskRun
+from services.executor.runtime import DockerRuntime
 
 #: Open files and processes (of its uid, host-wide) a task may have on podman (Docker passes on
 #: its own limits): enough for a data loader, and within what a podman service may hand on.
@@ -25,26 +24,15 @@ class PodmanRuntime(DockerRuntime):
 
     engine_name = "podman"
 
-    def pull_image(self, name: str, image_digest: str) -> None:
+    def _pull_lines(self, reference: str) -> Iterator[Any]:
         # podman's Docker-compatible pull insists on TLS even to loopback, where Docker allows plain
         # HTTP (127.0.0.0/8 is insecure by default); its own endpoint does the same as Docker.
-        reference = f"{repository_of(name)}@{image_digest}"
         host = reference.split("/", 1)[0].rsplit(":", 1)[0]
         loopback = host in ("localhost", "[::1]") or host.startswith("127.")
         params = {"reference": reference, "tlsVerify": "false" if loopback else "true"}
-        try:
-            response = self.client.api._post(self.client.api._url("/libpod/images/pull"), params=params, stream=True)
-            self.client.api._raise_for_status(response)
-            for line in self.client.api._stream_helper(response, decode=True):
-                if isinstance(line, dict) and line.get("error"):
-                    raise pull_failed(reference, str(line["error"]))
-        except NotFound as exc:
-            raise ImageRefused(f"the registry has no image {reference}: {exc.explanation or exc}") from exc
-        except APIError as exc:
-            raise pull_failed(reference, str(exc.explanation or exc)) from exc
-        except requests.RequestException as exc:
-            raise ImageNotAvailable(f"pulling {reference} failed: {exc}") from exc
-        self.ensure_image(image_digest)
+        response = self.client.api._post(self.client.api._url("/libpod/images/pull"), params=params, stream=True)
+        self.client.api._raise_for_status(response)
+        return self.client.api._stream_helper(response, decode=True)
 
     def _memory_verdict(self, state: dict[str, Any]) -> str:
         # Podman 4.3 on cgroup v1 never sets OOMKilled (conmon misses the kernel's event), so a

@@ -160,7 +160,7 @@ class DockerRuntime:
     def pull_image(self, name: str, image_digest: str) -> None:
         reference = f"{repository_of(name)}@{image_digest}"
         try:
-            for line in self.client.api.pull(reference, stream=True, decode=True, **self._pull_options()):
+            for line in self._pull_lines(reference):
                 if isinstance(line, dict) and line.get("error"):
                     raise pull_failed(reference, str(line["error"]))
         except NotFound as exc:
@@ -171,8 +171,10 @@ class DockerRuntime:
             raise ImageNotAvailable(f"pulling {reference} failed: {exc}") from exc
         self.ensure_image(image_digest)  # the engine checked the bytes; this checks what it recorded
 
-    def _pull_options(self) -> dict[str, Any]:
-        return {}
+    def _pull_lines(self, reference: str) -> Iterator[Any]:
+        """The engine's progress lines while it pulls ``reference`` (another engine's adapter may
+        pull another way)."""
+        return self.client.api.pull(reference, stream=True, decode=True)
 
     def run(self, task: TaskRun) -> TaskOutcome:
         image_id = self.ensure_image(task.image_digest)

@@ -1,5 +1,4 @@
-"""docs/containers.md's minimal benchmark, built with the doc's own commands, and a file host that
-serves what the doc's commands wrote (the specs and the demo tarball).
+"""docs/containers.md's minimal benchmark, built with the doc's own commands.
 
 The doc's images start ``FROM python:3.12-slim``; no registry is reachable here, so the test's
 private engine gets that tag on the demo's locally built Debian python3 base image first.
@@ -9,11 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -45,16 +39,3 @@ def build_minimal(workdir: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done
-
-
-@contextmanager
-def file_host(directory: Path) -> Iterator[str]:
-    """``directory`` over HTTP on loopback, as a hospital-reachable host would serve it."""
-    handler = partial(SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()

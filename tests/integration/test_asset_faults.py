@@ -8,13 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hosting import file_host as serving
 from sites import Federation, federation, model
 from waiting import eventually
 
@@ -25,15 +23,8 @@ pytestmark = pytest.mark.engine
 
 @pytest.fixture
 def hosted(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "hosted"
-    root.mkdir()
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(tmp_path / "hosted") as url:
+        yield tmp_path / "hosted", url
 
 
 def tarball(files: dict[str, bytes]) -> bytes:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hosting import file_host as serving
 from minimal import build_minimal
-from minimal import file_host as serving
 from waiting import eventually
 
 from cli.client import Client

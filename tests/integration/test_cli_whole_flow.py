@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from minimal import ROOT, build_minimal, file_host
+from hosting import file_host
+from minimal import ROOT, build_minimal
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("docker_engine")]
 

@@ -8,15 +8,13 @@ import hashlib
 import io
 import shutil
 import tarfile
-import threading
 import uuid
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
 import pytest
+from hosting import file_host as serving
 
 from cli.register import pin_hosted_files
 from services.executor.assets import AssetCache
@@ -28,15 +26,8 @@ from shared.containers import ContainerSpec
 
 @pytest.fixture
 def file_host(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "hosted"
-    root.mkdir()
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(tmp_path / "hosted") as url:
+        yield tmp_path / "hosted", url
 
 
 def unique_image(engine: docker.DockerClient) -> str:

@@ -22,8 +22,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import docker
 import pytest
 import sites
 from figures import record
+from hosting import file_host
 from secured import free_port
 from sites import Federation, model, task
 from waiting import eventually
@@ -55,19 +54,6 @@ async def federation(tmp_path: Path, image: str, **site_options: Any) -> AsyncIt
             yield fed
     finally:
         runtime.client.close()
-
-
-@contextlib.contextmanager
-def file_host(root: Path) -> Iterator[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 @contextlib.contextmanager

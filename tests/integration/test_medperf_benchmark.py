@@ -13,14 +13,12 @@ import asyncio
 import hashlib
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
 import pytest
+from hosting import file_host as serving
 from sites import USERS, federation
 from waiting import eventually
 
@@ -60,14 +58,8 @@ def tarball(root: Path, out: Path) -> str:
 
 @pytest.fixture
 def file_host(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "hosted"
-    root.mkdir()
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(tmp_path / "hosted") as url:
+        yield tmp_path / "hosted", url
 
 
 def ward(tmp_path: Path) -> tuple[Path, Path]:
