@@ -30,8 +30,8 @@ RUN_ARGS = frozenset({"command", "entrypoint", "environment", "gpus", "shm_size"
 RUNNABLE_TYPES = ("DockerImage", "DockerArchive")
 REFUSED_TYPES = {
     "EncryptedDockerArchive": "encrypted images cannot run here (sites hold no decryption keys)",
-    "SingularityFile": "sites run Docker only",
-    "EncryptedSingularityFile": "sites run Docker only",
+    "SingularityFile": "sites run Docker or podman images only",
+    "EncryptedSingularityFile": "sites run Docker or podman images only",
 }
 
 

@@ -91,7 +91,7 @@ def test_run_args_as_medperf_reads_them() -> None:
     ("change", "message"),
     [
         (("DockerImage", "EncryptedDockerArchive"), "encrypted images cannot run here"),
-        (("DockerImage", "SingularityFile"), "Docker only"),
+        (("DockerImage", "SingularityFile"), "Docker or podman images only"),
         (("evaluate:", "run_script:"), "only the tasks"),
         (("    input_volumes:", "    run_args: {user: root}\n    input_volumes:"), "user not allowed"),
         (("type: directory}\n      labels", "}\n      labels"), "needs mount_path and type"),
