@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -270,8 +271,8 @@ def _reject(benchmark_id: int, dataset_id: int | None) -> int:
 async def _check(args: argparse.Namespace, uow: Callable[[], UnitOfWork]) -> int:
     from services.executor import datasets
 
-    with waiting("hashing the prepared data"):
-        checks = await datasets.check(uow(), args.dataset)
+    with hashing_progress("reading every byte of the prepared data") as progress:
+        checks = await datasets.check(uow(), args.dataset, progress)
     status = 0
     for check in checks:
         row = check.dataset
@@ -295,3 +296,17 @@ async def _until(read: Callable[[], Awaitable[T]], done: Callable[[T], bool]) ->
         if done(found):
             return found
         await asyncio.sleep(POLL)
+
+
+@contextmanager
+def hashing_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar of bytes read (at a terminal; nothing otherwise): hundreds of gigabytes take minutes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    columns = (f"{label} ", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+        # Called from the hashing threads; rich's updates take a lock.
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from services.executor.hashing import Progress
 from services.executor.manifest import DatasetChanged, check_before_job
 from services.executor.operations import NotPossible
 from services.executor.settings import LocalDataset
@@ -121,9 +122,10 @@ class Check:
         return self.found == self.dataset.prepared_hash
 
 
-async def check(uow: UnitOfWork, which: str) -> list[Check]:
+async def check(uow: UnitOfWork, which: str, progress: Progress | None = None) -> list[Check]:
     """Read every byte of the prepared data again (a job reads only what changed since the last
-    check) and compare it with the registration, naming the files that changed."""
+    check) and compare it with the registration, naming the files that changed; ``progress`` is
+    told the bytes read (from the hashing threads)."""
     checks = []
     for row in await registered(uow, which):
         path = Path(row.prepared_path)
@@ -131,7 +133,7 @@ async def check(uow: UnitOfWork, which: str) -> list[Check]:
         if (path / "data").is_dir() and (path / "labels").is_dir():
             try:
                 checked = await asyncio.to_thread(
-                    check_before_job, path, (path / "data", path / "labels"), row.prepared_hash, 0.0
+                    check_before_job, path, (path / "data", path / "labels"), row.prepared_hash, 0.0, progress
                 )
                 found = checked.digest
             except DatasetChanged as changed:

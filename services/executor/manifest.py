@@ -205,9 +205,12 @@ def check_prepared(
 FULL_CHECK_FILE = "full-check"
 
 
-def check_before_job(prepared: Path, roots: tuple[Path, ...], registered: str, full_every: float) -> Verification:
+def check_before_job(
+    prepared: Path, roots: tuple[Path, ...], registered: str, full_every: float, progress: Progress | None = None
+) -> Verification:
     """``check_prepared`` before a job, reading every byte again once ``full_every`` seconds have
-    passed since the last full check (what the metadata check can miss; see the module docstring)."""
+    passed since the last full check (what the metadata check can miss; see the module docstring);
+    ``progress`` is told the bytes read so far, and of how many."""
     marker = prepared / FULL_CHECK_FILE
     try:
         last_full = int(marker.read_text())
@@ -215,7 +218,7 @@ def check_before_job(prepared: Path, roots: tuple[Path, ...], registered: str, f
         last_full = 0
     full = time.time_ns() - last_full >= full_every * 1e9
     started = time.time_ns()
-    result = check_prepared(prepared / MANIFEST_FILE, roots, registered, full=full)
+    result = check_prepared(prepared / MANIFEST_FILE, roots, registered, full=full, progress=progress)
     if full:
         marker.write_text(str(started))
     return result

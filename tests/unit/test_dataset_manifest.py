@@ -175,3 +175,16 @@ def test_without_a_manifest_a_changed_dataset_is_still_refused(tmp_path: Path) -
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DatasetChanged, match="its digest differs from the registered one"):
         check_prepared(tmp_path / "manifest.json", (data, labels), registered)
+
+
+def test_a_full_check_reports_its_progress_in_bytes(tmp_path: Path) -> None:
+    """`medperf dataset check` shows a bar: the full check tells how many bytes it read, of how many."""
+    data, labels = make_tree(tmp_path / "prepared")
+    registered = build(data, labels)
+    registered.save(tmp_path / "prepared" / manifests.MANIFEST_FILE)
+    total = sum(p.stat().st_size for p in (*data.rglob("*"), *labels.rglob("*")) if p.is_file())
+    told: list[tuple[int, int]] = []
+    manifests.check_before_job(
+        tmp_path / "prepared", (data, labels), registered.digest, 0.0, lambda done, of: told.append((done, of))
+    )
+    assert told and told[-1] == (total, total)
