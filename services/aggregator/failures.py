@@ -7,16 +7,13 @@ same cell replaces an older one; a result outranks either on the boards (``domai
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.aggregator import domain
 from services.aggregator.clock import advance_clock
-from services.aggregator.store import BenchmarkInfo, DatasetInfo, FailedRun
+from services.aggregator.store import BenchmarkInfo, DatasetInfo, FailedRun, upsert_newer
 from shared.db import UnitOfWork
 from shared.events import JobFailed
 from shared.messaging import NotYet, PermanentFailure, decode_batch
@@ -81,21 +78,8 @@ async def record_failure(event: JobFailed, uow: UnitOfWork) -> None:
             "failed_at": event.occurred_at,
             "revision": tick,
         }
-        await session.execute(_upsert(session.bind.dialect.name), row)
+        await session.execute(upsert_newer(FailedRun.__table__, "failed_at", session.bind.dialect.name), row)
         await uow.commit()
-
-
-@functools.cache
-def _upsert(dialect: str) -> Any:
-    """A newer failure replaces the cell's row; an older one arriving late does not."""
-    table = FailedRun.__table__
-    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
-    key = ("benchmark_id", "model_id", "dataset_id")
-    return statement.on_conflict_do_update(
-        index_elements=[table.c[k] for k in key],
-        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
-        where=table.c.failed_at < statement.excluded.failed_at,
-    )
 
 
 def to_domain(row: Any) -> domain.Failure:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.aggregator import domain, failures, listings, policy, trust
 from services.aggregator.boards import Boards, Loaded
@@ -22,6 +19,7 @@ from services.aggregator.store import (
     ModelInfo,
     Participant,
     Result,
+    upsert_newer,
 )
 from shared.commands import GetLeaderboard, Outcome, SetSharingPolicy
 from shared.db import UnitOfWork, execute_prebuilt, insert_into
@@ -225,7 +223,8 @@ async def apply_results(
             accepted.append(event)
     if accepted:
         await uow.mark_handled(accepted)
-        await uow.session.execute(_upsert_result(uow.session.bind.dialect.name), [_row(e, tick) for e in accepted])
+        upsert = upsert_newer(Result.__table__, "reported_at", uow.session.bind.dialect.name)
+        await uow.session.execute(upsert, [_row(e, tick) for e in accepted])
     return refused
 
 
@@ -251,20 +250,6 @@ def _row(event: ResultReported, tick: int) -> dict[str, Any]:
         "reported_at": event.occurred_at,
         "revision": tick,
     }
-
-
-@functools.cache
-def _upsert_result(dialect: str) -> Any:
-    """INSERT .. ON CONFLICT DO UPDATE, built once: a newer result replaces the row, an older one
-    arriving late does not."""
-    table = Result.__table__
-    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
-    key = ("benchmark_id", "model_id", "dataset_id")
-    return statement.on_conflict_do_update(
-        index_elements=[table.c[k] for k in key],
-        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
-        where=table.c.reported_at < statement.excluded.reported_at,
-    )
 
 
 async def record_result(event: ResultReported, uow: UnitOfWork) -> None:

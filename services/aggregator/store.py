@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, MetaData, String
+from sqlalchemy import JSON, Index, Integer, MetaData, String, Table
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UtcDateTime, messaging_tables
@@ -142,3 +145,17 @@ class FailedRun(Base):
     event_id: Mapped[str] = mapped_column(String(36))
     failed_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revision: Mapped[int] = mapped_column(Integer)  # the clock's tick that wrote it
+
+
+@functools.cache
+def upsert_newer(table: Table, time_column: str, dialect: str) -> Any:
+    """INSERT .. ON CONFLICT DO UPDATE for one cell (benchmark, model, dataset), built once per
+    table and dialect: a newer row (by ``time_column``) replaces the cell's, an older one arriving
+    late does not."""
+    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+    key = ("benchmark_id", "model_id", "dataset_id")
+    return statement.on_conflict_do_update(
+        index_elements=[table.c[k] for k in key],
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
+        where=table.c[time_column] < statement.excluded[time_column],
+    )
