@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     )
     oidc_issuer: str | None = Field(default=None, description="accept JWTs from this OpenID Connect issuer")
     oidc_audience: str | None = None
+    oidc_client_id: str = Field(
+        default="medperf-web", max_length=200, description="the OAuth client the web app signs in as (device grant)"
+    )
     oidc_jwks_url: str | None = Field(default=None, description="default: <issuer>/.well-known/jwks.json")
     oidc_user_claim: str = Field(default="email", description="the JWT claim that names the user")
     oidc_verified_claim: str | None = Field(

@@ -195,6 +195,8 @@ def held_result(item: dict[str, Any]) -> dict[str, Any]:
         "what": "held_result",
         "id": item["job_id"],
         "benchmark_id": item["benchmark_id"],
+        "model_id": item.get("model_id"),
+        "dataset_id": item.get("dataset_id"),
         "site": item["site"],
         "summary": f"result of model {item.get('model_id')} on dataset {item.get('dataset_id')} at {item['site']} "
         f"is held for its data owner ({item.get('owner')})",

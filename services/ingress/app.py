@@ -18,10 +18,17 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from faststream.nats import NatsBroker
 
-from services.ingress import routes_approvals, routes_console, routes_entities, routes_provenance, routes_users
+from services.ingress import (
+    routes_app,
+    routes_approvals,
+    routes_console,
+    routes_entities,
+    routes_provenance,
+    routes_users,
+)
 from services.ingress.auth import Authenticator
 from services.ingress.edge import LimitedBodies, bounded_http
-from services.ingress.gateway import Gateway, Refused, explain
+from services.ingress.gateway import Gateway, Refused, explain, fields_in
 from services.ingress.idempotency import Idempotency, IdempotentPosts
 from services.ingress.permissions import RULES
 from shared.broker import create_broker
@@ -51,11 +58,12 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": explain(exc.errors())}, status_code=422)
+        errors = exc.errors()
+        return JSONResponse({"error": explain(errors), "fields": fields_in(errors)}, status_code=422)
 
     @app.get("/health", tags=["health"], summary="liveness; needs no token")
     async def health() -> dict[str, str]:
@@ -67,6 +75,7 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         routes_approvals.router,
         routes_provenance.router,
         routes_console.router,
+        routes_app.router,
     )
     for router in routers:
         # The routes themselves, not include_router: FastAPI 0.165 resolves an included router's

@@ -8,6 +8,7 @@ up in the API without anyone copying it here.
 
 from __future__ import annotations
 
+import re
 from copy import copy
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import annotated_types
 from fastapi import Request, Response
 from fastapi.security import HTTPBearer
 from faststream.nats import NatsBroker
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from services.ingress.auth import Authenticator, AuthUnavailable, Caller, TokenRefused
 from services.ingress.permissions import rule_for
@@ -40,13 +41,24 @@ INT32_MAX = MAX_ID
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.fields = status, message, fields
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **({"fields": self.fields} if self.fields else {})}
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where in the request: a dotted path, e.g. spec.tasks.infer")
+    message: str
 
 
 class ErrorBody(BaseModel):
     error: str
+    fields: list[FieldError] | None = Field(
+        default=None, description="for a 422: each invalid field and what is wrong with it (forms show it there)"
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -81,7 +93,7 @@ class Context:
         try:
             command = command_type.model_validate({**fields, "actor": self.who.name, "is_admin": self.who.is_admin})
         except ValidationError as exc:
-            raise Refused(422, explain(exc.errors())) from exc
+            raise Refused(422, explain(exc.errors()), fields_in(exc.errors())) from exc
         try:
             outcome = await self.gateway.send(command)
         except LimitExceeded as exc:
@@ -176,8 +188,24 @@ def created(outcome: Outcome) -> dict[str, Any]:
 
 
 def explain(errors: Any) -> str:
-    parts = []
+    return "; ".join(f"{item['field'] or 'body'}: {item['message']}" for item in _located(errors))
+
+
+def fields_in(errors: Any) -> list[dict[str, str]]:
+    """Each invalid field and its message, for a form to show beside the field. A rule over several
+    fields names none; its message often starts with the field it is about ("medperf: ..."), so
+    that field is given."""
+    found = []
+    for item in _located(errors):
+        if not item["field"] and (named := re.match(r"(?:Value error, )?([a-z_]+): ", item["message"])):
+            item["field"] = named.group(1)
+        found.append(item)
+    return found
+
+
+def _located(errors: Any) -> list[dict[str, str]]:
+    located = []
     for error in list(errors)[:10]:
-        location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
-        parts.append(f"{location}: {error.get('msg')}")
-    return "; ".join(parts)
+        location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",))
+        located.append({"field": location, "message": str(error.get("msg"))})
+    return located

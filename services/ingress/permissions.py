@@ -186,6 +186,11 @@ PERMISSIONS: tuple[Rule, ...] = (
         "admins revoke any token; the registry decides whether a holder may revoke their own, so the "
         "ingress does not pre-check (the cell's token belongs to someone else)",
     ),
+    Rule("GET", "/app", ANYONE, "the web app's page holds no data; it asks for a token and uses the API"),
+    Rule("GET", "/app/assets/{name}", ANYONE, "the web app's script and style: code, no data"),
+    Rule("GET", "/app/sign-in", ANYONE, "before signing in, the page asks how: the issuer's address is public"),
+    Rule("POST", "/app/sign-in/device", ANYONE, "signing in starts without a token; the issuer decides who gets one"),
+    Rule("POST", "/app/sign-in/token", ANYONE, "only the holder of the device code gets its token, from the issuer"),
     *(
         Rule("GET", "/console", ANYONE, "the web console's page holds no data; it asks for a token and uses the API"),
         Rule(

@@ -21,6 +21,7 @@ import httpx
 import nats
 import pytest
 import pytest_asyncio
+from oidc_issuer import AUDIENCE, Issuer
 from users import stack_with_users
 from workstations import Workstation
 
@@ -73,6 +74,7 @@ class World:
     serial: itertools.count = field(default_factory=lambda: itertools.count(1))
     nats_url: str = ""
     workstations: dict[str, Workstation] = field(default_factory=dict)
+    issuer: Issuer | None = None
 
     def as_role(self, role: Role) -> httpx.AsyncClient:
         return self.clients["anonymous" if role == "anonymous" else ACTING_USER[role]]
@@ -200,11 +202,16 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     root: Path = tmp_path_factory.mktemp("permissions")
     tokens = {user: f"t-{user}" for user in USERS}
-    with EmbeddedNats(root / "nats") as nats_url:
-        async with stack_with_users(root, nats_url, tokens) as (stack, clients):
-            world = World(clients, nats_url=stack.settings.nats_url or "")
-            await _populate(world)
-            yield world
+    issuer = Issuer()  # the web app's sign-in routes need an identity provider to succeed
+    try:
+        with EmbeddedNats(root / "nats") as nats_url:
+            options = {"oidc_issuer": issuer.url, "oidc_audience": AUDIENCE}
+            async with stack_with_users(root, nats_url, tokens, **options) as (stack, clients):
+                world = World(clients, nats_url=stack.settings.nats_url or "", issuer=issuer)
+                await _populate(world)
+                yield world
+    finally:
+        issuer.close()
 
 
 async def _populate(w: World) -> None:
@@ -387,6 +394,21 @@ async def _issue(w: World, role: Role) -> Request:
 
 
 BUILDERS[("GET", "/console")] = _fixed("/console")
+BUILDERS[("GET", "/app")] = _fixed("/app")
+BUILDERS[("GET", "/app/assets/{name}")] = _fixed("/app/assets/app.js")
+BUILDERS[("GET", "/app/sign-in")] = _fixed("/app/sign-in")
+BUILDERS[("POST", "/app/sign-in/device")] = _fixed("/app/sign-in/device")
+
+
+@builds("POST", "/app/sign-in/token")
+async def _device_token(w: World, role: Role) -> Request:
+    """A code someone started and approved at the issuer: its holder gets the token, whoever they are."""
+    assert w.issuer is not None
+    started = ok(await send(w.user("anonymous"), "POST", "/app/sign-in/device"))
+    w.issuer.approve(started["user_code"])
+    return "/app/sign-in/token", {"json": {"device_code": started["device_code"]}}
+
+
 # follow=false: the history (the last few events) and the end, so the cell's request completes.
 BUILDERS[("GET", "/console/events")] = _fixed("/console/events", params={"follow": "false", "last": 5})
 for _path in ("/console/pending", "/console/sites", "/console/jobs", "/console/dead-letters"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -15,16 +16,17 @@ from shared.settings import Settings
 
 @contextlib.asynccontextmanager
 async def stack_with_users(
-    state_dir: Path, nats_url: str, tokens: dict[str, str]
+    state_dir: Path, nats_url: str, tokens: dict[str, str], **options: Any
 ) -> AsyncIterator[tuple[Stack, dict[str, httpx.AsyncClient]]]:
     """``tokens`` maps each user to a bootstrap API token ("admin" is the admin); the clients add
-    "anonymous", who sends none."""
+    "anonymous", who sends none. ``options``: more settings."""
     settings = Settings(
         nats_url=nats_url,
         state_dir=state_dir,
         http_port=0,
         admins=["admin"],
         api_token_digests={token_digest(t): user for user, t in tokens.items()},
+        **options,
     )
     async with Stack(settings) as stack:
         assert stack.ingress is not None
