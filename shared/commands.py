@@ -259,6 +259,14 @@ class ListEntities(Command):
     offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
+class GetRelations(Command):
+    """What the caller owns: the ids of their benchmarks, models, datasets and containers, and the
+    sites they own (those of their datasets and keys, as for ``RegisterSiteKey``). The live feed
+    shows a non-admin the events about these. Answers ``data = {"benchmarks": [...], ...}``."""
+
+    SERVICE, NAME = "registry", "relations"
+
+
 # --- approvals commands -----------------------------------------------------------------------
 
 
