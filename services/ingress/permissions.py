@@ -157,6 +157,13 @@ PERMISSIONS: tuple[Rule, ...] = (
         "the committee decides what its benchmark shares, and releases embargoes",
     ),
     Rule(
+        "POST",
+        "/benchmarks/{benchmark_id}/sharing-policy/preview",
+        COMMITTEE,
+        "what each audience would see under a policy the committee considers (nothing is saved): the "
+        "whole board is in it, so the committee and admins only",
+    ),
+    Rule(
         "GET",
         "/benchmarks/{benchmark_id}/models/{model_id}/provenance",
         PARTIES,
