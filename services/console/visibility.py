@@ -43,6 +43,8 @@ REGISTRY_SUBJECTS = "medperf.registry."
 SITE_SUBJECTS = "medperf.site."
 #: Subjects that are not events of the four event streams, whatever reaches the feed.
 PRIVATE_SUBJECTS = ("medperf.heartbeat.", "medperf.deadletter.")
+#: Which of a viewer's relations holds each kind of entity.
+OWNED = {"benchmark": "benchmarks", "model": "models", "dataset": "datasets", "container": "containers"}
 #: The id fields that name an owned entity, whatever the event's type (job.progress included).
 ID_FIELDS: dict[str, str] = {"benchmark_id": "benchmark", "model_id": "model", "dataset_id": "dataset"}
 
@@ -72,13 +74,8 @@ class Relations:
         )
 
     def owns(self, kind: str, ident: Any) -> bool:
-        owned: frozenset[Any] = {
-            "benchmark": self.benchmarks,
-            "model": self.models,
-            "dataset": self.datasets,
-            "container": self.containers,
-        }.get(kind, frozenset())
-        return isinstance(ident, int) and not isinstance(ident, bool) and ident in owned
+        field = OWNED.get(kind)
+        return field is not None and type(ident) is int and ident in getattr(self, field)
 
     def learn(self, entry: dict[str, Any]) -> Relations:
         """These relations with what the feed ``entry`` creates for the viewer (an entity they
@@ -95,8 +92,7 @@ class Relations:
         kind_field = ENTITY_EVENTS.get(str(event.get("type")))
         found = self
         if kind_field is not None and isinstance(ident := event.get(kind_field[1]), int):
-            field = {"container": "containers", "model": "models", "benchmark": "benchmarks", "dataset": "datasets"}
-            name = field[kind_field[0]]
+            name = OWNED[kind_field[0]]
             found = replace(found, **{name: getattr(found, name) | {ident}})
         if event.get("type") in ("dataset.registered", "site_key.registered") and isinstance(event.get("site"), str):
             found = replace(found, sites=found.sites | {event["site"]})
