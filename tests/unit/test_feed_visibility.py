@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from services.console.visibility import Relations, visible
+from services.ingress.feed import Reader
 from shared import events as ev
 from shared.containers import HostedFile
 from shared.events import (
@@ -373,3 +374,23 @@ def test_relations_from_the_registrys_answer() -> None:
         "alice", False, frozenset({1}), frozenset({5}), frozenset({10}), frozenset({3}), frozenset({"site-a"})
     )
     assert not relations.owns("model", True) and not relations.owns("model", "5") and relations.owns("model", 5)
+
+
+async def test_a_reader_asks_the_registry_again_once_its_relations_are_old() -> None:
+    asked: list[int] = []
+    later = Relations("alice", sites=frozenset({"site-a"}))
+
+    async def fetch() -> Relations:
+        asked.append(1)
+        if len(asked) == 2:
+            raise TimeoutError("the registry is busy")
+        return later
+
+    fresh = Reader(Relations("alice"), fetch)
+    item = entry(job(ev.JobQueued, actor="agent"))
+    assert await fresh.admit(item) is None and asked == []  # just read: not asked again
+    old = Reader(Relations("alice"), fetch, fetched_at=0.0)  # read long ago
+    assert await old.admit(item) is item and asked == [1]
+    old.fetched_at = 0.0
+    assert await old.admit(item) is item and old.relations is later  # a failed refresh keeps what it knew
+    assert await Reader(ADMIN).admit(item) is item
