@@ -18,7 +18,7 @@ def add_commands(commands: Any) -> None:
     console = commands.add_parser("console", help="the admin event console: events, pending decisions, sites")
     sub = console.add_subparsers(dest="console_command", required=True)
 
-    events = sub.add_parser("events", help="tail the live event stream (admins)")
+    events = sub.add_parser("events", help="tail the live event stream (admins: all; others: what they own)")
     events.add_argument("--benchmark", type=int, help="only events about this benchmark")
     events.add_argument("--site", help="only events from or about this site")
     events.add_argument("--entity", help="only events about KIND:ID, e.g. model:7, dataset:3, job:12, user:alice")

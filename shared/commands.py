@@ -36,6 +36,9 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_LEADERBOARD_ROWS = 100
 #: A screenful: a row of a board shows every site's value, ~6 kB of JSON at two hundred sites.
 DEFAULT_LEADERBOARD_ROWS = 25
+#: A policy preview answers four boards at once: 4 x 25 rows by two hundred sites is ~600 kB.
+MAX_PREVIEW_ROWS = 25
+DEFAULT_PREVIEW_ROWS = 10
 
 #: ``unavailable``: retrying can succeed (a service or the database is busy or restarting);
 #: ``internal``: a fault of the service's own, which a retry would only repeat (its log says more);
@@ -259,6 +262,14 @@ class ListEntities(Command):
     offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
+class GetRelations(Command):
+    """What the caller owns: the ids of their benchmarks, models, datasets and containers, and the
+    sites they own (those of their datasets and keys, as for ``RegisterSiteKey``). The live feed
+    shows a non-admin the events about these. Answers ``data = {"benchmarks": [...], ...}``."""
+
+    SERVICE, NAME = "registry", "relations"
+
+
 # --- approvals commands -----------------------------------------------------------------------
 
 
@@ -357,6 +368,18 @@ class SetSharingPolicy(Command):
     SERVICE, NAME = "aggregator", "sharing_policy"
     benchmark_id: Id
     policy: SharingPolicy
+
+
+class PreviewSharingPolicy(Command):
+    """The committee (or an admin) sees what each audience would see of its board under ``policy``,
+    side by side, before setting it; nothing is saved (``services.aggregator.preview``)."""
+
+    SERVICE, NAME = "aggregator", "preview_sharing_policy"
+    benchmark_id: Id
+    policy: SharingPolicy
+    # Four boards in one answer: a page of each, smaller than a leaderboard's to fit NATS's 1 MB.
+    limit: int = Field(default=DEFAULT_PREVIEW_ROWS, ge=1, le=MAX_PREVIEW_ROWS)
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
 
 
 # --- console queries and commands ---------------------------------------------------------------

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
-from services.aggregator import failures, handlers, provenance, trust
+from services.aggregator import failures, handlers, preview, provenance, trust
 from services.aggregator.boards import Boards
 from services.aggregator.store import TABLES, Base
-from shared.commands import GetLeaderboard, GetProvenance, Outcome, SetSharingPolicy
+from shared.commands import GetLeaderboard, GetProvenance, Outcome, PreviewSharingPolicy, SetSharingPolicy
 from shared.events import JobFailed, ResultReported, SharingPolicyChanged
 from shared.messaging import consume
 from shared.service import PROJECTION_BATCH, PROJECTION_LINGER, ServiceHost
@@ -58,6 +58,10 @@ def create_service(settings: Settings) -> ServiceHost:
     @host.answers(SetSharingPolicy)
     async def sharing_policy(cmd: SetSharingPolicy) -> Outcome:
         return await handlers.set_sharing_policy(cmd, host.uow())
+
+    @host.answers(PreviewSharingPolicy)
+    async def preview_sharing_policy(query: PreviewSharingPolicy) -> Outcome:
+        return await preview.preview_sharing_policy(query, host.uow(), boards)
 
     host.include(router, publishes=(SharingPolicyChanged,))
     return host

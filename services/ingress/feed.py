@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -16,9 +17,13 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.console.domain import EventFilter
+from services.console.visibility import Relations, visible
 from shared.streams import FEED
 
 KEEPALIVE_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing an idle feed
+#: A reader's relations are asked of the registry again when older than this, at the next event:
+#: what they came to own elsewhere (an association, a key) shows within seconds, without reconnecting.
+REFRESH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,26 @@ def sse(data: dict[str, Any], id: int | None = None, event: str | None = None) -
     return "\n".join(lines) + "\n\n"
 
 
+@dataclass
+class Reader:
+    """Who reads a feed, and what they own; ``fetch`` asks the registry again (None: never)."""
+
+    relations: Relations
+    fetch: Callable[[], Awaitable[Relations]] | None = None
+    fetched_at: float = field(default_factory=time.monotonic)
+
+    async def admit(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """``item`` as this reader may see it, or None."""
+        if self.relations.is_admin:
+            return item
+        if self.fetch is not None and time.monotonic() - self.fetched_at > REFRESH_SECONDS:
+            self.fetched_at = time.monotonic()
+            with contextlib.suppress(Exception):  # the registry is busy: keep what is known, ask later
+                self.relations = await self.fetch()
+        self.relations = self.relations.learn(item)
+        return visible(item, self.relations)
+
+
 def entry(msg: Msg) -> dict[str, Any]:
     """One feed message as the console shows it: its place in the feed, its subject, the event."""
     try:
@@ -50,9 +75,12 @@ def entry(msg: Msg) -> dict[str, Any]:
     return {"seq": meta.sequence.stream, "subject": msg.subject, "stored_at": meta.timestamp, "event": event}
 
 
-async def open_tail(nc: NatsClient, start: Start, keep: EventFilter, follow: bool) -> AsyncIterator[str]:
-    """SSE text: the matching history from ``start``, a ``live`` marker, then (``follow``) new events
-    as they arrive; without ``follow`` it ends after the history, like ``tail`` without ``-f``.
+async def open_tail(
+    nc: NatsClient, start: Start, keep: EventFilter, follow: bool, reader: Reader
+) -> AsyncIterator[str]:
+    """SSE text: the matching history from ``start`` that ``reader`` may see, a ``live`` marker,
+    then (``follow``) new events as they arrive; without ``follow`` it ends after the history, like
+    ``tail`` without ``-f``.
     The consumer is created here, before any byte is sent, so a refusal can still be an HTTP error."""
     js = nc.jetstream()
     info = await js.stream_info(FEED.name)
@@ -81,11 +109,11 @@ async def open_tail(nc: NatsClient, start: Start, keep: EventFilter, follow: boo
     except BaseException:
         await sub.unsubscribe()
         raise
-    return _stream(sub, queue, keep, follow, last_seq if history_left else None)
+    return _stream(sub, queue, keep, follow, reader, last_seq if history_left else None)
 
 
 async def _stream(
-    sub: Any, queue: asyncio.Queue[Msg], keep: EventFilter, follow: bool, history_until: int | None
+    sub: Any, queue: asyncio.Queue[Msg], keep: EventFilter, follow: bool, reader: Reader, history_until: int | None
 ) -> AsyncIterator[str]:
     last_seq = history_until or 0
     try:
@@ -96,8 +124,8 @@ async def _stream(
                 break
             item = entry(msg)
             last_seq = item["seq"]
-            if keep.matches(item["event"]):
-                yield sse(item, id=item["seq"])
+            if (shown := await reader.admit(item)) is not None and keep.matches(shown["event"]):
+                yield sse(shown, id=shown["seq"])
             if item["seq"] >= history_until:
                 break
         yield sse({"seq": last_seq}, event="live")
@@ -108,8 +136,8 @@ async def _stream(
                 yield ": keep-alive\n\n"
                 continue
             item = entry(msg)
-            if keep.matches(item["event"]):
-                yield sse(item, id=item["seq"])
+            if (shown := await reader.admit(item)) is not None and keep.matches(shown["event"]):
+                yield sse(shown, id=shown["seq"])
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

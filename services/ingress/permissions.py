@@ -157,6 +157,13 @@ PERMISSIONS: tuple[Rule, ...] = (
         "the committee decides what its benchmark shares, and releases embargoes",
     ),
     Rule(
+        "POST",
+        "/benchmarks/{benchmark_id}/sharing-policy/preview",
+        COMMITTEE,
+        "what each audience would see under a policy the committee considers (nothing is saved): the "
+        "whole board is in it, so the committee and admins only",
+    ),
+    Rule(
         "GET",
         "/benchmarks/{benchmark_id}/models/{model_id}/provenance",
         PARTIES,
@@ -196,9 +203,10 @@ PERMISSIONS: tuple[Rule, ...] = (
         Rule(
             "GET",
             "/console/events",
-            ADMIN,
-            "the whole event stream names every user, entity and site: admins only",
-            admin_only=True,
+            AUTHENTICATED,
+            "admins read every event; anyone else only the events about what they own (benchmarks, models, "
+            "datasets, sites, their own actions), with log tails only from their own sites; filtered by the "
+            "ingress (services/console/visibility.py), so a user owning nothing gets an empty feed",
         ),
         Rule(
             "GET",

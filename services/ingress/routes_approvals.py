@@ -24,13 +24,16 @@ from services.ingress.gateway import (
 )
 from shared.commands import (
     DEFAULT_LEADERBOARD_ROWS,
+    DEFAULT_PREVIEW_ROWS,
     MAX_ID,
     MAX_LEADERBOARD_ROWS,
+    MAX_PREVIEW_ROWS,
     DecideAssociation,
     DecideBenchmark,
     GetEntity,
     GetLeaderboard,
     ListAssociations,
+    PreviewSharingPolicy,
     RequestAssociation,
     SetAutoApproval,
     SetPriority,
@@ -202,6 +205,42 @@ async def sharing_policy(
     ctx: Context = Depends(authorized),
 ) -> Any:
     return (await ctx.ask(SetSharingPolicy, benchmark_id=benchmark_id, policy=body)).data
+
+
+PREVIEW = """What each audience would see of the benchmark's board if the committee set this policy, side
+by side; nothing is saved (``PUT /benchmarks/{benchmark_id}/sharing-policy`` sets it). The committee and
+admins only; a benchmark the caller may not see is a 404.
+
+The answer: ``benchmark_id``, ``benchmark`` (its name), ``policy`` (the one previewed, defaults filled in),
+``current_policy`` (the one in force), and one view per audience, each shaped as
+``GET /benchmarks/{benchmark_id}/leaderboard`` would answer that audience (``scope``, ``rows``, ``datasets``,
+``yours``, ``held`` ...; a page of ``limit`` rows from ``offset``), or ``{"refused": "<why>"}`` where the
+policy does not share with it:
+
+- ``public``: a signed-in user related to nothing on the board;
+- ``participant``: an owner of an approved model or dataset whose own results are not on the board;
+- ``model_owner``: the owner of one model on the board (the first other than the reference model and the
+  committee's own), named in ``model_owner_is`` (``{"user", "model_id", "model"}``, null when there is none);
+- ``committee``: the whole board."""
+
+
+@router.post(
+    "/benchmarks/{benchmark_id}/sharing-policy/preview",
+    tags=["results"],
+    summary="what each audience would see under a sharing policy, side by side (committee or admin; not saved)",
+    description=PREVIEW,
+)
+async def preview_sharing_policy(
+    benchmark_id: BenchmarkId,
+    body: SharingPolicy,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PREVIEW_ROWS, description="rows per audience's board")
+    ] = DEFAULT_PREVIEW_ROWS,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip, in rank order")] = 0,
+    ctx: Context = Depends(authorized),
+) -> Any:
+    outcome = await ctx.ask(PreviewSharingPolicy, benchmark_id=benchmark_id, policy=body, limit=limit, offset=offset)
+    return Response(pydantic_core.to_json(outcome.data), media_type="application/json")
 
 
 def leaderboard_csv(board: dict) -> str:

@@ -14,10 +14,12 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BadRequestError
 
 from services.console import domain
-from services.ingress.feed import Start, open_tail
+from services.console.visibility import Relations
+from services.ingress.feed import Reader, Start, open_tail
 from services.ingress.gateway import ERRORS, INT32_MAX, Context, Refused, authorized, fields_of, query_of
 from shared.commands import (
     DiscardDeadLetter,
+    GetRelations,
     ListAssociations,
     ListDeadLetters,
     ListEntities,
@@ -44,7 +46,16 @@ async def page(ctx: Context = Depends(authorized)) -> HTMLResponse:
 @router.get(
     "/console/events",
     response_class=StreamingResponse,
-    summary="the live event stream as server-sent events, filtered, from a point in history (admins only)",
+    summary="the live event stream as server-sent events, filtered, from a point in history",
+    description="Server-sent events (``text/event-stream``). Each event's ``data`` is "
+    '``{"seq": N, "subject": "...", "stored_at": "...", "event": {...}}``, its ``id`` the feed sequence '
+    "(an EventSource reconnecting with ``Last-Event-ID`` resumes after it); after the history comes an "
+    '``event: live`` with ``{"seq": N}``, then new events as they happen (``follow=false``: the end). '
+    "Admins receive every event. Everyone else receives only the events about what they own: a "
+    "benchmark, model, dataset or site of theirs, or their own actions; registrations and edits of "
+    "their own entities only; never another's user or token events, dead letters or heartbeats. A "
+    '``log_tail`` is sent only to the owners of the site it came from: for others it is ``""`` and '
+    "``log_tail_withheld`` is true. What a reader owns is re-read while the feed is open.",
 )
 async def events(
     request: Request,
@@ -67,8 +78,16 @@ async def events(
         raise Refused(422, "give at most one of since_seq, since_time and last")
     if since_seq is None and since_time is None and last is None and last_event_id is not None:
         since_seq = last_event_id + 1  # a reconnecting EventSource resumes after what it saw
+    reader = Reader(Relations(ctx.who.name, is_admin=True))
+    if not ctx.who.is_admin:
+
+        async def fetch() -> Relations:
+            return Relations.of(ctx.who.name, (await ctx.ask(GetRelations)).data)
+
+        reader = Reader(await fetch(), fetch)
     try:
-        stream = await open_tail(ctx.gateway.broker.connection, Start(since_seq, since_time, last), keep, follow)
+        start = Start(since_seq, since_time, last)
+        stream = await open_tail(ctx.gateway.broker.connection, start, keep, follow, reader)
     except BadRequestError as exc:  # JetStream refused the starting point
         raise Refused(422, f"cannot start the feed there: {exc.description}") from exc
     except NatsError as exc:

@@ -12,6 +12,7 @@ from shared.commands import (
     DeleteEntity,
     EditEntity,
     GetEntity,
+    GetRelations,
     IssueToken,
     ListEntities,
     ListSiteKeys,
@@ -99,6 +100,10 @@ def create_service(settings: Settings) -> ServiceHost:
     @host.answers(ListSiteKeys)
     async def list_site_keys(query: ListSiteKeys) -> Outcome:
         return await handlers_keys.list_site_keys(query, host.uow())
+
+    @host.answers(GetRelations)
+    async def get_relations(query: GetRelations) -> Outcome:
+        return await handlers_keys.get_relations(query, host.uow())
 
     @host.answers(GetEntity)
     async def get_entity(query: GetEntity) -> Outcome:

@@ -1,14 +1,17 @@
 """Registry handlers for sites' signing keys: the registry owns sites' identity (their datasets and
 their keys), so it is where a site's public key is registered and revoked. The aggregator learns
-both from the events and verifies every result against them."""
+both from the events and verifies every result against them. What a user owns, sites included,
+is answered here too (``get_relations``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import select
 
 from services.registry import domain
-from services.registry.store import Dataset, SiteKey
-from shared.commands import ListSiteKeys, Outcome, RegisterSiteKey, RevokeSiteKey
+from services.registry.store import Benchmark, Container, Dataset, Model, SiteKey
+from shared.commands import GetRelations, ListSiteKeys, Outcome, RegisterSiteKey, RevokeSiteKey
 from shared.db import UnitOfWork
 from shared.events import SiteKeyRegistered, SiteKeyRevoked, utcnow
 from shared.signing import BadKey, key_id_of
@@ -93,3 +96,17 @@ def _view(row: SiteKey) -> dict:
         "effective_from": iso(row.effective_from),
         "reason": row.reason,
     }
+
+
+async def get_relations(query: GetRelations, uow: UnitOfWork) -> Outcome:
+    """What the caller owns, for the live feed to show them the events about it. A site is theirs
+    as for its keys (``_site_owners``): they own one of its datasets or keys."""
+    owned: dict[str, Any] = {}
+    async with uow:
+        s = uow.session
+        tables = (("benchmarks", Benchmark), ("models", Model), ("datasets", Dataset), ("containers", Container))
+        for name, table in tables:
+            owned[name] = list(await s.scalars(select(table.id).where(table.owner == query.actor).order_by(table.id)))
+        sites = set(await s.scalars(select(Dataset.site).where(Dataset.owner == query.actor).distinct()))
+        sites |= set(await s.scalars(select(SiteKey.site).where(SiteKey.owner == query.actor).distinct()))
+    return Outcome.accepted(data={**owned, "sites": sorted(sites)})

@@ -56,6 +56,7 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/benchmarks/{benchmark_id}/auto-approval/{kind}"): {"json": {"mode": "NEVER"}},
     ("PUT", "/benchmarks/{benchmark_id}/models/{model_id}/priority"): {"json": {"priority": 1}},
     ("PUT", "/benchmarks/{benchmark_id}/sharing-policy"): {"json": {"visibility": "public"}},
+    ("POST", "/benchmarks/{benchmark_id}/sharing-policy/preview"): {"json": {"visibility": "public"}},
     ("POST", "/users/{name}/tokens"): {"json": {"label": "probe"}},
 }
 

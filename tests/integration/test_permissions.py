@@ -335,6 +335,9 @@ BUILDERS[("PUT", f"{BENCH}/auto-approval/{{kind}}")] = _fixed(
 BUILDERS[("PUT", f"{BENCH}/sharing-policy")] = _fixed(
     lambda w: f"/benchmarks/{w.ids['benchmark']}/sharing-policy", json={"visibility": "participants"}
 )
+BUILDERS[("POST", f"{BENCH}/sharing-policy/preview")] = _fixed(
+    lambda w: f"/benchmarks/{w.ids['benchmark']}/sharing-policy/preview", json={"visibility": "public"}
+)
 
 
 @builds("PUT", f"{BENCH}/models/{{model_id}}/priority")

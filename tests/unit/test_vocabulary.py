@@ -577,6 +577,8 @@ COMMAND_SUBJECTS = {
     commands.RegisterSiteKey: "medperf.cmd.registry.register_site_key",
     commands.RevokeSiteKey: "medperf.cmd.registry.revoke_site_key",
     commands.ListSiteKeys: "medperf.cmd.registry.site_keys",
+    commands.GetRelations: "medperf.cmd.registry.relations",
+    commands.PreviewSharingPolicy: "medperf.cmd.aggregator.preview_sharing_policy",
     commands.GetProvenance: "medperf.cmd.aggregator.provenance",
     commands.SetAutoApproval: "medperf.cmd.approvals.set_auto_approval",
     commands.SetPriority: "medperf.cmd.approvals.set_priority",
