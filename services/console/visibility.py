@@ -11,10 +11,14 @@ Admins see every entry. Anyone else sees an event only if it concerns what they 
   an ``owner`` or ``actor`` that is them;
 - never heartbeats, dead letters, or anything unreadable (it could be any of these).
 
-A ``log_tail`` (it may quote patient data) reaches only the owners of the site it came from: for
-anyone else it is replaced by ``""`` and ``log_tail_withheld: true``. A site's owners are the owners
-of its datasets and of its keys, as the registry decides for ``/sites/{site}/keys``; a job event's
-actor is the site agent's owner.
+A ``log_tail`` (it may quote patient data) reaches only the owner of the site it came from: for
+anyone else it is replaced by ``""`` and ``log_tail_withheld: true``; a tail its data owner released
+(``job.log_released``) is shown to everyone who sees the job, as ``/console/jobs`` shows it. The
+owner of a site's own events is their actor, the owner the site's agent runs for (its credentials let
+it publish only under its own subject), not whoever registered a dataset naming that site: anyone may
+register one, so that would let a stranger read a hospital's jobs. Events about a site from
+elsewhere (a key registered for it) count the site's dataset and key owners, as the registry decides
+for ``/sites/{site}/keys``.
 
 Relations change while a feed is open: ``learn`` adds what an event passing by creates for the
 viewer (their new dataset, and so its site), so the jobs of a dataset registered a moment ago are
@@ -111,17 +115,20 @@ def visible(entry: dict[str, Any], viewer: Relations) -> dict[str, Any] | None:
     kind = event.get("type")
     if not isinstance(kind, str) or kind == "unreadable":
         return None
-    site = _site_of(subject, event)
-    if not concerns(event, viewer, site):
+    if subject.startswith(SITE_SUBJECTS):
+        own_site = event.get("actor") == viewer.user
+    else:
+        own_site = isinstance(event.get("site"), str) and event["site"] in viewer.sites
+    if not concerns(event, viewer, own_site):
         return None
-    if event.get("log_tail") and not (site in viewer.sites or event.get("actor") == viewer.user):
+    if event.get("log_tail") and kind != "job.log_released" and not own_site:
         return {**entry, "event": {**event, "log_tail": "", "log_tail_withheld": True}}
     return entry
 
 
-def concerns(event: dict[str, Any], viewer: Relations, site: str | None = None) -> bool:
-    """Does ``event`` (a readable event with a type) concern something ``viewer`` owns? ``site``:
-    the site it came from or is about (``_site_of``)."""
+def concerns(event: dict[str, Any], viewer: Relations, own_site: bool = False) -> bool:
+    """Does ``event`` (a readable event with a type) concern something ``viewer`` owns? ``own_site``:
+    it came from, or is about, a site of theirs (see ``visible``)."""
     kind = str(event["type"])
     if kind.startswith(PERSONAL_PREFIXES):
         return event.get("user") == viewer.user
@@ -136,13 +143,4 @@ def concerns(event: dict[str, Any], viewer: Relations, site: str | None = None) 
         return True
     if viewer.owns(str(event.get("kind")), event.get("component_id")):  # an association's component
         return True
-    return site is not None and site in viewer.sites
-
-
-def _site_of(subject: str, event: dict[str, Any]) -> str | None:
-    """The site of a site's own event is its subject's (its credentials allow it no other); any
-    other event's is the site its body names (a key registered for a site), if any."""
-    if subject.startswith(SITE_SUBJECTS):
-        return subject.split(".")[2] if subject.count(".") >= 3 else None
-    site = event.get("site")
-    return site if isinstance(site, str) else None
+    return own_site

@@ -318,9 +318,7 @@ def test_who_receives_each_event(name: str, item: dict[str, Any], receivers: set
     assert visible(item, ADMIN) is item  # the admin's entry, untouched
 
 
-@pytest.mark.parametrize(
-    "item", [entry(job(ev.JobFailed)), entry(job(ev.JobLogReleased)), progress(log_tail="case 3 of patient 4711")]
-)
+@pytest.mark.parametrize("item", [entry(job(ev.JobFailed)), progress(log_tail="case 3 of patient 4711")])
 def test_log_tails_reach_only_the_owners_of_their_site(item: dict[str, Any]) -> None:
     tail = item["event"]["log_tail"]
     assert visible(item, VIEWERS["alice"]) is item  # the site's owner: as it is
@@ -332,6 +330,23 @@ def test_log_tails_reach_only_the_owners_of_their_site(item: dict[str, Any]) -> 
             k: v for k, v in item["event"].items() if k != "log_tail"
         }
     assert item["event"]["log_tail"] == tail, "the entry itself is not changed"
+
+
+def test_a_released_tail_reaches_everyone_who_sees_the_job() -> None:
+    """The data owner let it leave the site (``medperf job release-log``): /console/jobs shows it to
+    the model owner and the committee, and so does the feed."""
+    released = entry(job(ev.JobLogReleased))
+    for viewer in ("alice", "mo", "com"):
+        assert visible(released, VIEWERS[viewer]) is released
+    assert visible(released, VIEWERS["bob"]) is None
+
+
+def test_naming_a_site_in_a_dataset_does_not_make_it_yours() -> None:
+    """Anyone may register a dataset that names site-a; site-a's events are its agent owner's."""
+    squatter = Relations("mallory", datasets=frozenset({99}), sites=frozenset({"site-a"}))
+    failed = entry(job(ev.JobFailed, dataset_id=11, model_id=8, benchmark_id=3))
+    assert visible(failed, squatter) is None
+    assert visible(failed, Relations("alice"))["event"]["log_tail"] == "patient 4711: boom"  # type: ignore[index]
 
 
 def test_an_empty_tail_is_not_flagged_and_the_agent_owner_keeps_its_tail() -> None:
@@ -378,7 +393,7 @@ def test_relations_from_the_registrys_answer() -> None:
 
 async def test_a_reader_asks_the_registry_again_once_its_relations_are_old() -> None:
     asked: list[int] = []
-    later = Relations("alice", sites=frozenset({"site-a"}))
+    later = Relations("alice", datasets=frozenset({10}))
 
     async def fetch() -> Relations:
         asked.append(1)
@@ -387,7 +402,7 @@ async def test_a_reader_asks_the_registry_again_once_its_relations_are_old() -> 
         return later
 
     fresh = Reader(Relations("alice"), fetch)
-    item = entry(job(ev.JobQueued, actor="agent"))
+    item = entry(job(ev.JobQueued, "site-b"))  # concerns alice only through dataset 10, learnt later
     assert await fresh.admit(item) is None and asked == []  # just read: not asked again
     old = Reader(Relations("alice"), fetch, fetched_at=0.0)  # read long ago
     assert await old.admit(item) is item and asked == [1]

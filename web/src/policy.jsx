@@ -99,12 +99,17 @@ export function PolicyEditor({ id }) {
       {preview && (
         <div class="audiences" data-testid="policy-preview">
           {AUDIENCES.map(([key, label]) => (
-            <Audience label={key === "model_owner" && preview.model_owner_name ? `${label} (${preview.model_owner_name})` : label} view={preview[key]} testid={`preview-${key}`} />
+            <Audience label={audience(key, label, preview)} view={preview[key]} testid={`preview-${key}`} />
           ))}
         </div>
       )}
     </Section>
   );
+}
+
+function audience(key, label, preview) {
+  const owner = preview.model_owner_is;
+  return key === "model_owner" && owner ? `${label}: ${owner.user}, owner of ${owner.model}` : label;
 }
 
 function Audience({ label, view, testid }) {
