@@ -226,10 +226,16 @@ async def test_a_dataset_registered_while_the_feed_is_open_brings_its_sites_jobs
         new = await w.post("newcomer", "/datasets", dataset("n", "newsite", w.ids["prep"]))
         first = await asyncio.wait_for(next_data(), timeout=10)
         assert first["event"]["type"] == "dataset.registered" and first["event"]["dataset_id"] == new["id"]
-        # A preparation names no model or dataset: only the site, just learnt, makes it the newcomer's.
-        prepare = JobQueued(
-            actor="site-agent", site="newsite", job_id=1, kind="prepare", benchmark_id=w.ids["benchmark"], reason="y"
+        # A job on the dataset just registered: only the dataset, just learnt, makes it the newcomer's
+        # (naming a site in a dataset does not: anyone may, so a site's events are its agent owner's).
+        run = JobQueued(
+            actor="site-agent",
+            site="newsite",
+            job_id=1,
+            benchmark_id=w.ids["benchmark"],
+            dataset_id=new["id"],
+            reason="y",
         )
-        await w.publish(prepare)
+        await w.publish(run)
         arrived = await asyncio.wait_for(next_data(), timeout=10)
         assert (arrived["event"]["site"], arrived["event"]["job_id"]) == ("newsite", 1), arrived

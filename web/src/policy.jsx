@@ -14,43 +14,45 @@ const AUDIENCES = [
   ["committee", "The committee"],
 ];
 
-function policyOf(form) {
-  const data = new FormData(form);
-  const embargo = String(data.get("embargo_until") || "");
+function policyOf(draft) {
   return {
-    visibility: data.get("visibility"),
-    granularity: data.get("granularity"),
-    ranking: data.get("ranking"),
-    min_sites: Number(data.get("min_sites") || 1),
-    min_cases: Number(data.get("min_cases") || 0),
-    released: data.get("released") === "on",
-    embargo_until: embargo ? new Date(embargo).toISOString() : null,
+    visibility: draft.visibility,
+    granularity: draft.granularity,
+    ranking: draft.ranking,
+    min_sites: Number(draft.min_sites || 1),
+    min_cases: Number(draft.min_cases || 0),
+    released: Boolean(draft.released),
+    embargo_until: draft.embargo_until ? new Date(draft.embargo_until).toISOString() : null,
   };
 }
 
 export function PolicyEditor({ id }) {
   const { refresh } = useLive();
   const { data: board } = useApi(`/benchmarks/${id}/leaderboard?limit=1`);
-  const [policy, setPolicy] = useState(null);
+  const [draft, setDraft] = useState(null);
   const [preview, setPreview] = useState(null);
   const [state, setState] = useState({});
   useEffect(() => {
-    if (board && board.policy && !policy) setPolicy(board.policy);
+    if (board && board.policy && !draft) setDraft({ ...board.policy, embargo_until: "" });
   }, [board]);
-  if (!policy) return null;
-  const look = async (event) => {
-    const form = event.target.form || event.target;
+  if (!draft) return null;
+  const look = async (policy = draft) => {
     setState({});
     try {
-      setPreview(await api("POST", `/benchmarks/${id}/sharing-policy/preview`, policyOf(form)));
+      setPreview(await api("POST", `/benchmarks/${id}/sharing-policy/preview?limit=10`, policyOf(policy)));
     } catch (error) {
       setState({ error });
     }
   };
+  const change = (name) => (event) => {
+    const next = { ...draft, [name]: event.target.type === "checkbox" ? event.target.checked : event.target.value };
+    setDraft(next);
+    look(next);
+  };
   const save = async (event) => {
     event.preventDefault();
     try {
-      await api("PUT", `/benchmarks/${id}/sharing-policy`, policyOf(event.target));
+      await api("PUT", `/benchmarks/${id}/sharing-policy`, policyOf(draft));
       setState({ saved: true });
       refresh();
     } catch (error) {
@@ -60,35 +62,36 @@ export function PolicyEditor({ id }) {
   const field = (name) => (state.error && state.error.fields[name] ? state.error.fields[name] : null);
   return (
     <Section title="Sharing policy" id="policy">
-      <form class="grid-form" onSubmit={save} onChange={look}>
+      <form class="grid-form" onSubmit={save}>
         <label for="visibility">Who sees the board</label>
-        <select id="visibility" name="visibility" value={policy.visibility}>
+        <select id="visibility" value={draft.visibility} onChange={change("visibility")}>
           <option value="committee">the committee only</option>
           <option value="participants">owners of its approved models and datasets</option>
           <option value="public">any signed-in user</option>
         </select>
         <label for="granularity">How much</label>
-        <select id="granularity" name="granularity" value={policy.granularity}>
+        <select id="granularity" value={draft.granularity} onChange={change("granularity")}>
           <option value="aggregate">one number per model</option>
           <option value="sites">per site, sites unnamed</option>
           <option value="matrix">every model x dataset, named</option>
         </select>
         <label for="ranking">Ranking</label>
-        <select id="ranking" name="ranking" value={policy.ranking}>
+        <select id="ranking" value={draft.ranking} onChange={change("ranking")}>
           <option value="primary">by the primary metric</option>
           <option value="mean_rank">by mean rank across sites</option>
         </select>
         <label for="min_sites">Show a model from this many sites</label>
-        <input id="min_sites" name="min_sites" type="number" min="1" value={policy.min_sites} aria-describedby="min_sites-error" />
-        <span id="min_sites-error" class="error">{field("min_sites")}</span>
+        <input id="min_sites" type="number" min="1" value={draft.min_sites} onChange={change("min_sites")} />
+        <span class="error">{field("min_sites")}</span>
         <label for="min_cases">Leave out datasets with fewer cases than</label>
-        <input id="min_cases" name="min_cases" type="number" min="0" value={policy.min_cases} />
+        <input id="min_cases" type="number" min="0" value={draft.min_cases} onChange={change("min_cases")} />
+        <span class="error">{field("min_cases")}</span>
         <label for="released">Released (unchecked: held by the committee)</label>
-        <input id="released" name="released" type="checkbox" checked={policy.released} />
+        <input id="released" type="checkbox" checked={draft.released} onChange={change("released")} />
         <label for="embargo_until">Held until (optional)</label>
-        <input id="embargo_until" name="embargo_until" type="datetime-local" />
+        <input id="embargo_until" type="datetime-local" value={draft.embargo_until} onChange={change("embargo_until")} />
         <div class="buttons">
-          <button type="button" onClick={look}>
+          <button type="button" onClick={() => look()}>
             Preview
           </button>
           <button type="submit">Save policy</button>
