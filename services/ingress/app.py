@@ -18,7 +18,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from faststream.nats import NatsBroker
 
-from services.ingress import routes_approvals, routes_console, routes_entities, routes_provenance, routes_users
+from services.ingress import (
+    routes_approvals,
+    routes_consent,
+    routes_console,
+    routes_entities,
+    routes_provenance,
+    routes_users,
+)
 from services.ingress.auth import Authenticator
 from services.ingress.edge import LimitedBodies, bounded_http
 from services.ingress.gateway import Gateway, Refused, explain
@@ -66,6 +73,7 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         routes_entities.router,
         routes_approvals.router,
         routes_provenance.router,
+        routes_consent.router,
         routes_console.router,
     )
     for router in routers:

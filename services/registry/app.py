@@ -8,6 +8,7 @@ from services.registry import handlers, handlers_edit, handlers_keys, handlers_u
 from services.registry.store import TABLES, Base
 from shared.commands import (
     Authenticate,
+    CheckSiteOwner,
     CreateUser,
     DeleteEntity,
     EditEntity,
@@ -99,6 +100,10 @@ def create_service(settings: Settings) -> ServiceHost:
     @host.answers(ListSiteKeys)
     async def list_site_keys(query: ListSiteKeys) -> Outcome:
         return await handlers_keys.list_site_keys(query, host.uow())
+
+    @host.answers(CheckSiteOwner)
+    async def check_site_owner(query: CheckSiteOwner) -> Outcome:
+        return await handlers_keys.check_site_owner(query, host.uow())
 
     @host.answers(GetEntity)
     async def get_entity(query: GetEntity) -> Outcome:
