@@ -105,8 +105,16 @@ async def test_the_data_owner_releases_held_results_and_a_log_tail_from_the_web(
         assert (status, message) == (404, "no site nowhere")
         assert await fed.held() == {job.id, reference.id} and await fed.events(".result.reported") == []
 
-        # The data owner releases one: it leaves the site, signed, and reaches the leaderboard.
-        answer = await fed.call("hospital-a", "post", RELEASE, {"job_ids": [job.id]})
+        # The data owner releases one, as their pending list says: it leaves the site, signed, and
+        # reaches the leaderboard.
+        async def pending() -> list[dict]:
+            held = (await fed.call("hospital-a", "get", "/console/pending"))["held_results"]
+            return [item["release"] for item in held if item["id"] == job.id]
+
+        await eventually(pending, "the held result in the data owner's pending list")
+        (release,) = await pending()
+        assert release == {"method": "POST", "path": RELEASE, "body": {"job_ids": [job.id]}}
+        answer = await fed.call("hospital-a", "post", release["path"], release["body"])
         assert answer == {
             "site": SITE,
             "released": [
@@ -144,7 +152,13 @@ async def test_the_data_owner_releases_held_results_and_a_log_tail_from_the_web(
         leaky = await fed.add_model("leaky", "echo 'case 17: age 54' >&2; exit 3")
         failed = await fed.job_reaches(leaky, "failed")
         log_release = f"/sites/{SITE}/jobs/{failed.id}/log-release"
-        (row,) = [j for j in await fed.call("modeler", "console_jobs") if j["job_id"] == failed.id]
+
+        async def failure_told() -> list[dict]:
+            rows = await fed.call("modeler", "console_jobs")
+            return [j for j in rows if j["job_id"] == failed.id and j["status"] == "failed"]
+
+        await eventually(failure_told, "the failure to reach the model's owner")
+        (row,) = await failure_told()
         assert row["log_tail"] == "" and row["log_tail_kept_at_site"] is True
         for user in ("modeler", "committee", "admin"):
             assert (await fed.refused(user, log_release))[0] == 403
