@@ -54,15 +54,23 @@ _UNAVAILABLE = (
 class Answers:
     """The commands one service answers, and the subscriptions that answer them."""
 
-    def __init__(self, service: str, workers: int = 1, together: Together | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        workers: int = 1,
+        together: Together | None = None,
+        subject: Callable[[type[Command]], str] | None = None,
+    ) -> None:
         """``workers`` > 1 answers several commands at once, which pays only where handlers wait on
         I/O (PostgreSQL); on SQLite every transaction runs inline and queues anyway. ``together``
-        answers the commands that queue meanwhile as one group instead (the module's docstring)."""
+        answers the commands that queue meanwhile as one group instead (the module's docstring).
+        ``subject``: where a command type is answered (default: its own subject)."""
         if together is not None and workers != 1:
             raise ValueError("commands are answered either concurrently or together, not both")
         self.service = service
         self.workers = workers
         self.handlers: dict[type[Command], Handler] = {}
+        self.subject: Callable[[type[Command]], str] = subject or (lambda command_type: command_type.subject())
         self._subscriptions: list[Subscription] = []
         self._slots = asyncio.Semaphore(workers)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -90,7 +98,7 @@ class Answers:
             self._grouping = asyncio.create_task(self._answer_together(connection), name=f"{self.service}-commands")
         for command_type, handler in self.handlers.items():
             answer = self._answerer(command_type, handler, connection)
-            subscription = await connection.subscribe(command_type.subject(), queue=self.queue, cb=answer)
+            subscription = await connection.subscribe(self.subject(command_type), queue=self.queue, cb=answer)
             self._subscriptions.append(subscription)
 
     async def stop(self) -> None:
@@ -175,7 +183,7 @@ class Answers:
         """Declare each command as a FastStream subscriber of ``router``, for the AsyncAPI
         document only: a broker that included the router would answer them a second time."""
         for command_type, handler in self.handlers.items():
-            router.subscriber(command_type.subject(), queue=self.queue)(_documented(command_type, handler))
+            router.subscriber(self.subject(command_type), queue=self.queue)(_documented(command_type, handler))
 
 
 def _documented(command_type: type[Command], handler: Handler) -> Handler:

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import bcrypt
 
@@ -32,7 +32,10 @@ from shared.commands import (
     ListAssociations,
     RegisterDataset,
     RegisterSiteKey,
+    ReleaseLog,
+    ReleaseResults,
     RequestAssociation,
+    SiteCommand,
 )
 from shared.events import AssociationApproved, AssociationRejected, AssociationRequested, BenchmarkApproved, Event
 from shared.messaging import durable_name, stream_name_of
@@ -54,6 +57,9 @@ SITE_ASKS: tuple[type[Command], ...] = (
     RequestAssociation,
     RegisterSiteKey,
 )
+#: What a site agent answers, each on its own site's subject (``medperf.cmd.site.<site>.<name>``):
+#: its data owner's consent relayed by the ingress.
+SITE_ANSWERS: tuple[type[SiteCommand], ...] = (ReleaseResults, ReleaseLog)
 
 #: The central services and the event subjects each may publish (the streams each one owns).
 CENTRAL = ("registry", "approvals", "aggregator", "console", "ingress")
@@ -77,9 +83,12 @@ def site_user(site: str) -> str:
     return f"site-{site}"
 
 
-def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
+def site_permissions(site: str) -> dict[str, dict[str, Any]]:
     """A site publishes only its own events, heartbeat and dead letters; asks only the questions its
-    agent asks; and reads only through its own durable consumers of the events it needs."""
+    agent asks; reads only through its own durable consumers of the events it needs; and takes only
+    its own site's commands, answering each once (``allow_responses``: a reply only to a request it
+    received, never to another inbox). A server reload forgets such pending replies: an answer
+    lost that way reaches the ingress as a 503, and asking again says what had been done."""
     user = site_user(site)  # also the agent's ServiceHost name, hence its consumers' prefix
     publish = [f"medperf.site.{site}.>", heartbeat_subject(site), deadletter_subject(user)]
     publish += [command.subject() for command in SITE_ASKS]
@@ -97,10 +106,15 @@ def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",
         ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"_INBOX.{user}.>"]}}
+    subscribe = [f"_INBOX.{user}.>", *(command.subject_at(site) for command in SITE_ANSWERS)]
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": subscribe},
+        "allow_responses": {"max": 1},
+    }
 
 
-def service_permissions(services: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+def service_permissions(services: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Central services are trusted with JetStream's API and every read, but publish events only on
     the streams they own. Replies go to ``_INBOX.>`` by an explicit allow rather than
     ``allow_responses``: the server forgets pending responses on every config reload, and a reload
@@ -125,7 +139,7 @@ class NatsUser:
     services: tuple[str, ...] = ()  # role "service": which central services run under this user
     site: str | None = None  # role "site"
 
-    def permissions(self) -> dict[str, dict[str, list[str]]]:
+    def permissions(self) -> dict[str, dict[str, Any]]:
         if self.role == "site":
             assert self.site is not None
             return site_permissions(self.site)

@@ -45,10 +45,13 @@ class ServiceHost:
         *,
         declare_streams: bool = True,
         group_commands: bool = False,
+        command_subject: Callable[[type[Command]], str] | None = None,
     ) -> None:
         """``group_commands``: on SQLite, answer the commands that queue while one is handled in one
         transaction (``shared.answering``). Only for services whose command handlers wait on
-        nothing but their unit of work: the group holds the database meanwhile."""
+        nothing but their unit of work: the group holds the database meanwhile.
+        ``command_subject``: where each command is answered, when not on its type's subject (a
+        site's agent answers on its own site's subjects only)."""
         if not settings.nats_url:
             raise ValueError("ServiceHost needs settings.nats_url; the launcher starts an embedded server first")
         self.name = name
@@ -67,9 +70,9 @@ class ServiceHost:
         self.relay = OutboxRelay(self.db, tables, self.broker, reads_streams=declare_streams)
         #: ``@host.answers(SomeCommand)`` decorates the handler of a command or query.
         if group_commands and self.db.serialize:
-            self.answers = Answers(name, together=self.together)
+            self.answers = Answers(name, together=self.together, subject=command_subject)
         else:
-            self.answers = Answers(name, workers=1 if self.db.serialize else 8)
+            self.answers = Answers(name, workers=1 if self.db.serialize else 8, subject=command_subject)
         # The transaction of the command group being answered, in the answering task only: what
         # other tasks (projections) open stays a transaction of its own.
         self._group: ContextVar[UnitOfWork | None] = ContextVar(f"{name}-command-group", default=None)
@@ -224,7 +227,7 @@ async def ask(broker: NatsBroker, command: Command, timeout: float) -> Outcome:
     data = command.model_dump_json().encode()
     if len(data) > event_budget():  # the broker would refuse it, and close the connection
         raise LimitExceeded("the request", len(data), event_budget(), "the broker's max_payload less header room")
-    reply = await broker.connection.request(command.subject(), data, timeout=timeout, headers=JSON_HEADERS)
+    reply = await broker.connection.request(command.destination(), data, timeout=timeout, headers=JSON_HEADERS)
     return Outcome.model_validate_json(reply.data)
 
 

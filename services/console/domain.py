@@ -200,8 +200,15 @@ def held_result(item: dict[str, Any]) -> dict[str, Any]:
         "site": item["site"],
         "summary": f"result of model {item.get('model_id')} on dataset {item.get('dataset_id')} at {item['site']} "
         f"is held for its data owner ({item.get('owner')})",
-        "decides": f"the data owner, at site {item['site']}",
+        "decides": f"the data owner of site {item['site']}",
         "approve": f"medperf result release {item['job_id']}  (run at site {item['site']})",
         "reject": None,
-        "action": None,  # decided at the site, on the agent's own database: nothing to click centrally
+        # Not an approve/reject ``action``: only the site's data owner releases, with this body,
+        # and the site's agent acts on it (services/ingress/routes_consent.py).
+        "action": None,
+        "release": {
+            "method": "POST",
+            "path": f"/sites/{item['site']}/held-results/release",
+            "body": {"job_ids": [item["job_id"]]},
+        },
     }

@@ -7,11 +7,13 @@ from faststream.nats.annotations import NatsMessage
 
 from services.executor.agent import SiteAgent
 from services.executor.assets import AssetCache
+from services.executor.consent import answer_consent
 from services.executor.keys import KeyRegistration
 from services.executor.runtime import ContainerRuntime, DockerRuntime
 from services.executor.settings import SiteSettings
 from services.executor.store import TABLES, Base
 from services.executor.workflow import Workflow
+from shared.commands import Command, SiteCommand
 from shared.events import (
     AssociationApproved,
     AssociationRejected,
@@ -35,13 +37,25 @@ from shared.settings import Settings
 ACK_WAIT = 30.0
 
 
+def _own_subject(command: type[Command], site: str) -> str:
+    """An agent answers its own site's commands only (the broker lets no agent subscribe to another's)."""
+    if not issubclass(command, SiteCommand):
+        raise TypeError(f"a site agent answers site commands only, not {command.__name__}")
+    return command.subject_at(site)
+
+
 def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRuntime | None = None) -> ServiceHost:
     # The site's database is its own, never the federation's.
     site_settings = settings.model_copy(update={"database_url": site.database()})
     # With credentials of its own the agent joins a federation whose streams exist; a site's user
     # may not create or change streams (shared/nats_config.py).
     host = ServiceHost(
-        f"site-{site.name}", site_settings, Base.metadata, TABLES, declare_streams=not settings.nats_user
+        f"site-{site.name}",
+        site_settings,
+        Base.metadata,
+        TABLES,
+        declare_streams=not settings.nats_user,
+        command_subject=lambda command: _own_subject(command, site.name),
     )
     cache = AssetCache(
         site.work_dir / "cache",
@@ -68,6 +82,7 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
         # The delivery after which shared.messaging parks the event: a failure now is final.
         return msg.raw_message.metadata.num_delivered >= settings.max_deliveries
 
+    answer_consent(host, site, host.uow)
     host.on_start(load_key)
     host.on_start(agent.runner.start)
     host.on_start(agent.intake.start)

@@ -3,7 +3,8 @@
 The CLI (``medperf job ...``, ``medperf result ...``, ``medperf site drain``) calls these; they
 change the job rows and queue the resulting events in the site's outbox in one transaction; the
 running agent's runner and outbox relay act on them within a second. Nothing here needs the
-network: consent is given where the data is.
+network: consent is given where the data is. The agent runs the same releases when its data owner
+gives consent from the web (``services.executor.consent``), unless the site refuses that.
 """
 
 from __future__ import annotations
@@ -32,15 +33,34 @@ async def jobs(uow: UnitOfWork, *, pending_release: bool = False) -> list[Job]:
         return list((await uow.session.scalars(query)).all())
 
 
+class NoSuchJob(NotPossible):
+    """No job of that id at this site."""
+
+
 async def release_result(uow: UnitOfWork, site: SiteSettings, job_id: int) -> Job:
+    (job,) = await release_results(uow, site, [job_id])
+    return job
+
+
+async def release_results(uow: UnitOfWork, site: SiteSettings, job_ids: list[int] | None) -> list[Job]:
+    """Let held results leave the site: the jobs ``job_ids``, or every held one (``None``). In one
+    transaction, so a job with nothing held releases none of the others."""
     async with uow:
-        job = await _job(uow, job_id)
-        if job.release != "held":
-            raise NotPossible(f"job {job_id} has no result waiting for release (release: {job.release})")
-        # The agent created the key at its first start; signing needs only the file, not the network.
-        release(uow, job, site, SiteKey.load_or_create(site.key_path))
-        await uow.commit()
-        return job
+        if job_ids is None:
+            query = select(Job).where(Job.release == "held").order_by(Job.id)
+            held = list((await uow.session.scalars(query)).all())
+        else:
+            held = [await _job(uow, job_id) for job_id in dict.fromkeys(job_ids)]
+        for job in held:
+            if job.release != "held":
+                raise NotPossible(f"job {job.id} has no result waiting for release (release: {job.release})")
+        if held:
+            # The agent created the key at its first start; signing needs only the file, not the network.
+            key = SiteKey.load_or_create(site.key_path)
+            for job in held:
+                release(uow, job, site, key)
+            await uow.commit()
+        return held
 
 
 def log_tail(site: SiteSettings, job_id: int) -> str:
@@ -109,5 +129,5 @@ async def set_draining(uow: UnitOfWork, draining: bool) -> None:
 async def _job(uow: UnitOfWork, job_id: int) -> Job:
     job = await uow.session.get(Job, job_id)
     if job is None:
-        raise NotPossible(f"no job {job_id} at this site (see `medperf job ls`)")
+        raise NoSuchJob(f"no job {job_id} at this site (see `medperf job ls`)")
     return job

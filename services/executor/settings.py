@@ -43,6 +43,12 @@ class SiteSettings(BaseSettings):
         description="the data owner's consent: results leave at once (auto), or wait for "
         "`medperf result release ID` (review)",
     )
+    remote_release: bool = Field(
+        default=True,
+        description="the data owner may also release held results and failed jobs' log tails from the web "
+        "(the ingress authenticates them and relays their consent to this agent); false: only at the site, "
+        "with `medperf result release` / `medperf job release-log`",
+    )
     retry_seconds: float = Field(
         default=5.0, gt=0, description="wait before retrying after an infrastructure failure; doubles each attempt"
     )

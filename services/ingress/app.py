@@ -21,6 +21,7 @@ from faststream.nats import NatsBroker
 from services.ingress import (
     routes_app,
     routes_approvals,
+    routes_consent,
     routes_console,
     routes_entities,
     routes_provenance,
@@ -74,6 +75,7 @@ def build_app(broker: NatsBroker, settings: Settings, auth: Authenticator) -> Fa
         routes_entities.router,
         routes_approvals.router,
         routes_provenance.router,
+        routes_consent.router,
         routes_console.router,
         routes_app.router,
     )

@@ -90,16 +90,22 @@ class Context:
     who: Caller
 
     async def ask(self, command_type: type[Command], **fields: Any) -> Outcome:
+        return await self.send(self.command(command_type, **fields))
+
+    def command(self, command_type: type[Command], **fields: Any) -> Command:
+        """``command_type`` on the caller's behalf; 422 naming the field when the request is malformed."""
         try:
-            command = command_type.model_validate({**fields, "actor": self.who.name, "is_admin": self.who.is_admin})
+            return command_type.model_validate({**fields, "actor": self.who.name, "is_admin": self.who.is_admin})
         except ValidationError as exc:
             raise Refused(422, explain(exc.errors()), fields_in(exc.errors())) from exc
+
+    async def send(self, command: Command) -> Outcome:
         try:
             outcome = await self.gateway.send(command)
         except LimitExceeded as exc:
             raise Refused(413, f"the request is refused: {exc}") from exc
-        except Exception as exc:  # no responder or timeout: the owning service is down
-            raise Refused(503, f"the {command.SERVICE} service did not answer; try again shortly") from exc
+        except Exception as exc:  # no responder or timeout: the owning service (or site agent) is down
+            raise Refused(503, command.not_answering()) from exc
         if not outcome.ok:
             raise Refused(STATUS.get(outcome.code or "invalid", 400), outcome.reason or "refused")
         return outcome

@@ -183,6 +183,19 @@ PERMISSIONS: tuple[Rule, ...] = (
         frozenset({"data_owner", "admin"}),
         "the site's owner or an admin stops trusting a key (lost, leaked, replaced)",
     ),
+    Rule(
+        "POST",
+        "/sites/{site}/held-results/release",
+        frozenset({"data_owner"}),
+        "the site's owner (its data owner) lets held results leave it: consent is theirs, not an admin's or a "
+        "committee's; 404 for a site the caller cannot see, 503 while its agent is offline",
+    ),
+    Rule(
+        "POST",
+        "/sites/{site}/jobs/{job_id}/log-release",
+        frozenset({"data_owner"}),
+        "the site's owner lets a failed job's log tail (it may quote patient data) leave the site",
+    ),
     Rule("GET", "/me/associations", AUTHENTICATED, "associations where the caller owns the benchmark or component"),
     Rule("POST", "/users", ADMIN, "admins create users", admin_only=True),
     Rule("POST", "/users/{name}/tokens", ADMIN, "admins issue tokens; the token is shown once", admin_only=True),

@@ -8,6 +8,7 @@ from services.registry import handlers, handlers_edit, handlers_keys, handlers_u
 from services.registry.store import TABLES, Base
 from shared.commands import (
     Authenticate,
+    CheckSiteOwner,
     CreateUser,
     DeleteEntity,
     EditEntity,
@@ -104,6 +105,10 @@ def create_service(settings: Settings) -> ServiceHost:
     @host.answers(GetRelations)
     async def get_relations(query: GetRelations) -> Outcome:
         return await handlers_keys.get_relations(query, host.uow())
+
+    @host.answers(CheckSiteOwner)
+    async def check_site_owner(query: CheckSiteOwner) -> Outcome:
+        return await handlers_keys.check_site_owner(query, host.uow())
 
     @host.answers(GetEntity)
     async def get_entity(query: GetEntity) -> Outcome:

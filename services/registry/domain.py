@@ -374,6 +374,21 @@ def check_site_key_manager(site: str, site_owners: Collection[str], actor: str, 
     raise Refusal("forbidden", f"site {site!r} belongs to {owners}; they or an admin manage its keys")
 
 
+def check_site_owner(site: str, site_owners: Collection[str], actor: str, visible: bool) -> None:
+    """Only a site's owner gives its data owner's consent (releasing its held results or log tails):
+    not an admin, not a committee. A site the caller cannot see (``visible`` false: none of its
+    datasets or keys is theirs to see) answers as a missing one."""
+    if not visible:
+        raise Refusal("not_found", f"no site {site}")
+    if actor not in site_owners:
+        owners = ", ".join(sorted(site_owners)) or "nobody yet"
+        raise Refusal(
+            "forbidden",
+            f"site {site!r} belongs to {owners}; only its data owner releases what it holds (their consent: "
+            "not an admin's, not a committee's)",
+        )
+
+
 def check_key_registrable(site: str, key_id: str, registered_site: str | None, revoked: bool) -> None:
     """A key serves one site, and a revoked key never comes back (a new one must be generated)."""
     if registered_site is not None and registered_site != site:

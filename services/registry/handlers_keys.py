@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from services.registry import domain
-from services.registry.store import Benchmark, Container, Dataset, Model, SiteKey
-from shared.commands import GetRelations, ListSiteKeys, Outcome, RegisterSiteKey, RevokeSiteKey
+from services.registry.store import Benchmark, Container, Dataset, Model, SiteKey, visible
+from shared.commands import CheckSiteOwner, GetRelations, ListSiteKeys, Outcome, RegisterSiteKey, RevokeSiteKey
 from shared.db import UnitOfWork
 from shared.events import SiteKeyRegistered, SiteKeyRevoked, utcnow
 from shared.signing import BadKey, key_id_of
@@ -79,6 +79,20 @@ async def list_site_keys(query: ListSiteKeys, uow: UnitOfWork) -> Outcome:
             select(SiteKey).where(SiteKey.site == query.site).order_by(SiteKey.registered_at)
         )
         return Outcome.accepted(data=[_view(r) for r in rows])
+
+
+async def check_site_owner(query: CheckSiteOwner, uow: UnitOfWork) -> Outcome:
+    async with uow:
+        owners = await _site_owners(uow, query.site)
+        # Keys are public; datasets as the registry shows them (another's invalidated one is hidden).
+        key = await uow.session.scalar(select(SiteKey.key_id).where(SiteKey.site == query.site).limit(1))
+        seen = select(Dataset.id).where(Dataset.site == query.site, visible(Dataset, query.actor, query.is_admin))
+        dataset = await uow.session.scalar(seen.limit(1))
+        try:
+            domain.check_site_owner(query.site, owners, query.actor, key is not None or dataset is not None)
+        except domain.Refusal as refusal:
+            return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
+        return Outcome.accepted(data={"site": query.site, "owners": sorted(owners)})
 
 
 def _view(row: SiteKey) -> dict:

@@ -3,10 +3,10 @@ more than a truly missing id's: a walk over every route of the OpenAPI document 
 path, against the real services and ingress, as an ordinary user.
 
 Hidden from that user: another user's pending benchmark, and another user's invalidated container,
-model and dataset (the registry shows these to their owner and admins only), and another user's
-API token. Each route is called once with the hidden ids and once with ids that do not exist; the
-two answers must be the same 404 (ids aside). A second walk names an invalidated model in the
-model slot of an approved, visible benchmark's routes.
+model and dataset (the registry shows these to their owner and admins only), another user's
+API token, and a site known only by such a dataset. Each route is called once with the hidden ids
+and once with ids that do not exist; the two answers must be the same 404 (ids aside). A second
+walk names an invalidated model in the model slot of an approved, visible benchmark's routes.
 
 403 stays for what the caller can see but may not touch, and two kinds of route are exceptions,
 each for a reason: the ``admin_only`` ones (the ingress refuses every non-admin with the same 403
@@ -46,6 +46,7 @@ PUBLIC = {
     ("GET", "/sites/{site}/keys"): "a site's keys are public, for anyone to check signatures",
     ("POST", "/sites/{site}/keys"): "sites are not hidden: the 403 names the site's owners, as GET shows them",
     ("POST", "/sites/{site}/keys/{key_id}/revocation"): "sites and their keys are public (GET lists them)",
+    ("GET", "/app/assets/{name}"): "the web app's built files: code, the same for everyone, no data",
 }
 #: A valid body (or query) for each route that needs one, so that the answer is about the ids.
 REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -58,6 +59,7 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/benchmarks/{benchmark_id}/sharing-policy"): {"json": {"visibility": "public"}},
     ("POST", "/benchmarks/{benchmark_id}/sharing-policy/preview"): {"json": {"visibility": "public"}},
     ("POST", "/users/{name}/tokens"): {"json": {"label": "probe"}},
+    ("POST", "/sites/{site}/held-results/release"): {"json": {"all": True}},
 }
 
 
@@ -208,7 +210,7 @@ async def ask_both(world: World, method: str, path: str, hidden: dict, missing: 
 async def test_every_route_naming_something_hidden_answers_as_if_it_did_not_exist(world: World) -> None:
     ids = world.ids
     common = {"kind": "model", "component_id": ids["own_model"], "model_id": ids["reference"], "name": "owner"}
-    common |= {"site": "site-hidden", "key_id": "0" * 16, "sequence": 1}
+    common |= {"site": "site-hidden", "key_id": "0" * 16, "sequence": 1, "job_id": 1}
     hidden = {
         **common,
         "benchmark_id": ids["pending"],
@@ -220,6 +222,9 @@ async def test_every_route_naming_something_hidden_answers_as_if_it_did_not_exis
     }
     missing = {**hidden, **dict.fromkeys(("benchmark_id", "benchmark", "container", "model", "dataset"), MISSING)}
     missing["token_id"] = MISSING
+    # A site whose only dataset is another's invalidated one is hidden too (the public site routes
+    # are skipped): releasing what it holds answers as for a site nobody registered.
+    missing["site"] = "site-nowhere"
     no_benchmark = normalised(await world.send("stranger", "GET", f"/benchmarks/{MISSING}"), missing, {"benchmark"})
     assert no_benchmark == (404, '{"error":"no benchmark {id}"}')
     walked, leaks = [], []

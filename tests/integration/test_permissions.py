@@ -25,9 +25,13 @@ from oidc_issuer import AUDIENCE, Issuer
 from users import stack_with_users
 from workstations import Workstation
 
+from services.executor.app import create_agent
+from services.executor.settings import SiteSettings
+from services.executor.store import Job
 from services.ingress.permissions import ENTITY_PATHS, PERMISSIONS, ROLES, Role, Rule
 from shared.broker import EmbeddedNats
 from shared.events import DeadLetter, JobCancelled
+from shared.settings import Settings
 from shared.signing import SiteKey
 from shared.streams import deadletter_subject
 
@@ -75,6 +79,7 @@ class World:
     nats_url: str = ""
     workstations: dict[str, Workstation] = field(default_factory=dict)
     issuer: Issuer | None = None
+    site: str = ""  # the data owner's site, whose agent runs for the cells that need it (AT_THE_SITE)
 
     def as_role(self, role: Role) -> httpx.AsyncClient:
         return self.clients["anonymous" if role == "anonymous" else ACTING_USER[role]]
@@ -212,6 +217,42 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
                 yield world
     finally:
         issuer.close()
+
+
+#: Endpoints the data owner's site agent answers: their cells need it running (and so an engine).
+AT_THE_SITE = {("POST", "/sites/{site}/held-results/release"), ("POST", "/sites/{site}/jobs/{job_id}/log-release")}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def site_agent(
+    world: World, docker_engine: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[None]:
+    """The agent of the data owner's site, holding one failed job with a kept log (as a run leaves it)."""
+    root = tmp_path_factory.mktemp("site-agent")
+    site = SiteSettings(name=await _dataset_site(world), owner="data-owner", work_dir=root / "work")
+    world.site = site.name
+    agent = create_agent(Settings(nats_url=world.nats_url, state_dir=root / "state"), site)
+    await agent.start()
+    try:
+        async with agent.uow() as uow:
+            job = Job(
+                key="permissions",
+                kind="run",
+                benchmark_id=world.ids["benchmark"],
+                model_id=world.ids["model"],
+                dataset_id=world.ids["dataset"],
+                status="failed",
+                failure="model",
+            )
+            uow.session.add(job)
+            await uow.commit()
+            world.ids["failed_job"] = job.id
+        logs = site.work_dir / "runs" / f"job-{job.id}" / "logs"
+        logs.mkdir(parents=True)
+        (logs / "infer.log").write_text("the model stopped\n")
+        yield
+    finally:
+        await agent.stop()
 
 
 async def _populate(w: World) -> None:
@@ -391,6 +432,14 @@ async def _revoke_key(w: World, role: Role) -> Request:
     return f"/sites/{site}/keys/{registered['key_id']}/revocation", {"json": {"reason": "permission test"}}
 
 
+BUILDERS[("POST", "/sites/{site}/held-results/release")] = lambda w, role: _fixed(
+    f"/sites/{w.site}/held-results/release", json={"all": True}
+)(w, role)
+BUILDERS[("POST", "/sites/{site}/jobs/{job_id}/log-release")] = lambda w, role: _fixed(
+    f"/sites/{w.site}/jobs/{w.ids['failed_job']}/log-release"
+)(w, role)
+
+
 @builds("POST", "/users/{name}/tokens")
 async def _issue(w: World, role: Role) -> Request:
     return "/users/holder/tokens", {"json": {"label": w.unique("label")}}
@@ -440,12 +489,26 @@ async def test_every_rule_of_the_table_has_a_cell_builder() -> None:
     assert set(BUILDERS) == {(r.method, r.path) for r in PERMISSIONS}
 
 
-@pytest.mark.parametrize(
-    ("rule", "role"),
-    [(rule, role) for rule in PERMISSIONS for role in ROLES],
-    ids=[f"{rule.method} {rule.path} as {role}" for rule in PERMISSIONS for role in ROLES],
-)
+def cells(at_the_site: bool) -> Any:
+    rules = [rule for rule in PERMISSIONS if ((rule.method, rule.path) in AT_THE_SITE) == at_the_site]
+    return pytest.mark.parametrize(
+        ("rule", "role"),
+        [(rule, role) for rule in rules for role in ROLES],
+        ids=[f"{rule.method} {rule.path} as {role}" for rule in rules for role in ROLES],
+    )
+
+
+@cells(at_the_site=False)
 async def test_permission_cell(world: World, rule: Rule, role: Role) -> None:
+    await _walk_cell(world, rule, role)
+
+
+@cells(at_the_site=True)
+async def test_permission_cell_at_the_site(world: World, site_agent: None, rule: Rule, role: Role) -> None:
+    await _walk_cell(world, rule, role)
+
+
+async def _walk_cell(world: World, rule: Rule, role: Role) -> None:
     url, kwargs = await BUILDERS[(rule.method, rule.path)](world, role)
     response = await send(world.as_role(role), rule.method, url, **kwargs)
     where = f"{rule.method} {url} as {role}: {response.status_code} {response.text[:300]}"

@@ -37,6 +37,11 @@ TOKENS = {
 }
 #: Lower than the defaults, so that generated bodies meet them: a refusal at a limit is a 4xx too.
 LIMITS = Limits(http_body_bytes=16 * 1024, json_depth=6, string_bytes=2048)
+#: Routes a site's own agent answers. No agent runs here, so a caller who owns a site (the fuzzer
+#: claims some with POST /sites/{site}/keys: a site's first key claims it) hears that its agent is
+#: not answering: a 503, as the API documents, not a fault.
+AT_THE_SITE = {"/sites/{site}/held-results/release", "/sites/{site}/jobs/{job_id}/log-release"}
+AGENT_OFFLINE = "is not answering; it acts when it is back online"
 # Examples per operation and generation mode; ~40 operations x 2 modes x 2 callers stay under a minute.
 EXAMPLES = int(os.environ.get("MEDPERF_FUZZ_EXAMPLES", "5"))
 #: Only the operations whose path contains one of these (comma-separated), to fuzz the routes one
@@ -183,6 +188,8 @@ def test_no_input_makes_the_api_answer_with_a_server_error(federation: LiveFeder
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call(base_url=federation.url, headers=headers, timeout=15)
+                if case.path in AT_THE_SITE and response.status_code == 503 and AGENT_OFFLINE in response.text:
+                    return  # by design: retrying can succeed once the site's agent is online
                 case.validate_response(response, checks=[not_a_server_error], headers=headers)
 
             try:

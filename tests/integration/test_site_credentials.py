@@ -12,6 +12,7 @@ import nats
 import pytest
 from history import stream_messages
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, RawStreamMsg
 from secured import SecuredNats
 from sites import SITE, USERS, Federation, site_settings
@@ -22,6 +23,7 @@ from cli.stack import Stack
 from services.executor.app import create_agent
 from services.ingress.auth import token_digest
 from shared.broker import connect_options, ensure_streams
+from shared.commands import ReleaseResults
 from shared.events import AssociationApproved, BenchmarkApproved, ResultReported
 from shared.messaging import durable_name
 from shared.nats_config import site_user
@@ -157,6 +159,40 @@ async def test_a_site_reads_only_through_its_own_consumers(secured: SecuredNats)
         await conn.violation('Subscription to "_INBOX.site-site-a.>"')
     finally:
         await nc.close()
+
+
+async def test_only_a_sites_own_agent_takes_its_commands_and_answers_only_what_it_was_asked(
+    secured: SecuredNats,
+) -> None:
+    """A data owner's consent reaches their site's agent on ``medperf.cmd.site.<site>.*``: another
+    site may neither send it nor listen for it, and an agent replies only to a request it received."""
+    command = ReleaseResults(actor="hospital", site="site-a", all=True)
+    own, other = Connection(), Connection()
+    agent = await own.open(secured, site_user("site-a"))
+    intruder = await other.open(secured, site_user("site-b"))
+    central = await nats.connect(**connect_options(secured.url, "central", secured.passwords["central"]))
+    try:
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b'{"ok": true}')
+
+        await agent.subscribe(command.destination(), cb=answer)
+        await agent.flush()
+        reply = await central.request(command.destination(), command.model_dump_json().encode(), timeout=5)
+        assert reply.data == b'{"ok": true}'  # the ingress asks; the site's agent answers
+
+        # site-b cannot send site-a's consent, nor listen for it ...
+        with pytest.raises(nats.errors.Error):
+            await intruder.request(command.destination(), command.model_dump_json().encode(), timeout=1)
+        await other.violation(command.destination())
+        await intruder.subscribe("medperf.cmd.site.site-a.>")
+        await other.violation('Subscription to "medperf.cmd.site.site-a.>"')
+        # ... and site-a replies to no inbox but that of a request it received.
+        await agent.publish("_INBOX.central.forged", b'{"ok": true}')
+        await own.violation("_INBOX.central.forged")
+    finally:
+        for nc in (agent, intruder, central):
+            await nc.close()
 
 
 async def test_a_revoked_site_is_disconnected_and_cannot_return(secured: SecuredNats) -> None:

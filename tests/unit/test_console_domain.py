@@ -93,6 +93,7 @@ def test_pending_items_name_who_decides_and_the_commands_that_do() -> None:
     assert bench["approve"] == "medperf console approve benchmark 5" and bench["decides"] == "an admin"
     held = domain.held_result({"job_id": 9, "site": "site-a", "benchmark_id": 1, "model_id": 7, "dataset_id": 2})
     assert held["approve"].startswith("medperf result release 9") and held["action"] is None
+    assert held["release"] == {"method": "POST", "path": "/sites/site-a/held-results/release", "body": {"job_ids": [9]}}
 
 
 def test_event_lines_are_coloured_only_when_asked() -> None:

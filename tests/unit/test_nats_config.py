@@ -17,7 +17,7 @@ from services.executor import withdrawals as withdrawals_module
 from services.executor.app import create_agent
 from services.executor.settings import SiteSettings
 from shared.commands import Command
-from shared.nats_config import SITE_ASKS, SITE_CONSUMES, site_permissions
+from shared.nats_config import SITE_ANSWERS, SITE_ASKS, SITE_CONSUMES, site_permissions
 from shared.settings import Settings
 
 
@@ -39,7 +39,17 @@ def test_a_sites_permissions_cover_exactly_what_its_agent_consumes_and_asks() ->
         s.startswith(("medperf.approvals", "medperf.registry")) for s in allowed
     )
     assert not any(s.startswith("$JS.API.STREAM") for s in allowed)  # no stream management, no direct reads
-    assert site_permissions("x")["subscribe"]["allow"] == ["_INBOX.site-x.>"]
+    # It answers exactly the commands its agent answers, on its own site's subjects only.
+    assert set(host.answers.handlers) == set(SITE_ANSWERS)
+    assert site_permissions("x")["subscribe"]["allow"] == [
+        "_INBOX.site-x.>",
+        "medperf.cmd.site.x.release_results",
+        "medperf.cmd.site.x.release_log",
+    ]
+    assert {host.answers.subject(command) for command in SITE_ANSWERS} == set(
+        site_permissions("x")["subscribe"]["allow"][1:]
+    )
+    assert site_permissions("x")["allow_responses"] == {"max": 1}  # replies to what it was asked, once
 
 
 def test_the_cli_issues_and_revokes_credentials_keeping_only_hashes(

@@ -22,6 +22,7 @@ from services.registry.domain import (
     check_no_dependants,
     check_prepared_hash_free,
     check_revoke,
+    check_site_owner,
     editable_view,
     is_repeated_registration,
     may_see,
@@ -504,3 +505,14 @@ def test_who_revokes_a_token(actor: str, is_admin: bool, revoked: bool, code: st
     with pytest.raises(Refusal) as refused:
         check_revoke(3, "alice", revoked_at, actor, is_admin)
     assert refused.value.code == code
+
+
+def test_only_a_sites_owner_gives_its_consent_and_a_hidden_site_is_missing() -> None:
+    check_site_owner("site-a", {"alice"}, "alice", visible=True)
+    for actor in ("admin", "committee", "bob"):  # an admin is not the data owner either
+        with pytest.raises(Refusal) as refused:
+            check_site_owner("site-a", {"alice"}, actor, visible=True)
+        assert refused.value.code == "forbidden" and "belongs to alice" in refused.value.reason
+    with pytest.raises(Refusal) as missing:
+        check_site_owner("site-a", {"alice"}, "bob", visible=False)
+    assert (missing.value.code, missing.value.reason) == ("not_found", "no site site-a")

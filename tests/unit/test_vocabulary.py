@@ -579,6 +579,10 @@ COMMAND_SUBJECTS = {
     commands.ListSiteKeys: "medperf.cmd.registry.site_keys",
     commands.GetRelations: "medperf.cmd.registry.relations",
     commands.PreviewSharingPolicy: "medperf.cmd.aggregator.preview_sharing_policy",
+    commands.CheckSiteOwner: "medperf.cmd.registry.site_owner",
+    # A site's agent answers these on its own site's subject: medperf.cmd.site.<site>.<name>.
+    commands.ReleaseResults: "medperf.cmd.site.*.release_results",
+    commands.ReleaseLog: "medperf.cmd.site.*.release_log",
     commands.GetProvenance: "medperf.cmd.aggregator.provenance",
     commands.SetAutoApproval: "medperf.cmd.approvals.set_auto_approval",
     commands.SetPriority: "medperf.cmd.approvals.set_priority",
@@ -601,10 +605,30 @@ def test_every_command_has_a_subject_of_its_own() -> None:
     defined = {
         obj
         for obj in vars(commands).values()
-        if isinstance(obj, type) and issubclass(obj, commands.Command) and obj is not commands.Command
+        if isinstance(obj, type)
+        and issubclass(obj, commands.Command)
+        and obj not in (commands.Command, commands.SiteCommand)
     }
     assert defined == set(COMMAND_SUBJECTS)
     assert len({cls.subject() for cls in defined}) == len(defined)
+
+
+def test_a_site_command_is_sent_to_its_own_site() -> None:
+    release = commands.ReleaseResults(actor="alice", site="hospital-a", all=True)
+    assert release.destination() == "medperf.cmd.site.hospital-a.release_results"
+    assert commands.ReleaseLog.subject_at("hospital-b") == "medperf.cmd.site.hospital-b.release_log"
+    assert commands.GetLeaderboard(actor="a", benchmark_id=1).destination() == "medperf.cmd.aggregator.leaderboard"
+    assert "the site's agent at hospital-a is not answering" in release.not_answering()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"all": True, "job_ids": [1]}, {"all": False}, {"job_ids": [0]}, {"job_ids": list(range(1, 502))}],
+    ids=["neither", "both", "all-false", "id-0", "too-many"],
+)
+def test_a_release_names_its_jobs_or_all_within_limits(fields: dict) -> None:
+    with pytest.raises(ValidationError):
+        commands.ReleaseResults(actor="alice", site="hospital-a", **fields)
 
 
 def test_commands_refuse_extra_fields_and_empty_actor() -> None:
