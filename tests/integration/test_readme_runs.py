@@ -51,7 +51,7 @@ STORY = {
         ("alice",), shows=("admin alice's token",), then=r"MEDPERF_NATS_URL=(nats://127\.0\.0\.1:\d+)"
     ),
     "medperf admin create-user bob; medperf admin issue-token bob": Step(
-        ("alice",), shows=("created user bob", "token 3 for dave")
+        ("alice",), shows=("created user bob; give them a token: medperf admin issue-token bob", "token 3 for dave")
     ),
     "export MEDPERF_CONFIG_DIR=~/.medperf-bob": Step(("bob",), shows=("logged in to http://127.0.0.1:8080",)),
     "python3 -m http.server --bind 127.0.0.1 8000 2> http.log &": Step(
@@ -76,7 +76,7 @@ STORY = {
     "export MEDPERF_CONFIG_DIR=~/.medperf-dave": Step(
         ("dave",),
         shows=(
-            "Passed",
+            "Passed: ran on the model owner's own data with `medperf test run`",
             "0.8571",
             "registered container 4",
             "registered model 2",
