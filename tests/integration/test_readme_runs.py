@@ -1,5 +1,5 @@
-"""The README's "Using it" story, run as written: every ```bash block of README.md (read from the
-file itself), in order, each in its person's own terminal (an interactive bash on a pty, their own
+"""The README's "Using it" story, run as written: each of its ```bash blocks, read from README.md
+itself, in order, each in its person's own terminal (an interactive bash on a pty, their own
 HOME), like new users in a fresh checkout: alice starts `medperf serve &`, people paste the tokens
 she issued when `medperf auth login` asks, carol exports the MEDPERF_NATS_URL line serve printed,
 bob builds the example benchmark with docs/containers.md's block, and everyone checks what they read.
