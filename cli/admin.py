@@ -77,8 +77,10 @@ def with_bootstrap(settings: Settings) -> Settings:
 
 
 def _create_user(args: argparse.Namespace) -> int:
-    created = Client.from_credentials().create_user(args.name, admin=args.admin)
-    print(f"created user {args.name}{' (admin)' if args.admin else ''} (id {created.get('id')})")
+    # Users are known by name (the registry keeps no other id): the next step is their token.
+    Client.from_credentials().create_user(args.name, admin=args.admin)
+    admin = " (admin)" if args.admin else ""
+    print(f"created user {args.name}{admin}; give them a token: medperf admin issue-token {args.name}")
     return 0
 
 

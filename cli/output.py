@@ -30,7 +30,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
     from rich.console import Console
     from rich.table import Table
 
-    shown = Table(title=title, box=None, header_style="bold", title_justify="left", pad_edge=False)
+    shown = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
         shown.add_column(column.rsplit(".", 1)[-1], overflow="fold")
     for row in rows:
@@ -38,6 +38,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
     if not rows:
         print(f"{title}: none" if title else "none")
         return
+    if title:
+        print(title)  # its own line: as a rich title it wraps to the width of a narrow table
     Console(width=_width(), highlight=False, soft_wrap=False).print(shown)
 
 

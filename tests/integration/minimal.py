@@ -26,14 +26,19 @@ def doc_block(after: str) -> str:
     return match.group(1)
 
 
-def build_minimal(workdir: Path) -> subprocess.CompletedProcess[str]:
-    """Run the doc's build block in ``workdir`` (which sees the repository's examples/)."""
+def python_slim_for_the_doc() -> None:
+    """The tag the doc's Dockerfiles start from, on the demo's locally built python3 base image."""
     engine = docker.from_env(timeout=600)
     try:
         ensure_base_image(engine, default_cache_dir(), log=lambda _: None)
         engine.images.get("localhost/medperf-python:bookworm").tag("python", "3.12-slim")
     finally:
         engine.close()
+
+
+def build_minimal(workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run the doc's build block in ``workdir`` (which sees the repository's examples/)."""
+    python_slim_for_the_doc()
     (workdir / "examples").symlink_to(ROOT / "examples")
     script = doc_block("Build the images and write each spec with its image's ID:")
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Every `medperf ...` line in the README's bash blocks parses with the real parser, placeholders
-filled with sample values: the README cannot name a verb or an option that does not exist.
-(`medperf serve` as written, with no arguments, is run for real in tests/integration/test_cli_terminal.py.)"""
+filled with sample values: the README cannot name a verb or an option that does not exist. Cheap, and
+it covers the reference blocks too; tests/integration/test_readme_runs.py runs the "Using it" story's
+blocks as written, against a real federation."""
 
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ SAMPLES = {
 
 
 def commands(markdown: str) -> list[str]:
-    """The `medperf` commands of the ```bash blocks: comments dropped, `;` split, optional [parts]
-    left out, and `a | b` alternatives of the last word expanded."""
+    """The `medperf` commands of the ```bash blocks: `\\` continuations joined, comments dropped, `;`
+    split, a trailing `&` (run in the background) dropped, optional [parts] left out, and `a | b`
+    alternatives of the last word expanded."""
     found = []
     for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line)
             for command in line.split(";"):
-                command = re.sub(r"\[[^\]]*\]", "", command).strip()
+                command = re.sub(r"\[[^\]]*\]", "", command).strip().removesuffix("&").strip()
                 if not command.startswith("medperf"):
                     continue
                 first, *others = command.split(" | ")
