@@ -18,7 +18,7 @@ from services.executor.hashing import Progress
 from services.executor.manifest import DatasetChanged, check_before_job
 from services.executor.operations import NotPossible
 from services.executor.settings import LocalDataset
-from services.executor.store import DatasetSubmission, PreparedDataset, Withdrawal
+from services.executor.store import DatasetSubmission, PreparedDataset, SubmissionProgress, Withdrawal
 from shared.db import UnitOfWork
 
 #: A submission in one of these may be submitted again: prepared afresh from the raw data.
@@ -61,6 +61,12 @@ async def submission(uow: UnitOfWork, sub_id: int) -> DatasetSubmission:
         if sub is None:
             raise NotPossible(f"no submission {sub_id} at this site")
         return sub
+
+
+async def progress(uow: UnitOfWork, sub_id: int) -> SubmissionProgress | None:
+    """The running stage's progress (bytes hashed, the preparator's report's last lines), if any."""
+    async with uow:
+        return await uow.session.get(SubmissionProgress, sub_id)
 
 
 async def decide(uow: UnitOfWork, sub_id: int, consent: bool) -> DatasetSubmission:
