@@ -17,7 +17,10 @@ import json
 import math
 import os
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,35 @@ def read(output: Path, stage: str = "prepare") -> Progress | None:
     if size > REPORT_READ_BYTES:
         return Progress(stage, message="the preparator's report is too large to summarise", lines=lines)
     return Progress(stage, report=summarise(_parse(text)), lines=lines)
+
+
+class ReportReader:
+    """``read`` of one task's report for ``watching``: again only when the file changed (its size or
+    time), and no sooner than ten times the last read took, so that parsing a large report (pure
+    Python YAML where libyaml is missing) never takes more than a tenth of a core."""
+
+    def __init__(self, output: Path, stage: str = "prepare", clock: Callable[[], float] = time.monotonic) -> None:
+        self.output, self.stage, self.clock = output, stage, clock
+        self._seen: tuple[int, int] | None = None
+        self._last: Progress | None = None
+        self._next_at = 0.0
+
+    def __call__(self) -> Progress | None:
+        path = report_path(self.output)
+        try:
+            stat = path.stat() if path is not None else None
+        except OSError:
+            return self._last
+        seen = (stat.st_mtime_ns, stat.st_size) if stat is not None else None
+        if seen == self._seen or self.clock() < self._next_at:
+            return self._last
+        started = self.clock()
+        found = read(self.output, self.stage)
+        self._next_at = self.clock() + 10 * (self.clock() - started)
+        if found is not None and found.report is None and not found.message and self._last is not None:
+            found = replace(found, report=self._last.report)  # half-written: the last whole count stands
+        self._seen, self._last = seen, found if found is not None else self._last
+        return self._last
 
 
 def _parse(text: str) -> Any:

@@ -138,7 +138,7 @@ class Workflow:
         metadata = staging / "metadata"
         metadata.mkdir(parents=True)
         report = run / "report"
-        async with watching(on_progress, lambda: prep_report.read(report), REPORT_SECONDS, blocking=True):
+        async with watching(on_progress, prep_report.ReportReader(report), REPORT_SECONDS, blocking=True):
             await self.run_task(
                 preparator,
                 "prepare",

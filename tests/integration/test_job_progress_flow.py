@@ -63,6 +63,22 @@ async def site_events(fed: Federation) -> list[tuple[str, bytes]]:
         await nc.close()
 
 
+async def consumer(fed: Federation, stream: str, durable: str) -> Any:
+    nc = await nats.connect(fed.nats_url)
+    try:
+        return await nc.jetstream().consumer_info(stream, durable)
+    finally:
+        await nc.close()
+
+
+async def dead_letters(fed: Federation) -> int:
+    nc = await nats.connect(fed.nats_url)
+    try:
+        return (await nc.jetstream().stream_info("DEADLETTER")).state.messages
+    finally:
+        await nc.close()
+
+
 async def progress_events(fed: Federation) -> list[dict[str, Any]]:
     return [json.loads(data) for subject, data in await site_events(fed) if subject.endswith(".job.progress")]
 
@@ -100,6 +116,15 @@ async def test_a_preparators_report_leaves_the_site_in_aggregate_only(tmp_path: 
         assert len({json.dumps(r, sort_keys=True) for r in reports}) >= 2, reports  # it moved, step by step
         assert reports[-1] == {"cases": 3, "statuses": {"3": 3}}
         assert all(r["cases"] == 3 and sum(r["statuses"].values()) == 3 for r in reports)
+
+        # The console folds job events into job state: it takes job.progress and leaves it be.
+        async def console_caught_up() -> bool:
+            info = await consumer(fed, "SITES", "console-jobs")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(console_caught_up, "the console to take every job event, job.progress too")
+        assert (await consumer(fed, "SITES", "console-jobs")).num_redelivered == 0
+        assert await dead_letters(fed) == 0
 
         # No case id (nor the report's free text) in any event the site published, of any type.
         for subject, data in await site_events(fed):

@@ -11,7 +11,7 @@ import yaml
 
 from services.executor import prep_report
 from services.executor.progress import PROGRESS_SECONDS, Meter, Progress, Throttle, watching
-from shared.events import REPORT_STATUS_KEYS, JobProgress
+from shared.events import REPORT_STATUS_KEYS, JobProgress, ReportSummary
 
 
 class FakeClock:
@@ -148,3 +148,49 @@ async def test_watching_tells_changes_and_the_last_sample() -> None:
     assert told[0] == Progress("hash", 5, 10)
     assert told[-1] == Progress("hash", 10, 10)
     assert len(told) == len(set(told))  # an unchanged sample is not told again
+
+
+def test_the_console_describes_a_progress_event() -> None:
+    from cli.console_render import describe
+
+    event = JobProgress(
+        actor="a",
+        site="site-a",
+        job_id=3,
+        kind="prepare",
+        benchmark_id=1,
+        stage="prepare",
+        report=prep_report.summarise(medperf_report(4, 1)),
+    )
+    text = describe(event.model_dump(mode="json"))
+    assert "-- prepare; report: 4 cases (0: 3, 3: 1)" in text  # the most common status first
+    hashing = JobProgress(actor="a", site="site-a", job_id=3, benchmark_id=1, stage="hash", done=5, total=9)
+    assert "-- hash: 5 of 9" in describe(hashing.model_dump(mode="json"))
+
+
+def test_the_report_is_read_again_only_when_it_changed_and_not_too_often(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(medperf_report(3, 1)))
+    reads: list[Path] = []
+    real_read = prep_report.read
+
+    def counted(output: Path, stage: str = "prepare") -> Progress | None:
+        reads.append(output)
+        clock.now += 0.5  # a slow parse: half a second
+        return real_read(output, stage)
+
+    monkeypatch.setattr(prep_report, "read", counted)
+    clock = FakeClock()
+    reader = prep_report.ReportReader(path, clock=clock)
+    first = reader()
+    assert first is not None and first.report is not None and first.report.statuses == {"3": 1, "0": 2}
+    assert reader() == first and len(reads) == 1  # unchanged: not read again
+    path.write_text(yaml.safe_dump(medperf_report(3, 2)))
+    assert reader() == first and len(reads) == 1  # changed, but within ten times the last read's cost
+    clock.now += 5
+    assert reader().report.statuses == {"3": 2, "0": 1} and len(reads) == 2
+    clock.now += 5
+    path.write_text("status: {a: [unclosed")  # rewritten, half-way
+    half = reader()
+    assert half.report == ReportSummary(cases=3, statuses={"3": 2, "0": 1})  # the last whole count stands
+    assert half.lines == ("status: {a: [unclosed",)
