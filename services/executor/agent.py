@@ -261,10 +261,13 @@ class SiteAgent(FederationQuestions):
         try:
             async with self.runner.inline(
                 "compatibility", parts.benchmark_id, key, "model asked to join", last_try, model_id=model_id
-            ):
+            ) as job:
                 prepared = await prepare_demo(self.workflow, parts.demo_dataset, parts.preparator, base / "prepared")
                 run = base / f"model-{model_id}"
-                scores = await self.workflow.score(model, parts.metrics, prepared, run, declared=parts.metric_names)
+                progress = JobProgressReporter(self.site, self.uow, job)
+                scores = await self.workflow.score(
+                    model, parts.metrics, prepared, run, declared=parts.metric_names, on_progress=progress
+                )
         except TaskFailed as failed:
             detail = f"{failed} (the {failed.fault}'s fault)"
             return CompatibilityReport(

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from services.executor.hashing import Progress
 from services.executor.manifest import DatasetChanged, check_before_job
@@ -45,6 +45,8 @@ async def submit(uow: UnitOfWork, local: LocalDataset, consent: bool) -> Dataset
                 sub.consent = "given"
             await uow.commit()
             return sub
+        if sub is not None:  # starts over: the last attempt's progress would show as this one's
+            await uow.session.execute(delete(SubmissionProgress).where(SubmissionProgress.submission_id == sub.id))
         sub = sub or DatasetSubmission(name=local.name, benchmark=local.benchmark)
         sub.data_path, sub.labels_path = paths
         sub.status, sub.consent, sub.stages, sub.detail = "submitted", "given" if consent else "pending", {}, ""

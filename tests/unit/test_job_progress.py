@@ -194,3 +194,39 @@ def test_the_report_is_read_again_only_when_it_changed_and_not_too_often(tmp_pat
     half = reader()
     assert half.report == ReportSummary(cases=3, statuses={"3": 2, "0": 1})  # the last whole count stands
     assert half.lines == ("status: {a: [unclosed",)
+
+
+async def test_a_submission_records_its_progress_and_starts_over_without_it(tmp_path: Path) -> None:
+    from services.executor import datasets
+    from services.executor.live import submission_sink
+    from services.executor.settings import LocalDataset
+    from services.executor.store import TABLES, Base, DatasetSubmission
+    from shared.db import Database, UnitOfWork
+
+    db = Database(f"sqlite:///{tmp_path / 'agent.db'}")
+    await db.create_all(Base.metadata)
+
+    def uow() -> UnitOfWork:
+        return UnitOfWork(db, TABLES)
+
+    try:
+        local = LocalDataset(name="ward", benchmark="bench", data_path=tmp_path, labels_path=tmp_path)
+        sub = await datasets.submit(uow(), local, consent=False)
+        record = submission_sink(uow, sub.id)
+        await record(Progress("hash", done=5, total=10))
+        await record(Progress("hash", message="no count: the last one stands"))
+        row = await datasets.progress(uow(), sub.id)
+        assert row is not None and (row.stage, row.done, row.total) == ("hash", 5, 10)
+        await record(Progress("prepare", lines=("case-1: 3",)))
+        row = await datasets.progress(uow(), sub.id)
+        assert row is not None and (row.stage, row.done, row.total, row.lines) == ("prepare", None, None, ["case-1: 3"])
+
+        async with uow() as unit:  # it failed; the data owner submits it again
+            failed = await unit.session.get(DatasetSubmission, sub.id)
+            assert failed is not None
+            failed.status = "failed"
+            await unit.commit()
+        again = await datasets.submit(uow(), local, consent=False)
+        assert again.id == sub.id and await datasets.progress(uow(), sub.id) is None
+    finally:
+        await db.dispose()
