@@ -303,13 +303,8 @@ class DatasetIntake:
             async def on_stage(stage: str) -> None:
                 await self._update(sub.id, stage=stage)
 
-            prepared = await self.prepare(
-                parts,
-                local,
-                "submitted by the data owner",
-                on_stage=on_stage,
-                local_progress=submission_sink(self.uow, sub.id),
-            )
+            shown = submission_sink(self.uow, sub.id)  # what `medperf dataset submit` shows
+            prepared = await self.prepare(parts, local, "submitted by the data owner", False, on_stage, shown)
         await self._update(
             sub.id,
             status="prepared",
