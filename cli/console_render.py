@@ -39,6 +39,8 @@ def describe(event: dict[str, Any]) -> str:
         parts.append(f"-- {event.get('failure')} fault ({retry}): {event.get('reason', '')}")
     elif event.get("reason"):
         parts.append(f"-- {event['reason']}")
+    if event.get("type") == "job.progress":
+        parts.append(progress_text(event))
     if event.get("metrics"):
         parts.append(" ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items() if isinstance(v, int | float)))
     if event.get("held"):
@@ -46,6 +48,20 @@ def describe(event: dict[str, Any]) -> str:
     if event.get("type") == "unreadable":
         parts.append(repr(event.get("raw", ""))[:120])
     return " ".join(str(p) for p in parts)
+
+
+def progress_text(event: dict[str, Any]) -> str:
+    """A job.progress event's stage, count and report summary (an aggregate: no case in it)."""
+    text = f"-- {event.get('stage')}"
+    if event.get("total") is not None:
+        text += f": {event.get('done') or 0} of {event['total']}"
+    report = event.get("report")
+    if isinstance(report, dict):
+        statuses = ", ".join(f"{k}: {v}" for k, v in (report.get("statuses") or {}).items())
+        text += f"; report: {report.get('cases')} cases" + (f" ({statuses})" if statuses else "")
+    if event.get("message"):
+        text += f" ({event['message']})"
+    return text
 
 
 def event_line(item: dict[str, Any], colour: bool) -> str:

@@ -17,8 +17,10 @@ from cli.output import UsageError, view, waiting
 from cli.verbs import Verbs
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from services.executor.settings import SiteSettings
-    from services.executor.store import DatasetSubmission
+    from services.executor.store import DatasetSubmission, SubmissionProgress
     from shared.db import UnitOfWork
 
 T = TypeVar("T")
@@ -31,6 +33,7 @@ STAGES = {
     "prepare": "prepare (the benchmark's data preparator)",
     "sanity_check": "sanity check",
     "statistics": "statistics",
+    "hash_prepared": "hash the prepared data",
     "register": "register the hashes and statistics",
     "compatibility": "compatibility test (the reference model on this data)",
     "request": "ask to join the benchmark",
@@ -119,7 +122,7 @@ async def _follow(
     shown_leaving = False
     while True:
         sub = await datasets.submission(uow(), sub_id)
-        progress.stages(sub)
+        progress.stages(sub, await datasets.progress(uow(), sub_id))
         if sub.status == "prepared" and sub.consent == "pending":
             progress.pause()
             answer = _consent(sub, site, yes)
@@ -158,38 +161,70 @@ async def _follow(
 
 
 class _Progress:
-    """One line per finished stage (as it finishes), the running one on a spinner (at a terminal)."""
+    """One line per finished stage (as it finishes); below them, at a terminal, the running one live:
+    a spinner, or a bar of the bytes read while data is hashed, and the last lines of the data
+    preparator's report (verbatim: this runs on the site machine, where the report is)."""
 
     def __init__(self) -> None:
         from rich.console import Console
+        from rich.live import Live
+        from rich.spinner import Spinner
 
         self.console = Console(highlight=False, soft_wrap=True)
-        self.status = self.console.status("") if self.console.is_terminal else None
+        self.spinner = Spinner("dots")
+        self.text = ""
+        self.bar: tuple[int, int] | None = None
+        self.lines: tuple[str, ...] = ()
         self.running = False
         self.shown: dict[str, str] = {}
+        terminal = self.console.is_terminal  # (Live renders once as it is made: the above first)
+        self.live = Live(console=self.console, get_renderable=self._render, transient=True) if terminal else None
 
     def say(self, text: str) -> None:
-        if self.status is None:
+        if self.live is None:
             return
-        self.status.update(text)
+        self.text = text
         if not self.running:
-            self.status.start()
+            self.live.start()
             self.running = True
 
     def pause(self) -> None:
-        if self.status is not None and self.running:
-            self.status.stop()
+        if self.live is not None and self.running:
+            self.live.stop()
             self.running = False
 
-    def stages(self, sub: DatasetSubmission) -> None:
+    def stages(self, sub: DatasetSubmission, progress: SubmissionProgress | None = None) -> None:
         for stage, state in sub.stages.items():
             label = STAGES.get(stage, stage)
             if state == "running":
+                here = progress if progress is not None and progress.stage == stage else None
+                self.bar = (here.done or 0, here.total) if here is not None and here.total else None
+                self.lines = tuple(here.lines) if here is not None else ()
                 self.say(f"{label} ...")
             elif self.shown.get(stage) != state:
                 self.shown[stage] = state
                 mark = "[green]✓[/green]" if state == "done" else "[red]✗[/red]"
                 self.console.print(f"{mark} {label}")
+
+    def _render(self) -> RenderableType:
+        from rich.console import Group
+        from rich.filesize import decimal
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        head: RenderableType
+        if self.bar is not None:
+            done, total = self.bar
+            head = Table.grid(padding=(0, 1))
+            head.add_row(
+                Text(self.text), ProgressBar(total=total, completed=done, width=30), f"{decimal(done)}/{decimal(total)}"
+            )
+        else:
+            self.spinner.update(text=Text(self.text))
+            head = self.spinner
+        report = [Text(f"  {line}", style="dim", no_wrap=True, overflow="ellipsis") for line in self.lines]
+        return Group(head, *report)
 
 
 def _show_leaving(sub: DatasetSubmission, site: SiteSettings) -> None:

@@ -469,12 +469,17 @@ class JobSucceeded(JobEvent):
     held: bool = Field(default=False, description="the result waits for the data owner to release it")
 
 
+#: The longest log tail an event carries: the executor reads at most this many bytes of a log's end
+#: (``services.executor.engine.TAIL_BYTES``), which decode to at most as many characters.
+LOG_TAIL_CHARS = 4096
+
+
 class JobFailed(JobEvent):
     type: Literal["job.failed"] = "job.failed"
     failure: FailureKind
     will_retry: bool = False
     reason: str
-    log_tail: str = ""
+    log_tail: str = Field(default="", max_length=LOG_TAIL_CHARS)
 
 
 class JobLogReleased(JobEvent):
@@ -482,11 +487,46 @@ class JobLogReleased(JobEvent):
     it leaves only this way, or with every failure where the site says so)."""
 
     type: Literal["job.log_released"] = "job.log_released"
-    log_tail: str
+    log_tail: str = Field(max_length=LOG_TAIL_CHARS)
 
 
 class JobCancelled(JobEvent):
     type: Literal["job.cancelled"] = "job.cancelled"
+
+
+#: A progress stage's name: the workflow's (hash, prepare, sanity_check, statistics, verify, run,
+#: evaluate), short and plain so that a console can show it as it comes.
+ProgressStage = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+#: A report summary counts at most this many distinct status values; the rest count as "other".
+REPORT_STATUS_KEYS = 16
+
+
+class ReportSummary(BaseModel):
+    """What a data preparator's report says, in aggregate. The report itself is keyed by case (subject
+    id), i.e. per-case output that never leaves the site: only how many cases it lists and how many
+    are at each status value do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cases: int = Field(ge=0, description="cases the report lists so far")
+    statuses: dict[Annotated[str, Field(max_length=32)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=REPORT_STATUS_KEYS,
+        description="cases per value of the report's status column (numbers, or short labels)",
+    )
+
+
+class JobProgress(JobEvent):
+    """How far a running job got: its stage, bytes or items done of a total, a preparator's report
+    in aggregate. Rate-limited where it is published (``services.executor.progress``): one at each
+    stage change and at the end of a counted stage, otherwise at most one per job every few seconds.
+    Nothing acts on it; consumers that fold job state ignore it."""
+
+    type: Literal["job.progress"] = "job.progress"
+    stage: ProgressStage
+    done: int | None = Field(default=None, ge=0, description="e.g. bytes hashed so far")
+    total: int | None = Field(default=None, ge=0, description="e.g. bytes to hash in all")
+    message: str = Field(default="", max_length=500)
+    report: ReportSummary | None = None
 
 
 class SiteHeartbeat(BaseModel):
@@ -528,7 +568,8 @@ AnyEvent = Annotated[
     | JobSucceeded
     | JobFailed
     | JobCancelled
-    | JobLogReleased,
+    | JobLogReleased
+    | JobProgress,
     Field(discriminator="type"),
 ]
 EVENTS: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

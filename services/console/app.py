@@ -27,6 +27,7 @@ from shared.events import (
     JobCancelled,
     JobFailed,
     JobLogReleased,
+    JobProgress,
     JobQueued,
     JobStarted,
     JobSucceeded,
@@ -40,7 +41,8 @@ from shared.settings import Settings
 from shared.streams import HEARTBEATS, SITES
 
 AnyJobEvent = Annotated[
-    JobQueued | JobStarted | JobSucceeded | JobFailed | JobCancelled | JobLogReleased, Field(discriminator="type")
+    JobQueued | JobStarted | JobProgress | JobSucceeded | JobFailed | JobCancelled | JobLogReleased,
+    Field(discriminator="type"),
 ]
 
 
@@ -66,6 +68,8 @@ def create_service(settings: Settings) -> ServiceHost:
 
     @router.subscriber(**_durable("jobs", "medperf.site.*.job.*", SITES.name))
     async def on_job_event(event: AnyJobEvent) -> None:
+        if isinstance(event, JobProgress):
+            return  # a job's state changes with its transitions; its progress is for the live feed
         await handlers.record_job_event(event, host.uow())
 
     @router.subscriber(**consume(host.name, ResultReported))

@@ -26,7 +26,9 @@ from sqlalchemy import select
 from services.executor import domain
 from services.executor.demo import prepare_demo
 from services.executor.intake import DatasetIntake
+from services.executor.live import JobProgressReporter
 from services.executor.manifest import DatasetChanged, check_before_job
+from services.executor.progress import Meter, Progress, tell, watching
 from services.executor.questions import BenchmarkParts, FederationQuestions
 from services.executor.runner import JobRunner, add_job, job_event, release
 from services.executor.settings import SiteSettings
@@ -205,10 +207,19 @@ class SiteAgent(FederationQuestions):
         # Metadata only, re-reading what changed (and everything once per MEDPERF_SITE_FULL_CHECK_DAYS):
         # a 200 GB dataset is not read again before each of a benchmark's models.
         full_every = self.site.full_check_days * 86400
+        progress = JobProgressReporter(self.site, self.uow, job)
+        await tell(progress, Progress("verify", message="checking the prepared data against its registration"))
+        meter = Meter()
         try:
-            await asyncio.to_thread(
-                check_before_job, prepared.path, (prepared.data, prepared.labels), job.dataset_hash, full_every
-            )
+            async with watching(progress, lambda: meter.sample("verify")):
+                await asyncio.to_thread(
+                    check_before_job,
+                    prepared.path,
+                    (prepared.data, prepared.labels),
+                    job.dataset_hash,
+                    full_every,
+                    progress=meter,
+                )
         except DatasetChanged as changed:
             # File names can identify patients: the failure leaves the site with counts only.
             log.warning("prepared data of %s changed since registration: %s", dataset.name, changed)
@@ -227,6 +238,7 @@ class SiteAgent(FederationQuestions):
             labels=labels,
             ignore_model_errors=self.site.ignore_model_errors,
             declared=parts.metric_names,
+            on_progress=progress,
         )
         # Only the metrics the benchmark declared leave the site.
         declared = {name: scores.metrics[name] for name in parts.metric_names if name in scores.metrics}
@@ -249,10 +261,13 @@ class SiteAgent(FederationQuestions):
         try:
             async with self.runner.inline(
                 "compatibility", parts.benchmark_id, key, "model asked to join", last_try, model_id=model_id
-            ):
+            ) as job:
                 prepared = await prepare_demo(self.workflow, parts.demo_dataset, parts.preparator, base / "prepared")
                 run = base / f"model-{model_id}"
-                scores = await self.workflow.score(model, parts.metrics, prepared, run, declared=parts.metric_names)
+                progress = JobProgressReporter(self.site, self.uow, job)
+                scores = await self.workflow.score(
+                    model, parts.metrics, prepared, run, declared=parts.metric_names, on_progress=progress
+                )
         except TaskFailed as failed:
             detail = f"{failed} (the {failed.fault}'s fault)"
             return CompatibilityReport(

@@ -22,6 +22,7 @@ from shared.events import (
     CompatibilityTested,
     JobCancelled,
     JobFailed,
+    JobProgress,
     JobQueued,
     JobStarted,
     JobSucceeded,
@@ -112,6 +113,15 @@ def create_agent(settings: Settings, site: SiteSettings, runtime: ContainerRunti
 
     host.include(
         router,
-        publishes=(ResultReported, CompatibilityTested, JobQueued, JobStarted, JobSucceeded, JobFailed, JobCancelled),
+        publishes=(
+            ResultReported,
+            CompatibilityTested,
+            JobQueued,
+            JobStarted,
+            JobProgress,
+            JobSucceeded,
+            JobFailed,
+            JobCancelled,
+        ),
     )
     return host

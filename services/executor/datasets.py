@@ -12,13 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from services.executor.hashing import Progress
 from services.executor.manifest import DatasetChanged, check_before_job
 from services.executor.operations import NotPossible
 from services.executor.settings import LocalDataset
-from services.executor.store import DatasetSubmission, PreparedDataset, Withdrawal
+from services.executor.store import DatasetSubmission, PreparedDataset, SubmissionProgress, Withdrawal
 from shared.db import UnitOfWork
 
 #: A submission in one of these may be submitted again: prepared afresh from the raw data.
@@ -45,6 +45,8 @@ async def submit(uow: UnitOfWork, local: LocalDataset, consent: bool) -> Dataset
                 sub.consent = "given"
             await uow.commit()
             return sub
+        if sub is not None:  # starts over: the last attempt's progress would show as this one's
+            await uow.session.execute(delete(SubmissionProgress).where(SubmissionProgress.submission_id == sub.id))
         sub = sub or DatasetSubmission(name=local.name, benchmark=local.benchmark)
         sub.data_path, sub.labels_path = paths
         sub.status, sub.consent, sub.stages, sub.detail = "submitted", "given" if consent else "pending", {}, ""
@@ -61,6 +63,12 @@ async def submission(uow: UnitOfWork, sub_id: int) -> DatasetSubmission:
         if sub is None:
             raise NotPossible(f"no submission {sub_id} at this site")
         return sub
+
+
+async def progress(uow: UnitOfWork, sub_id: int) -> SubmissionProgress | None:
+    """The running stage's progress (bytes hashed, the preparator's report's last lines), if any."""
+    async with uow:
+        return await uow.session.get(SubmissionProgress, sub_id)
 
 
 async def decide(uow: UnitOfWork, sub_id: int, consent: bool) -> DatasetSubmission:

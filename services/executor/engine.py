@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from shared.events import LOG_TAIL_CHARS
+
 TASK_LABEL = "org.medperf.task"
 TAIL_LINES = 20
-TAIL_BYTES = 4096
+# Read no more than an event may carry (JobFailed.log_tail): at most one character per byte read.
+TAIL_BYTES = LOG_TAIL_CHARS
 # Running as root must not leak into the container; "nobody" is the conventional stand-in.
 NOBODY = (65534, 65534)
 # A task's log is kept up to this size, on the engine and in the site's work directory: a model

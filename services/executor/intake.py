@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import or_, select
 
 from services.executor import domain, withdrawals
+from services.executor.live import JobProgressReporter, submission_sink
+from services.executor.progress import Sink
 from services.executor.settings import LocalDataset
 from services.executor.store import DatasetSubmission, PreparedDataset, Withdrawal
 from services.executor.workflow import PreparedData, TaskFailed
@@ -163,13 +165,15 @@ class DatasetIntake:
         reason: str,
         last_try: bool = False,
         on_stage: Stage | None = None,
+        local_progress: Sink | None = None,
     ) -> PreparedData:
         log.info("%s: preparing %s for benchmark %s", self.site.name, local.name, parts.name)
         out = self.site.work_dir / "datasets" / f"b{parts.benchmark_id}-{local.name}"
         key = domain.pin_key("prepare", parts.benchmark_id, local.name, parts.preparator.image_digest)
-        async with self.agent.runner.inline("prepare", parts.benchmark_id, key, reason, last_try):
+        async with self.agent.runner.inline("prepare", parts.benchmark_id, key, reason, last_try) as job:
+            progress = JobProgressReporter(self.site, self.uow, job, local=local_progress)
             return await self.agent.workflow.prepare(
-                parts.preparator, local.data_path, local.labels_path, out, on_stage=on_stage
+                parts.preparator, local.data_path, local.labels_path, out, on_stage=on_stage, on_progress=progress
             )
 
     async def register(
@@ -299,7 +303,8 @@ class DatasetIntake:
             async def on_stage(stage: str) -> None:
                 await self._update(sub.id, stage=stage)
 
-            prepared = await self.prepare(parts, local, "submitted by the data owner", on_stage=on_stage)
+            shown = submission_sink(self.uow, sub.id)  # what `medperf dataset submit` shows
+            prepared = await self.prepare(parts, local, "submitted by the data owner", False, on_stage, shown)
         await self._update(
             sub.id,
             status="prepared",

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.executor import limits
 from services.executor.limits import ContainerLimits, DownloadLimits, ExtractionLimits, TaskLimits
+from services.executor.progress import PROGRESS_SECONDS
 
 
 class LocalDataset(BaseModel):
@@ -65,6 +66,12 @@ class SiteSettings(BaseSettings):
         default=7.0,
         gt=0,
         description="before a job only changed files are read again; every byte once per this many days",
+    )
+    progress_seconds: float = Field(
+        default=PROGRESS_SECONDS,
+        ge=0.5,
+        le=3600,
+        description="at most one job.progress event per job this often, besides one at each stage change",
     )
     # Bounds on what containers bring and do (services/executor/limits.py has the reasons for each
     # default). Sizes take a unit: 4GiB, 500MB, or a plain number of bytes.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UtcDateTime, messaging_tables
@@ -75,6 +75,21 @@ class DatasetSubmission(Base):
     statistics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     association: Mapped[str] = mapped_column(String(16), default="NONE")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SubmissionProgress(Base):
+    """The running stage of a submission, as ``medperf dataset submit`` shows it: bytes hashed of
+    how many, the preparator's report's last lines verbatim (per-case output: this table, like the
+    whole database, stays on the site machine). A table of its own, so that a site's existing
+    database needs no new column."""
+
+    __tablename__ = "site_submission_progress"
+    submission_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    stage: Mapped[str] = mapped_column(String(32), default="")
+    done: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # bytes: past 2**31
+    total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lines: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.executor import prep_report
 from services.executor.assets import AssetCache, RefusedAsset
 from services.executor.domain import fault_of_asset
 from services.executor.engine import Bind, ContainerRuntime, TaskRun
@@ -24,6 +25,7 @@ from services.executor.hashing import tree_hash, walk  # tree_hash re-exported: 
 from services.executor.images import ImageFailed, obtain_image
 from services.executor.limits import GpusRefused, TaskLimits, setting, size
 from services.executor.manifest import FULL_CHECK_FILE, MANIFEST_FILE, build
+from services.executor.progress import Meter, Progress, Sink, stage_teller, tell, watching
 from services.executor.reports import (
     RESULTS_FILES,
     STATISTICS_FILES,
@@ -37,6 +39,10 @@ from shared.events import Statistics
 
 # Re-exported: the agent, the runner and tests know them from here.
 __all__ = ["PreparedData", "Scores", "TaskFailed", "Workflow", "leaving_metrics", "leaving_statistics", "read_report"]
+
+
+#: How often a running preparator's report file is read (each read is bounded: ``prep_report``).
+REPORT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -114,36 +120,38 @@ class Workflow:
         raw_labels: Path,
         out: Path,
         on_stage: Callable[[str], Awaitable[None]] | None = None,
+        on_progress: Sink | None = None,
     ) -> PreparedData:
         """prepare -> sanity_check -> statistics; ``out`` is replaced by the prepared dataset.
-        ``on_stage`` is told each stage as it starts (the data owner watches them)."""
-
-        async def stage(name: str) -> None:
-            if on_stage is not None:
-                await on_stage(name)
-
-        await stage("hash")
+        ``on_stage`` is told each stage as it starts (the data owner watches them); ``on_progress``
+        that too, the bytes hashed, and the preparator's report file as it grows."""
+        stage = stage_teller(on_stage, on_progress)
+        await stage("hash", "hashing the raw data")
         await asyncio.to_thread(check_room, raw_data, raw_labels, out.parent)
-        input_hash = await asyncio.to_thread(tree_hash, raw_data, raw_labels)
-        await stage("prepare")
+        meter = Meter()
+        async with watching(on_progress, lambda: meter.sample("hash")):
+            input_hash = await asyncio.to_thread(tree_hash, raw_data, raw_labels, progress=meter)
+        await stage("prepare", "the data preparator runs")
         staging = out.with_name(f"{out.name}.staging-{uuid.uuid4().hex[:8]}")
         run = staging / "run"
         # MedPerf's metadata folder lives beside the prepared data; the report stays in the run.
         metadata = staging / "metadata"
         metadata.mkdir(parents=True)
-        await self.run_task(
-            preparator,
-            "prepare",
-            run,
-            {
-                "data_path": raw_data,
-                "labels_path": raw_labels,
-                "output_path": staging / "data",
-                "output_labels_path": staging / "labels",
-                "metadata_path": metadata,
-                "report_file": run / "report",
-            },
-        )
+        report = run / "report"
+        async with watching(on_progress, prep_report.ReportReader(report), REPORT_SECONDS, blocking=True):
+            await self.run_task(
+                preparator,
+                "prepare",
+                run,
+                {
+                    "data_path": raw_data,
+                    "labels_path": raw_labels,
+                    "output_path": staging / "data",
+                    "output_labels_path": staging / "labels",
+                    "metadata_path": metadata,
+                    "report_file": report,
+                },
+            )
         await stage("sanity_check")
         await self.run_task(
             preparator,
@@ -166,7 +174,10 @@ class Workflow:
         written = report_file(_output(preparator, "statistics", run / "statistics"), STATISTICS_FILES)
         statistics = leaving_statistics(read_report(written, "statistics", self.limits.results_bytes))
         # The manifest of what was registered, so checks before each job read only what changed since.
-        manifest = await asyncio.to_thread(build, staging / "data", staging / "labels")
+        await stage("hash_prepared", "hashing the prepared data")
+        meter = Meter()
+        async with watching(on_progress, lambda: meter.sample("hash_prepared")):
+            manifest = await asyncio.to_thread(build, staging / "data", staging / "labels", progress=meter)
         manifest.save(staging / MANIFEST_FILE)
         (staging / FULL_CHECK_FILE).write_text(str(manifest.scanned_ns))
         prepared_hash = manifest.digest
@@ -184,6 +195,7 @@ class Workflow:
         labels: dict[str, str] | None = None,
         ignore_model_errors: bool = False,
         declared: tuple[str, ...] = (),
+        on_progress: Sink | None = None,
     ) -> Scores:
         """infer with ``model``, then evaluate with ``metrics``; returns the metrics only.
         Predictions and per-case outputs stay under ``run`` on this site. With
@@ -191,6 +203,7 @@ class Workflow:
         some predictions is scored on those, and the scores are marked partial. A ``declared``
         metric missing from the results is the metrics container's failure."""
         partial = False
+        await tell(on_progress, Progress("run", message="the model runs"))
         try:
             await self.run_task(
                 model, "infer", run, {"data_path": data.data, "output_path": run / "predictions"}, labels=labels
@@ -200,6 +213,7 @@ class Workflow:
             if not (ignore_model_errors and predictions.is_dir() and any(predictions.iterdir())):
                 raise
             partial = True
+        await tell(on_progress, Progress("evaluate", message="the metrics container runs"))
         await self.run_task(
             metrics,
             "evaluate",

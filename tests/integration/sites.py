@@ -125,13 +125,13 @@ class Federation:
         finally:
             await nc.close()
 
-    async def join(self, sites: int = 1, demo_dataset: dict | None = None) -> None:
+    async def join(self, sites: int = 1, demo_dataset: dict | None = None, prep_spec: dict | None = None) -> None:
         """Committee registers and submits, admin approves, the site (each of ``sites``) prepares and
-        asks to join, the committee approves the dataset(s). ``demo_dataset``: a hosted file."""
+        asks to join, the committee approves the dataset(s). ``demo_dataset``: a hosted file;
+        ``prep_spec``: the data preparator's container spec (default ``preparator``)."""
         committee = "committee"
-        prep = await self.call(
-            committee, "post", "/containers", {"name": "prep", "spec": preparator(self.image), "state": "OPERATION"}
-        )
+        spec = prep_spec or preparator(self.image)
+        prep = await self.call(committee, "post", "/containers", {"name": "prep", "spec": spec, "state": "OPERATION"})
         prep_id = prep["id"]
         ref_container = (
             await self.call(

@@ -14,6 +14,7 @@ import shared.commands as commands
 from shared.containers import ROLE_TASKS, ContainerSpec, HostedFile, Mount
 from shared.events import (
     EVENTS,
+    LOG_TAIL_CHARS,
     AnyEvent,
     AssociationApproved,
     AssociationPriorityChanged,
@@ -34,11 +35,13 @@ from shared.events import (
     JobCancelled,
     JobFailed,
     JobLogReleased,
+    JobProgress,
     JobQueued,
     JobStarted,
     JobSucceeded,
     MetricSpec,
     ModelRegistered,
+    ReportSummary,
     ResultReported,
     SharingPolicy,
     SharingPolicyChanged,
@@ -299,6 +302,18 @@ def one_of_each() -> list[Event]:
         ),
         JobCancelled(**common, site="site-a", job_id=4, kind="compatibility", benchmark_id=3),
         JobLogReleased(**common, site="site-a", job_id=4, benchmark_id=3, model_id=2, log_tail="Traceback: ..."),
+        JobProgress(
+            **common,
+            site="site-a",
+            job_id=4,
+            kind="prepare",
+            benchmark_id=3,
+            stage="prepare",
+            done=3,
+            total=10,
+            message="the data preparator runs",
+            report=ReportSummary(cases=10, statuses={"1": 3, "DONE": 2}),
+        ),
         EntityEdited(
             **common,
             entity="dataset",
@@ -352,6 +367,7 @@ EXPECTED_SUBJECTS = {
     "job.succeeded": "medperf.site.site-a.job.succeeded",
     "job.cancelled": "medperf.site.site-a.job.cancelled",
     "job.log_released": "medperf.site.site-a.job.log_released",
+    "job.progress": "medperf.site.site-a.job.progress",
     "entity.edited": "medperf.registry.entity.edited",
     "entity.deleted": "medperf.registry.entity.deleted",
     "user.created": "medperf.registry.user.created",
@@ -549,7 +565,7 @@ def test_site_event_owner() -> None:
 
 def test_union_types_are_distinct() -> None:
     types = [cls.model_fields["type"].default for cls in typing.get_args(typing.get_args(AnyEvent)[0])]
-    assert len(types) == len(set(types)) == 27
+    assert len(types) == len(set(types)) == 28
     assert EVENTS.validate_python(one_of_each()[0].model_dump()).type == "container.registered"
 
 
@@ -659,3 +675,49 @@ def test_outcome_constructors() -> None:
     assert (refused.ok, refused.code, refused.reason) == (False, "forbidden", "ask an admin")
     with pytest.raises(ValidationError):
         commands.Outcome.refused("nope", "x")  # type: ignore[arg-type]
+
+
+# --- bounded job fields ------------------------------------------------------------------------
+
+JOB = {"actor": "alice", "site": "site-a", "job_id": 4, "benchmark_id": 3}
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [(JobFailed, {"failure": "model", "reason": "exit 1"}), (JobLogReleased, {})],
+    ids=["job.failed", "job.log_released"],
+)
+def test_log_tail_longer_than_the_executor_reads_is_refused(cls: type, extra: dict) -> None:
+    assert cls.model_validate({**JOB, **extra, "log_tail": "x" * LOG_TAIL_CHARS}).log_tail
+    error = invalid(cls, {**JOB, **extra, "log_tail": "x" * (LOG_TAIL_CHARS + 1)})
+    assert [e["loc"] for e in error.errors()] == [("log_tail",)]
+
+
+def test_the_executor_reads_no_longer_tail_than_an_event_carries(tmp_path) -> None:
+    from services.executor.engine import read_tail
+
+    log = tmp_path / "task.log"
+    log.write_bytes(("\xff" * 7 + "é" * 3 + "\n").encode("latin-1", errors="replace") * 5000)
+    tail = read_tail(log, max_lines=10**6)
+    assert len(tail) <= LOG_TAIL_CHARS
+    JobFailed.model_validate({**JOB, "failure": "model", "reason": "r", "log_tail": tail})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stage", "x" * 33),
+        ("stage", "Prepare!"),
+        ("done", -1),
+        ("total", -1),
+        ("message", "m" * 501),
+        ("report", {"cases": -1}),
+        ("report", {"cases": 1, "statuses": {str(n): 1 for n in range(17)}}),
+        ("report", {"cases": 1, "statuses": {"s" * 33: 1}}),
+        ("report", {"cases": 1, "case_ids": ["case-1"]}),
+    ],
+)
+def test_job_progress_is_bounded(field: str, value: object) -> None:
+    data = {**JOB, "stage": "hash", field: value}
+    error = invalid(JobProgress, data)
+    assert error.errors()[0]["loc"][0] == field
