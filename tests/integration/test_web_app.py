@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from waiting import eventually
-from webworld import TOKENS, World, settle, world
+from webworld import TOKENS, World, add_model, settle, slow, world
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -201,6 +201,18 @@ async def test_a_data_owner_releases_what_their_site_holds_and_sees_no_other_sit
 
     await eventually(released, "the released log tail to reach the model owner", timeout=30)
 
+    # Live: a model the committee approves now runs at their site, followed as it runs; its result
+    # then waits for their release.
+    await page.get_by_role("link", name="Data", exact=True).click()
+    model_id = await add_model(web, "modeler", "slow-model", slow(web.fed.image, 6))
+    await web.call("committee", "decide_association", web.benchmark_id, "model", model_id, approve=True)
+    running = page.get_by_test_id("running-job").filter(has_text="slow-model")
+    await _expect(running).to_contain_text("site-b", timeout=60_000)
+    await _expect(page.get_by_test_id("running-job")).to_have_count(1)  # not the crashed job whose log left
+    await page.screenshot(path=ARTIFACTS / "data-owner-running.png", full_page=True)
+    await _expect(running).to_have_count(0, timeout=60_000)
+    await _expect(page.get_by_test_id("held-result").filter(has_text="slow-model")).to_have_count(1, timeout=30_000)
+
     # Live: the activity of their own site only.
     await page.get_by_role("link", name="Activity").click()
     await _expect(page.get_by_test_id("feed-status")).to_contain_text("Live")
@@ -214,12 +226,15 @@ async def test_a_data_owner_releases_what_their_site_holds_and_sees_no_other_sit
 async def test_a_model_owner_follows_their_models_and_registers_through_the_forms(web: World, browser: Any) -> None:
     page = await signed_in(browser, web, "modeler")
     await page.get_by_role("link", name="Models", exact=True).click()
-    await _expect(page.get_by_test_id("model-row")).to_have_count(2)
+    for name in ("good-model", "crashing-model", "slow-model"):  # slow-model: the data owner's scenario's
+        await _expect(page.get_by_test_id("model-row").filter(has_text=name)).to_have_count(1)
     await _expect(page.get_by_test_id("models")).not_to_contain_text("waiting-model")  # another owner's
     rows = page.get_by_test_id("association-row")
     await _expect(rows.filter(has_text="good-model")).to_contain_text("APPROVED")
     await _expect(rows.filter(has_text="good-model")).to_contain_text("passed")
-    await _expect(page.get_by_test_id("your-results").get_by_test_id("board-row")).to_have_count(2)
+    results = page.get_by_test_id("your-results")
+    await _expect(results.get_by_test_id("board-row").filter(has_text="good-model")).to_contain_text("0.8490")
+    await _expect(results).not_to_contain_text("reference")  # the committee's model, not theirs
     await _expect(page.get_by_test_id("model-failures")).to_contain_text("model's fault")
     await accessible(page, "model-owner")
 

@@ -59,6 +59,12 @@ def model(image: str, digit: int) -> dict:
     return container(image, {"infer": task(script, {"data_path": "/in"}, {"output_path": "/out"})})
 
 
+def slow(image: str, seconds: int) -> dict:
+    """Takes ``seconds`` to predict: long enough to be seen running."""
+    script = f"sleep {seconds}; cat /in/case1.txt > /out/p1; echo 3 > /out/p2"
+    return container(image, {"infer": task(script, {"data_path": "/in"}, {"output_path": "/out"})})
+
+
 def crashing(image: str) -> dict:
     script = "echo 'loading weights'; echo 'weights file is truncated' >&2; exit 3"
     return container(image, {"infer": task(script, {"data_path": "/in"}, {"output_path": "/out"})})
@@ -97,6 +103,13 @@ async def _ask_to_join(fed: Federation, user: str, model_id: int) -> None:
             return False
 
     await eventually(asked, f"model {model_id}'s request to be accepted", timeout=30, interval=0.1)
+
+
+async def add_model(w: World, user: str, name: str, spec: dict) -> int:
+    """``user`` registers a model and asks to join with a signed, passing test; nobody decides yet."""
+    w.models[name] = await _model(w.fed, user, name, spec)
+    await _ask_to_join(w.fed, user, w.models[name])
+    return w.models[name]
 
 
 async def _model(fed: Federation, user: str, name: str, spec: dict) -> int:

@@ -4,12 +4,14 @@ import { useLive, Name } from "./live.jsx";
 import { Section, Empty } from "./ui.jsx";
 
 const ENDED = new Set(["job.succeeded", "job.failed", "job.cancelled"]);
+// The events that move a job along; a released log tail (job.log_released) comes after its end.
+const STEPS = new Set(["job.queued", "job.started", "job.progress", ...ENDED]);
 
 function latestJobs(events, sites) {
   const jobs = new Map();
   for (const item of [...events].reverse()) {
     const e = item.event;
-    if (!e.type || !e.type.startsWith("job.") || !sites.includes(e.site)) continue;
+    if (!STEPS.has(e.type) || !sites.includes(e.site)) continue;
     const key = `${e.site}/${e.job_id}`;
     const job = jobs.get(key) || { site: e.site, job_id: e.job_id, kind: e.kind, benchmark_id: e.benchmark_id };
     Object.assign(job, { model_id: e.model_id, dataset_id: e.dataset_id, type: e.type, at: e.occurred_at });
