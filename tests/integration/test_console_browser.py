@@ -113,7 +113,7 @@ async def test_an_admin_approves_a_model_from_the_browser_and_watches_the_leader
             # An event arrives: a model asks to join.
             good = await request_model(fed, "good-model", "echo 1 > /out/p1; echo 2 > /out/p2")
             arrived = page.get_by_test_id("feed").locator(
-                'div[data-type="association.requested"]', has_text=f"model component {good}"
+                'div[data-type="association.requested"]', has_text="model good-model"
             )
             await expect(arrived).to_have_count(1, timeout=15_000)
             pending = page.get_by_test_id("pending-item").filter(has_text=f"model {good} asks to join")
@@ -131,7 +131,7 @@ async def test_an_admin_approves_a_model_from_the_browser_and_watches_the_leader
                 await expect(
                     page.get_by_test_id("feed")
                     .locator('div[data-type="result.reported"]', has_text=f"site {site}")
-                    .filter(has_text=f"model {good}")
+                    .filter(has_text="model good-model")
                 ).to_have_count(1, timeout=30_000)
             print(f"leaderboard showed the approved model {time.monotonic() - approved_at:.1f} s after the click")
             await expect(page.get_by_test_id("chart").locator("rect")).to_have_count(2)  # reference + good-model
