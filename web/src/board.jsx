@@ -88,15 +88,19 @@ export function BoardChart({ board }) {
   const rows = board.rows.filter((r) => r.metrics[primary] && r.metrics[primary].value !== null);
   useEffect(() => {
     if (!canvas.current || !rows.length) return undefined;
-    const sites = board.datasets.map((d, i) => ({
-      type: "line",
-      label: d,
-      data: rows.map((r) => (r.per_dataset[d] === undefined ? null : r.per_dataset[d])),
-      showLine: false,
-      pointRadius: 4,
-      pointBackgroundColor: PALETTE[(i + 1) % PALETTE.length],
-      borderColor: PALETTE[(i + 1) % PALETTE.length],
-    }));
+    const sites = board.datasets.map((d, i) => {
+      const colour = PALETTE[(i + 1) % PALETTE.length];
+      return {
+        type: "line",
+        label: d,
+        data: rows.map((r) => (r.per_dataset[d] === undefined ? null : r.per_dataset[d])),
+        showLine: false,
+        pointRadius: 5,
+        pointStyle: "circle",
+        backgroundColor: colour,
+        borderColor: colour,
+      };
+    });
     const chart = new Chart(canvas.current, {
       type: "bar",
       data: {
@@ -111,7 +115,13 @@ export function BoardChart({ board }) {
           ...sites,
         ],
       },
-      options: { animation: false, responsive: true, maintainAspectRatio: false, scales: { y: { beginAtZero: false, grace: "5%" } } },
+      options: {
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        scales: { y: { beginAtZero: false, grace: "5%" } },
+        plugins: { legend: { labels: { usePointStyle: true } } },
+      },
     });
     return () => chart.destroy();
   }, [board]);
