@@ -1,5 +1,5 @@
 """The system's vocabulary and plumbing: events, commands, subjects, streams, broker and database.
 
-Read ``events.py`` and ``commands.py`` to learn what the system does; ``streams.py`` says where each
+Read ``events/`` and ``commands/`` to learn what the system does; ``streams.py`` says where each
 message travels; ``broker.py``, ``db.py`` and ``messaging.py`` are the plumbing every service shares.
 """
