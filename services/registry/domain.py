@@ -374,6 +374,19 @@ def check_site_key_manager(site: str, site_owners: Collection[str], actor: str, 
     raise Refusal("forbidden", f"site {site!r} belongs to {owners}; they or an admin manage its keys")
 
 
+def check_dataset_site(site: str, site_owners: Collection[str], actor: str) -> None:
+    """A dataset is registered at its owner's own site: one that has owners belongs to them. Else
+    anyone could name a hospital's site in a dataset and become one of its owners (its keys, its
+    jobs in the feed); a site's agent registers its datasets as the site's one data owner."""
+    if site_owners and actor not in site_owners:
+        owners = ", ".join(sorted(site_owners))
+        raise Refusal(
+            "forbidden",
+            f"site: site {site!r} belongs to {owners}; register datasets at your own site "
+            "(your agent's MEDPERF_SITE_NAME), or ask them to",
+        )
+
+
 def check_site_owner(site: str, site_owners: Collection[str], actor: str, visible: bool) -> None:
     """Only a site's owner gives its data owner's consent (releasing its held results or log tails):
     not an admin, not a committee. A site the caller cannot see (``visible`` false: none of its

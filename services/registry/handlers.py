@@ -24,6 +24,7 @@ from services.registry.store import (
     Model,
     _Entity,
     load,
+    site_owners,
     view,
     visible,
 )
@@ -231,6 +232,7 @@ async def register_dataset(cmd: RegisterDataset, uow: UnitOfWork) -> Outcome:
             if domain.is_repeated_registration(view(existing), cmd.actor, cmd.name, cmd.site):
                 return Outcome.accepted(existing.id)
         try:
+            domain.check_dataset_site(cmd.site, await site_owners(s, cmd.site), cmd.actor)
             domain.check_prepared_hash_free([d.id for d in same_contents if d.state == "OPERATION"])
         except domain.Refusal as refusal:
             return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]

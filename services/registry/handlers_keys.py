@@ -10,17 +10,11 @@ from typing import Any
 from sqlalchemy import select
 
 from services.registry import domain
-from services.registry.store import Benchmark, Container, Dataset, Model, SiteKey, visible
+from services.registry.store import Benchmark, Container, Dataset, Model, SiteKey, site_owners, visible
 from shared.commands import CheckSiteOwner, GetRelations, ListSiteKeys, Outcome, RegisterSiteKey, RevokeSiteKey
 from shared.db import UnitOfWork
 from shared.events import SiteKeyRegistered, SiteKeyRevoked, utcnow
 from shared.signing import BadKey, key_id_of
-
-
-async def _site_owners(uow: UnitOfWork, site: str) -> set[str]:
-    datasets = await uow.session.scalars(select(Dataset.owner).where(Dataset.site == site).distinct())
-    keys = await uow.session.scalars(select(SiteKey.owner).where(SiteKey.site == site).distinct())
-    return set(datasets) | set(keys)
 
 
 async def register_site_key(cmd: RegisterSiteKey, uow: UnitOfWork) -> Outcome:
@@ -31,7 +25,7 @@ async def register_site_key(cmd: RegisterSiteKey, uow: UnitOfWork) -> Outcome:
     async with uow:
         row = await uow.session.get(SiteKey, key_id)
         try:
-            domain.check_site_key_manager(cmd.site, await _site_owners(uow, cmd.site), cmd.actor, cmd.is_admin)
+            domain.check_site_key_manager(cmd.site, await site_owners(uow.session, cmd.site), cmd.actor, cmd.is_admin)
             domain.check_key_registrable(
                 cmd.site, key_id, row.site if row else None, row is not None and row.revoked_at is not None
             )
@@ -56,7 +50,7 @@ async def revoke_site_key(cmd: RevokeSiteKey, uow: UnitOfWork) -> Outcome:
             known = f"see GET /sites/{cmd.site}/keys"
             return Outcome.refused("not_found", f"site {cmd.site!r} has no key {cmd.key_id} ({known})")
         try:
-            domain.check_site_key_manager(cmd.site, await _site_owners(uow, cmd.site), cmd.actor, cmd.is_admin)
+            domain.check_site_key_manager(cmd.site, await site_owners(uow.session, cmd.site), cmd.actor, cmd.is_admin)
         except domain.Refusal as refusal:
             return Outcome.refused(refusal.code, refusal.reason)  # type: ignore[arg-type]
         if row.revoked_at is not None:
@@ -83,7 +77,7 @@ async def list_site_keys(query: ListSiteKeys, uow: UnitOfWork) -> Outcome:
 
 async def check_site_owner(query: CheckSiteOwner, uow: UnitOfWork) -> Outcome:
     async with uow:
-        owners = await _site_owners(uow, query.site)
+        owners = await site_owners(uow.session, query.site)
         # Keys are public; datasets as the registry shows them (another's invalidated one is hidden).
         key = await uow.session.scalar(select(SiteKey.key_id).where(SiteKey.site == query.site).limit(1))
         seen = select(Dataset.id).where(Dataset.site == query.site, visible(Dataset, query.actor, query.is_admin))
@@ -114,7 +108,7 @@ def _view(row: SiteKey) -> dict:
 
 async def get_relations(query: GetRelations, uow: UnitOfWork) -> Outcome:
     """What the caller owns, for the live feed to show them the events about it. A site is theirs
-    as for its keys (``_site_owners``): they own one of its datasets or keys."""
+    as for its keys (``store.site_owners``): they own one of its datasets or keys."""
     owned: dict[str, Any] = {}
     async with uow:
         s = uow.session

@@ -5,7 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, ColumnElement, ForeignKey, Index, Integer, MetaData, String, Text, and_, or_, text, true
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    and_,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -146,6 +160,13 @@ async def load(s: AsyncSession, table: type[R], key: int | str) -> R | None:
     if isinstance(key, int) and not -MAX_ID <= key <= MAX_ID:
         return None
     return await s.get(table, key)
+
+
+async def site_owners(session: AsyncSession, site: str) -> set[str]:
+    """A site's owners: whoever registered its datasets or its keys."""
+    datasets = await session.scalars(select(Dataset.owner).where(Dataset.site == site).distinct())
+    keys = await session.scalars(select(SiteKey.owner).where(SiteKey.site == site).distinct())
+    return set(datasets) | set(keys)
 
 
 def visible(table: type[_Entity], actor: str, is_admin: bool) -> ColumnElement[bool]:

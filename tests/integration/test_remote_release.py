@@ -192,10 +192,16 @@ async def _has(values: Any, expected: set[int]) -> bool:
     return expected <= await values
 
 
-async def test_the_agent_acts_only_for_its_own_data_owner(tmp_path: Path, busybox_image: str) -> None:
-    """Anyone may register a dataset naming any site, and so pass the registry's ownership check:
-    the agent itself takes consent only from the owner it was configured with."""
+async def test_nobody_joins_a_site_by_naming_it_in_a_dataset(tmp_path: Path, busybox_image: str) -> None:
+    """The site's agent registers its key as its owner at start; from then on a stranger's dataset
+    naming the site is refused, so they never pass the registry's ownership check (and the agent
+    would refuse them still: ``consent.refusal``, tests/unit/test_consent.py)."""
     async with secured_federation(tmp_path, busybox_image) as fed:
+
+        async def key_registered() -> bool:
+            return bool(await fed.call("hospital-a", "get", f"/sites/{SITE}/keys"))
+
+        await eventually(key_registered, "the agent's signing key in the registry")
         dataset = {
             "name": "claim",
             "site": SITE,
@@ -204,14 +210,10 @@ async def test_the_agent_acts_only_for_its_own_data_owner(tmp_path: Path, busybo
             "prepared_hash": "2" * 64,
             "statistics": {"cases": 1},
         }
-        await fed.call("stranger", "post", "/datasets", dataset)
-        status, message = await fed.refused("stranger", RELEASE, {"all": True})
-        assert status == 403 and f"takes consent from its data owner ({fed.site.owner}) only" in message
-
-        async def key_registered() -> bool:  # the agent registers its key, as its owner, at start
-            return bool(await fed.call("hospital-a", "get", f"/sites/{SITE}/keys"))
-
-        await eventually(key_registered, "the agent's signing key in the registry")
+        status, message = await fed.refused("stranger", "/datasets", dataset)
+        assert status == 403 and f"site {SITE!r} belongs to hospital-a" in message
+        status, _ = await fed.refused("stranger", RELEASE, {"all": True})
+        assert status == 403
         assert await fed.call("hospital-a", "post", RELEASE, {"all": True}) == {"site": SITE, "released": []}
 
 

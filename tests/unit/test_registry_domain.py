@@ -16,6 +16,7 @@ from services.registry.domain import (
     benchmark_problems,
     check_admin,
     check_benchmark_operational,
+    check_dataset_site,
     check_dependants_fit,
     check_list_filters,
     check_may_delete,
@@ -516,3 +517,11 @@ def test_only_a_sites_owner_gives_its_consent_and_a_hidden_site_is_missing() -> 
     with pytest.raises(Refusal) as missing:
         check_site_owner("site-a", {"alice"}, "bob", visible=False)
     assert (missing.value.code, missing.value.reason) == ("not_found", "no site site-a")
+
+
+def test_a_dataset_is_registered_at_its_owners_own_site() -> None:
+    check_dataset_site("site-a", set(), "anyone")  # a new site: its first dataset claims it
+    check_dataset_site("site-a", {"hospital-a"}, "hospital-a")
+    with pytest.raises(Refusal) as refused:
+        check_dataset_site("site-a", {"hospital-a"}, "mallory")
+    assert refused.value.code == "forbidden" and "belongs to hospital-a" in refused.value.reason
