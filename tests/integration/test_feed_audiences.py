@@ -17,12 +17,11 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from users import central_settings
 from waiting import eventually
 
 from cli.stack import Stack
-from services.ingress.auth import token_digest
 from shared.events import Event, JobFailed, JobQueued
-from shared.settings import Settings
 
 USERS = ("admin", "committee", "modeler", "hospital", "clinic", "stranger", "newcomer")
 DIGEST = "sha256:" + "a" * 64
@@ -72,13 +71,7 @@ def dataset(name: str, site: str, prep: int) -> dict:
 
 @pytest.fixture
 async def world(tmp_path: Path, nats_url: str) -> AsyncIterator[World]:
-    settings = Settings(
-        nats_url=nats_url,
-        state_dir=tmp_path,
-        http_port=0,
-        admins=["admin"],
-        api_token_digests={token_digest(f"t-{u}"): u for u in USERS},
-    )
+    settings = central_settings(tmp_path, {u: f"t-{u}" for u in USERS}, nats_url=nats_url)
     async with Stack(settings) as stack:
         assert stack.ingress is not None
         http = {

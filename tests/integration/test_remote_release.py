@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from secured import SecuredNats
 from sites import SITE, USERS, Federation, preparator, site_settings
+from users import central_settings
 from waiting import eventually
 
 from cli.client import ApiError, Client
 from cli.stack import Stack
 from services.executor.app import create_agent
 from services.executor.settings import SiteSettings
-from services.ingress.auth import token_digest
 from shared.nats_config import site_user
 from shared.service import ServiceHost
 from shared.settings import Settings
@@ -58,15 +58,8 @@ class SecuredFederation(Federation):
 @asynccontextmanager
 async def secured_federation(tmp_path: Path, image: str) -> AsyncIterator[SecuredFederation]:
     with SecuredNats(tmp_path / "nats", sites=(SITE, "site-b")) as servers:
-        settings = Settings(
-            nats_url=servers.url,
-            nats_user="central",
-            nats_password=servers.passwords["central"],
-            state_dir=tmp_path / "state",
-            http_port=0,
-            admins=["admin"],
-            api_token_digests={token_digest(t): u for u, t in USERS.items()},
-        )
+        credentials = {"nats_user": "central", "nats_password": servers.passwords["central"]}
+        settings = central_settings(tmp_path / "state", USERS, nats_url=servers.url, **credentials)
         agent_settings = settings.model_copy(
             update={"nats_user": site_user(SITE), "nats_password": servers.passwords[site_user(SITE)]}
         )

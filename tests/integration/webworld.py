@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sites import Federation, site_settings, task
+from users import central_settings
 from waiting import eventually
 
 from cli.client import Client
 from cli.stack import Stack
-from services.ingress.auth import token_digest
-from shared.settings import Settings
 
 TOKENS = {
     "admin": "t-admin",
@@ -160,12 +159,7 @@ async def build(fed: Federation) -> tuple[int, dict[str, int]]:
 
 @asynccontextmanager
 async def world(tmp_path: Path, image: str) -> AsyncIterator[World]:
-    settings = Settings(
-        state_dir=tmp_path / "state",
-        http_port=0,
-        admins=["admin"],
-        api_token_digests={token_digest(t): u for u, t in TOKENS.items()},
-    )
+    settings = central_settings(tmp_path / "state", TOKENS)
     sites = []
     for number, (name, owner) in enumerate(SITES.items(), start=2):
         site = site_settings(
