@@ -7,7 +7,9 @@
    --network none`` of the same image and command.
 3. Reusing a cached asset (the second fetch of the same hash).
 
-Run: .venv/bin/python bench/executor.py [--megabytes 512] [--tasks 15]   (needs a Docker engine)
+Run: .venv/bin/python bench/executor.py [--megabytes 512] [--tasks 15]   (needs a Docker engine; with
+DOCKER_HOST at podman's socket, e.g. after scripts/start-podman, the tasks run on podman against a
+bare ``podman --url SOCKET run``)
 Targets: download >= 80 % of sha256sum; overhead < 0.3 s per task; cache reuse < 50 ms.
 """
 
@@ -30,6 +32,7 @@ import docker
 from examples.busybox import ensure_busybox_image
 from services.executor.assets import AssetCache
 from services.executor.assets.direct import DirectSource
+from services.executor.podman import ulimits
 from services.executor.runtime import DockerRuntime
 from services.executor.workflow import Workflow
 from shared.containers import ContainerSpec, HostedFile
@@ -94,7 +97,7 @@ async def download(work: Path, megabytes: int) -> None:
 async def overhead(work: Path, n: int) -> None:
     engine = docker.from_env()
     image = ensure_busybox_image(engine)
-    runtime = DockerRuntime(engine)
+    runtime = DockerRuntime.for_client(engine)  # podman's socket at DOCKER_HOST: its own adapter
     spec = ContainerSpec.model_validate(
         {
             "image": "localhost/busybox",
@@ -112,13 +115,19 @@ async def overhead(work: Path, n: int) -> None:
     data.mkdir()
     (data / "case").write_text("1\n")
     workflow = Workflow(runtime, AssetCache(work / "cache-2", []), work, task_timeout=60)
-    docker_cli = shutil.which("docker")
-    assert docker_cli, "the docker CLI is needed for the baseline"
+    # The baseline is the engine's own CLI: `podman --url SOCKET run` for podman, `docker run` else.
+    name = runtime.engine_name.lower()
+    cli = shutil.which(name)
+    assert cli, f"the {name} CLI is needed for the baseline"
+    socket, limits = [], []
+    if name == "podman":  # its socket, and the limits runc can set under it (services/executor/podman.py)
+        socket = ["--url", os.environ["DOCKER_HOST"]]
+        limits = [part for limit, value in ulimits().items() for part in ("--ulimit", f"{limit}={value}:{value}")]
     out = work / "bare-out"
     out.mkdir()
     os.chmod(out, 0o777)
     bare_argv = [
-        docker_cli, "run", "--rm", "--network", "none", "--user", "65534:65534",
+        cli, *socket, "run", *limits, "--rm", "--network", "none", "--user", "65534:65534",
         "-v", f"{data}:/in:ro", "-v", f"{out}:/out", image, "sh", "-c", "echo 1 > /out/p",
     ]  # fmt: skip
     ours, bare = [], []
@@ -134,7 +143,7 @@ async def overhead(work: Path, n: int) -> None:
     difference = statistics.median(ours) - statistics.median(bare)
     print(
         f"task through the executor: median {statistics.median(ours) * 1000:6.0f} ms   "
-        f"bare docker run: {statistics.median(bare) * 1000:6.0f} ms   "
+        f"bare {name} run: {statistics.median(bare) * 1000:6.0f} ms   "
         f"overhead {difference * 1000:+.0f} ms per task (n={n}; target < 300 ms)"
     )
 

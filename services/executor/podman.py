@@ -49,8 +49,15 @@ class PodmanRuntime(DockerRuntime):
         # CAP_SYS_RESOURCE, runc cannot set them and the container never starts. Docker passes
         # the engine's own limits on; this asks for at most the agent's. Processes stay bounded by
         # the pids limit; RLIMIT_NPROC counts the uid's processes across the host.
-        for name, which, most in (("nofile", resource.RLIMIT_NOFILE, NOFILE), ("nproc", resource.RLIMIT_NPROC, NPROC)):
-            _, hard = resource.getrlimit(which)
-            value = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        for name, value in ulimits().items():
             kwargs["ulimits"].append(Ulimit(name=name, soft=value, hard=value))
         return kwargs
+
+
+def ulimits() -> dict[str, int]:
+    """The open files and processes a task asks podman for: at most this process's own hard limits."""
+    found = {}
+    for name, which, most in (("nofile", resource.RLIMIT_NOFILE, NOFILE), ("nproc", resource.RLIMIT_NPROC, NPROC)):
+        _, hard = resource.getrlimit(which)
+        found[name] = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    return found

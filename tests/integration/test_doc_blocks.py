@@ -40,6 +40,10 @@ NOT_RUN = {
     ("performance.md", ".venv/bin/python bench/scale.py --sites 10 100 300 --models 1 10 50 [--json rows.json]"): (
         "a benchmark of many minutes, whose figures the doc reports; its [--json] is optional syntax"
     ),
+    ("performance.md", ".venv/bin/python bench/executor.py --megabytes 256 --tasks 15"): (
+        "downloads 256 MB and runs 32 containers on each engine (the block's second line: podman): minutes, "
+        "whose figures the doc reports"
+    ),
     ("performance.md", ".venv/bin/python bench/dataset.py --dir /var/tmp/medperf-dataset --gigabytes 20"): (
         "writes and hashes 20 GB: minutes of both cores and the disk"
     ),
