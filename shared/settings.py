@@ -62,7 +62,10 @@ class Settings(BaseSettings):
         "the email claim (phone_number_verified for phone_number), none for others such as sub; empty: none",
     )
     oidc_jwks_deadline: float = Field(
-        default=3.0, gt=0, le=60, description="seconds a fetch of the issuer's keys may take in all"
+        default=3.0,
+        gt=0,
+        le=60,
+        description="seconds a call to the issuer (its keys, a step of a web sign-in) may take in all",
     )
     oidc_jwks_max_age: float = Field(
         default=300.0, gt=0, description="seconds after which the cached keys are refreshed (in the background)"

@@ -28,6 +28,7 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 Mode = Literal["serve", "slow", "silent", "trickle", "error"]
 TRICKLE_SECONDS = 0.5
 SLOW_SECONDS = 0.3
+HUGE_BYTES = 1 << 20
 
 
 class Issuer:
@@ -37,6 +38,9 @@ class Issuer:
         self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # not published
         self.published: dict[str, Any] = {"rsa-1": self.rsa, "ec-1": self.ec}
         self.mode: Mode = "serve"
+        #: How the device-grant endpoints answer: serve, trickle (a byte every TRICKLE_SECONDS) or
+        #: huge (a JSON answer of HUGE_BYTES).
+        self.device_mode: Literal["serve", "trickle", "huge"] = "serve"
         self.requests = 0  # JWKS requests received
         self.devices: dict[str, dict[str, Any]] = {}  # device code -> user code, client, approved email
         self.polls = 0  # token requests with a device code
@@ -134,7 +138,13 @@ class Issuer:
                     self.send_error(404)
 
             def _json(self, status: int, answer: dict[str, Any]) -> None:
+                if issuer.device_mode == "huge":
+                    answer = {**answer, "padding": "x" * HUGE_BYTES}
                 body = json.dumps(answer).encode()
+                if issuer.device_mode == "trickle":
+                    head = f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n\r\n".encode()
+                    self._trickle(head + body)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

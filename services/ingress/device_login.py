@@ -6,15 +6,17 @@ that token as its bearer token, checked like every other (services/ingress/jwks.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import httpx
 
 from services.ingress.gateway import Refused
+from services.ingress.jwks import fetch
 from shared.settings import Settings
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-TIMEOUT = httpx.Timeout(10.0)
 MAX_ANSWER = 64 * 1024  # an issuer's answer is a few hundred bytes; a larger one is not read
 
 
@@ -67,16 +69,14 @@ class DeviceLogin:
         return await self._call("POST", url, data=form)
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        deadline = self.settings.oidc_jwks_deadline
         try:
-            async with httpx.AsyncClient(timeout=TIMEOUT) as http, http.stream(method, url, **kwargs) as response:
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER:
-                        raise Refused(502, "the identity provider's answer is too large")
-            answer = httpx.Response(response.status_code, content=body).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise Refused(503, "the identity provider did not answer properly; try again shortly") from exc
+            async with asyncio.timeout(deadline):  # the whole exchange: a trickling issuer too
+                _, body = await fetch(method, url, MAX_ANSWER, **kwargs)
+            answer = json.loads(body)
+        except (TimeoutError, httpx.HTTPError, ValueError) as exc:
+            why = f"no complete answer within {deadline:g} s" if isinstance(exc, TimeoutError) else str(exc)[:200]
+            raise Refused(503, f"the identity provider did not answer properly ({why}); try again shortly") from exc
         if not isinstance(answer, dict):
             raise Refused(502, "the identity provider's answer is not a JSON object")
         return answer

@@ -34,6 +34,10 @@ class KeysUnavailable(Exception):
     """The key set cannot be had now: nothing usable is cached and the issuer did not deliver."""
 
 
+class RefusedByIssuer(Exception):
+    """The identity provider answered with an HTTP error status."""
+
+
 class UnknownKey(Exception):
     """The issuer's current key set has no signing key with this ``kid``."""
 
@@ -131,22 +135,31 @@ class KeySet:
         self._keys, self._fetched_at, self._failure = keys, self._clock(), None
 
     async def _download(self) -> bytes:
-        async with (
-            httpx.AsyncClient(timeout=self.deadline, follow_redirects=False) as client,
-            client.stream("GET", self.url, headers={"Accept": "application/json"}) as response,
-        ):
-            response.raise_for_status()
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    raise ValueError(f"the answer is larger than {MAX_BODY} bytes")
-            return bytes(body)
+        status, body = await fetch("GET", self.url, MAX_BODY, headers={"Accept": "application/json"})
+        if status >= 400:
+            raise RefusedByIssuer(f"HTTP {status}")
+        return body
+
+
+async def fetch(method: str, url: str, max_bytes: int, **kwargs: object) -> tuple[int, bytes]:
+    """One call to the identity provider: its status and body, the body at most ``max_bytes``.
+    Callers bound the whole exchange with ``asyncio.timeout`` (a per-read timeout would wait forever
+    on an issuer that answers a byte at a time); this one's timeout only stops a silent connect."""
+    async with (
+        httpx.AsyncClient(timeout=30.0, follow_redirects=False) as client,
+        client.stream(method, url, **kwargs) as response,  # type: ignore[arg-type]
+    ):
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise ValueError(f"the answer is larger than {max_bytes} bytes")
+        return response.status_code, bytes(body)
 
 
 def _describe(exc: Exception, deadline: float) -> str:
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"no complete answer within {deadline:g} s"
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, RefusedByIssuer):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"

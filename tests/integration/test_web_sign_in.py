@@ -69,3 +69,25 @@ async def test_without_an_identity_provider_the_device_routes_say_what_to_use(tm
         assert refused.status_code == 404 and "API token" in refused.json()["error"]
         too_long = await http.post("/app/sign-in/token", json={"device_code": "x" * 5000})
         assert too_long.status_code == 422 and too_long.json()["fields"][0]["field"] == "device_code"
+
+
+async def test_a_slow_or_oversized_identity_provider_costs_the_sign_in_its_deadline(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """A trickling issuer is cut at the deadline for the whole exchange (not per read, which a byte
+    every half second would never reach), and an answer past 64 KiB is not read: 503, saying why."""
+    issuer = Issuer()
+    options = {"oidc_issuer": issuer.url, "oidc_audience": AUDIENCE, "oidc_jwks_deadline": 1.0}
+    settings = Settings(nats_url=nats_url, state_dir=tmp_path, http_port=0, **options)
+    try:
+        async with Stack(settings) as stack, httpx.AsyncClient(base_url=stack.ingress.url, timeout=30) as http:  # type: ignore[union-attr]
+            issuer.device_mode = "trickle"
+            slow = await http.post("/app/sign-in/device")
+            assert slow.status_code == 503 and "no complete answer within 1 s" in slow.json()["error"]
+            issuer.device_mode = "huge"
+            huge = await http.post("/app/sign-in/device")
+            assert huge.status_code == 503 and "larger than 65536 bytes" in huge.json()["error"]
+            issuer.device_mode = "serve"
+            assert "user_code" in (await http.post("/app/sign-in/device")).json()
+    finally:
+        issuer.close()
