@@ -1,7 +1,7 @@
 // What happened, live, as far as the viewer may see it (the server filters the feed): entity
 // names instead of ids, the id on hover.
 import { useLive, Name } from "./live.jsx";
-import { Section, Empty } from "./ui.jsx";
+import { Section, Empty, metricsText } from "./ui.jsx";
 
 const TONE = [
   [/(failed|deleted|revoked|rejected)$/, "bad"],
@@ -26,16 +26,7 @@ export function describe(e) {
   if (e.type === "job.failed") parts.push(<span class="bad">{e.failure}'s fault: {e.reason}</span>);
   else if (e.reason) parts.push(<span class="dim">{e.reason}</span>);
   if (e.stage) parts.push(<span>{e.stage}{e.total ? ` ${Math.round((100 * e.done) / e.total)} %` : ""}</span>);
-  if (e.metrics && typeof e.metrics === "object") {
-    parts.push(
-      <span>
-        {Object.entries(e.metrics)
-          .filter(([, v]) => typeof v === "number")
-          .map(([k, v]) => `${k} ${v.toFixed(4)}`)
-          .join(", ")}
-      </span>,
-    );
-  }
+  if (e.metrics && typeof e.metrics === "object") parts.push(<span>{metricsText(e.metrics)}</span>);
   if (e.held) parts.push(<span class="dim">(held for the data owner)</span>);
   return parts.flatMap((p, i) => (i ? [" ", p] : [p]));
 }

@@ -4,7 +4,7 @@
 import { useState } from "preact/hooks";
 import { api, download } from "./api.js";
 import { useApi, useLive, Name } from "./live.jsx";
-import { Section, Empty, Problem, Act, Status } from "./ui.jsx";
+import { Section, Empty, Problem, Act, Status, metricsText } from "./ui.jsx";
 import { BoardTable, BoardChart, Heatmap, shownBoard } from "./board.jsx";
 import { PolicyEditor } from "./policy.jsx";
 
@@ -72,14 +72,7 @@ function Report({ report }) {
     <div class="report" data-testid="report">
       <b class={report.passed ? "good" : "bad"}>{report.passed ? "test passed" : "test FAILED"}</b>
       {report.failure ? ` (${report.failure}'s fault)` : ""}
-      {Object.keys(report.metrics || {}).length > 0 && (
-        <span>
-          {" — "}
-          {Object.entries(report.metrics)
-            .map(([k, v]) => `${k} ${Number(v).toFixed(4)}`)
-            .join(", ")}
-        </span>
-      )}
+      {metricsText(report.metrics) && <span> — {metricsText(report.metrics)}</span>}
       {report.detail && <div class="detail">{report.detail}</div>}
       <div class="dim">
         signed by {report.site ? `site ${report.site}` : "nobody"}

@@ -2,7 +2,7 @@
 // requests, their own results at every site (even where the shared board hides them), and why
 // runs failed (the log tail only where the site's data owner released it).
 import { useApi, useLive, Name } from "./live.jsx";
-import { Section, Empty, Problem, Status } from "./ui.jsx";
+import { Section, Empty, Problem, Status, metricsText } from "./ui.jsx";
 import { BoardTable, shownBoard } from "./board.jsx";
 import { FailedTable } from "./data.jsx";
 
@@ -67,9 +67,7 @@ export function ModelsPage() {
 
 function test(report) {
   if (!report) return <span class="dim">not tested yet</span>;
-  const metrics = Object.entries(report.metrics || {})
-    .map(([k, v]) => `${k} ${Number(v).toFixed(4)}`)
-    .join(", ");
+  const metrics = metricsText(report.metrics);
   return (
     <span class={report.passed ? "good" : "bad"}>
       {report.passed ? "passed" : `failed${report.failure ? ` (${report.failure}'s fault)` : ""}`}

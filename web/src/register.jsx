@@ -164,13 +164,22 @@ function ContainerForm() {
             </Field>
           </>
         )}
-        <StateField state={state} />
-        <button type="submit" disabled={state.busy}>
-          Register container
-        </button>
-        <Outcome state={state} what="container" />
+        <Footer state={state} label="Register container" what="container" />
       </form>
     </Section>
+  );
+}
+
+// Every form ends alike: the entity's state, the button, and what the server said.
+function Footer({ state, label, what }) {
+  return (
+    <>
+      <StateField state={state} />
+      <button type="submit" disabled={state.busy}>
+        {label}
+      </button>
+      <Outcome state={state} what={what} />
+    </>
   );
 }
 
@@ -214,11 +223,7 @@ function ModelForm() {
           {input("name", { required: true, maxLength: 128 })}
         </Field>
         <Choose name="container_id" label="Its container" kind="container" state={state} />
-        <StateField state={state} />
-        <button type="submit" disabled={state.busy}>
-          Register model
-        </button>
-        <Outcome state={state} what="model" />
+        <Footer state={state} label="Register model" what="model" />
       </form>
     </Section>
   );
@@ -266,11 +271,7 @@ function BenchmarkForm() {
         <Field name="primary_metric" label="Primary metric (ranks the board)" state={state}>
           {input("primary_metric")}
         </Field>
-        <StateField state={state} />
-        <button type="submit" disabled={state.busy}>
-          Submit benchmark
-        </button>
-        <Outcome state={state} what="benchmark" />
+        <Footer state={state} label="Submit benchmark" what="benchmark" />
       </form>
     </Section>
   );

@@ -78,6 +78,13 @@ export function Status({ value }) {
   return <span class={`status ${tone}`}>{value}</span>;
 }
 
+// "auc 0.9000, accuracy 0.8571": the numeric metrics of a report, a result or an event.
+export const metricsText = (metrics) =>
+  Object.entries(metrics || {})
+    .filter(([, v]) => typeof v === "number")
+    .map(([k, v]) => `${k} ${v.toFixed(4)}`)
+    .join(", ");
+
 export const fmt = (value, digits = 4) =>
   value === null || value === undefined || Number.isNaN(Number(value)) ? "–" : Number(value).toFixed(digits);
 
