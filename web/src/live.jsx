@@ -1,6 +1,8 @@
 // What every page shares: who is signed in, what they own, the names of things (people think in
 // names, not ids), and the live feed. Pages re-read their data when `tick` moves: once per burst of
-// events, and every 10 s besides (heartbeats and site-side progress are not all in the feed).
+// events, and every 10 s besides (heartbeats and site-side progress are not all in the feed). Names
+// and what the viewer owns change only with registrations: they are re-read when a registry event
+// passes, after the viewer's own actions, and, without the feed, with every tick.
 import { createContext } from "preact";
 import { useContext, useEffect, useMemo, useRef, useState, useCallback } from "preact/hooks";
 import { api, follow } from "./api.js";
@@ -14,15 +16,24 @@ const MAX_EVENTS = 300;
 
 export function useLiveState(me) {
   const [tick, setTick] = useState(0);
+  const [registered, setRegistered] = useState(0);
   const [events, setEvents] = useState([]);
   const [feed, setFeed] = useState({ state: "connecting" });
   const [names, setNames] = useState({ benchmark: {}, model: {}, dataset: {}, container: {} });
   const [mine, setMine] = useState({ benchmark: [], model: [], dataset: [], container: [] });
   const timer = useRef(null);
+  const known = useRef(names);
+  const namesStale = useRef(false);
 
-  const bump = useCallback(() => {
+  // One refresh per burst of events; the names too when the burst may have named something new.
+  const bump = useCallback((registry = true) => {
+    namesStale.current = namesStale.current || registry;
     clearTimeout(timer.current);
-    timer.current = setTimeout(() => setTick((t) => t + 1), 300);
+    timer.current = setTimeout(() => {
+      if (namesStale.current) setRegistered((n) => n + 1);
+      namesStale.current = false;
+      setTick((t) => t + 1);
+    }, 300);
   }, []);
 
   useEffect(() => {
@@ -41,13 +52,14 @@ export function useLiveState(me) {
       KINDS.forEach((k, i) => {
         byKind[k] = Object.fromEntries([...all[i], ...own[i]].map((e) => [e.id, e.name]));
       });
+      known.current = byKind;
       setNames(byKind);
       setMine(Object.fromEntries(KINDS.map((k, i) => [k, own[i]])));
     })();
     return () => {
       stale = true;
     };
-  }, [tick]);
+  }, [registered, feed.state === "live" ? 0 : tick]);
 
   // The live feed: what the server lets this viewer see, from the last 200 events on.
   useEffect(() => {
@@ -63,7 +75,7 @@ export function useLiveState(me) {
           onEvent: (item) => {
             lastSeq = item.seq;
             setEvents((list) => [item, ...list].slice(0, MAX_EVENTS));
-            bump();
+            bump(String(item.subject || "").startsWith("medperf.registry.") || namesUnknown(item.event, known.current));
           },
         });
       } catch (error) {
@@ -86,6 +98,17 @@ export function useLiveState(me) {
   }, [me.user]);
 
   return useMemo(() => ({ me, tick, refresh: bump, events, feed, names, mine }), [me, tick, events, feed, names, mine]);
+}
+
+// Does the event name an entity whose name is not known here (another's, registered meanwhile)?
+function namesUnknown(event, names) {
+  const named = [
+    ["benchmark", event.benchmark_id],
+    ["model", event.model_id],
+    ["dataset", event.dataset_id],
+    [event.kind, event.component_id],
+  ];
+  return named.some(([kind, id]) => names[kind] && typeof id === "number" && !(id in names[kind]));
 }
 
 // Data from one GET, re-read when the live state moves; `error` holds the server's message.
